@@ -1,0 +1,329 @@
+"""`Loader` (DALI) and `CpuLoader` (torch DataLoader + OpenCV reference kernels): DataLoader-shaped shells.
+
+The shell owns everything both loaders must agree on — arguments, epoch order, rank sharding, per-sample
+augmentation parameters, resumable state — and hands a backend an iterator of `BatchPlan`s. The backends
+(`fastload.pipeline.dali.DaliBackend`, `fastload.pipeline.cpu.TorchBackend`) only turn plans into tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastload.augment.config import AugmentConfig, load_augment
+from fastload.augment.params import draw_params, sample_rng
+from fastload.errors import CacheError
+from fastload.pipeline.nvtx import nvtx_range
+from fastload.pipeline.plan import BatchPlan
+from fastload.sampling import epoch_order, num_batches, rank_batches
+
+DEVICES = ("auto", "cuda", "cpu")
+STATE_VERSION = 1
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (respects taskset / container CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class _LoaderShell:
+    """Arguments, sharding, epochs and state shared by `Loader` and `CpuLoader`."""
+
+    _name = "Loader"
+
+    def __init__(
+        self,
+        cache: Any,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        size: Sequence[int] = (512, 512),
+        augment: Any = None,
+        device: str = "auto",
+        num_threads: int | None = None,
+        prefetch: int = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.cache = _open(cache)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.size = _size(size, stride=self.cache.manifest.stride)
+        self.augment: AugmentConfig = load_augment(augment)
+        self.device = _device(device)
+        self.num_threads = usable_cores() if num_threads is None else _positive_int("num_threads", num_threads)
+        self.prefetch = _positive_int("prefetch", prefetch)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        self.rank, self.world_size = _rank_world(rank, world_size)
+        self._epoch = 0  # the epoch of the current (or next) pass
+        self._yielded = 0  # batches of that pass yielded so far
+        self._resume: int | None = None  # set by load_state_dict: where the next pass starts
+        self._backend = None
+
+    # --- the DataLoader-shaped surface -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return num_batches(
+            len(self.cache), batch_size=self.batch_size, world_size=self.world_size, drop_last=self.drop_last
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order and augmentation of ``epoch`` for the next iteration (as DistributedSampler does).
+
+        Without calls to set_epoch, each completed pass advances the epoch by one by itself.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self._epoch, self._yielded, self._resume = int(epoch), 0, None
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # a new pass starts at batch 0 of the current epoch, or where load_state_dict said
+        epoch, start = self._epoch, self._resume or 0
+        self._resume, self._yielded = None, start
+        batches = self._get_backend().iterate(self.plans(epoch, start=start))
+        try:
+            while True:
+                with nvtx_range("fastload/wait_for_data"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                self._yielded += 1
+                yield batch
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        # a completed pass moves on to the next epoch, so `for epoch ...: for batch in loader` reshuffles
+        # even without set_epoch
+        if self._epoch == epoch and self._yielded == len(self):
+            self._epoch, self._yielded = epoch + 1, 0
+
+    def plans(self, epoch: int, *, start: int = 0) -> Iterator[BatchPlan]:
+        """This rank's batch plans for ``epoch`` from batch ``start`` on (indices + augmentation parameters)."""
+        order = epoch_order(len(self.cache), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        batches = rank_batches(
+            order,
+            batch_size=self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+        )
+        for indices in batches[start:]:
+            params = tuple(
+                draw_params(sample_rng(self.seed, epoch, int(i)), self.augment) for i in indices
+            )
+            yield BatchPlan(indices=np.asarray(indices, dtype=np.int64), params=params)
+
+    # --- resumable state (torchdata StatefulDataLoader convention) ---------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader stands: resuming from it yields exactly the remaining batches, same augmentation."""
+        return {
+            "version": STATE_VERSION,
+            "loader": self._name,
+            "epoch": self._epoch,
+            "batches_yielded": self._yielded if self._resume is None else self._resume,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "batch_size": self.batch_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_samples": len(self.cache),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``; the next iteration starts at its batch. Mismatched setups are errors."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"state must be a dict from state_dict() with version {STATE_VERSION}, got {state!r}")
+        for key in ("seed", "shuffle", "drop_last", "batch_size", "rank", "world_size", "num_samples"):
+            mine = self.state_dict()[key]
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"load_state_dict: {key} was {state.get(key)!r} when the state was saved but is {mine!r} now; "
+                    "resuming needs the same dataset, batch size, seed, shuffle, drop_last and ranks"
+                )
+        epoch, done = int(state["epoch"]), int(state["batches_yielded"])
+        if not 0 <= done <= len(self):
+            raise ValueError(f"load_state_dict: batches_yielded={done} is outside 0..{len(self)}")
+        self._epoch, self._yielded, self._resume = epoch, done, done
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    def _make_backend(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _get_backend(self):
+        if self._backend is None:
+            self._backend = self._make_backend()
+        return self._backend
+
+    def close(self) -> None:
+        """Stop worker threads/processes and free the pipeline. The loader can be iterated again afterwards."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing useful left to report
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"{self._name}(cache={str(getattr(self.cache, 'path', '?'))!r}, samples={len(self.cache)}, "
+            f"batch_size={self.batch_size}, size={self.size}, device={str(self.device)!r}, "
+            f"rank={self.rank}/{self.world_size}, batches={len(self)})"
+        )
+
+
+class Loader(_LoaderShell):
+    """The DALI loader: decodes and augments on the GPU (or, with device="cpu", runs the same graph on CPU).
+
+    Parameters
+    ----------
+    cache : path or opened cache (``fastload.open_cache``)
+    batch_size : samples per batch and rank
+    shuffle, seed : a full-dataset permutation per epoch, a function of (seed, epoch)
+    drop_last : drop the last incomplete global step (see fastload.sampling)
+    size : (H, W) output size; divisible by the cache's stride
+    augment : AugmentConfig, a YAML path, "default" or "none" (None = "none")
+    device : "auto" (CUDA when available), "cuda" or "cpu"
+    num_threads : DALI CPU threads (default: the usable cores)
+    prefetch : batches prepared ahead of the one being consumed
+    rank, world_size : default to torch.distributed's when it is initialised, else 0 and 1
+
+    Each batch: ``image`` float32 (N, 3, H, W) normalised, ``semantic`` int64 (N, H, W) with 255 = ignore,
+    ``instance`` int32 (N, H, W), ``heatmap`` float32 (N, 1, H', W'), ``offset`` float32 (N, 2, H', W')
+    in (dy, dx), ``index`` int64 (N,). H' = H / stride.
+    """
+
+    _name = "Loader"
+
+    def _make_backend(self):
+        from fastload.pipeline.dali import DaliBackend
+
+        cuda = self.device.type == "cuda"
+        return DaliBackend(
+            cache=self.cache,
+            out_size=self.size,
+            augment=self.augment,
+            device="cuda" if cuda else "cpu",
+            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device())
+            if cuda
+            else None,
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            prefetch=self.prefetch,
+        )
+
+
+class CpuLoader(_LoaderShell):
+    """The CPU reference loader: torch DataLoader worker processes + OpenCV/NumPy kernels.
+
+    Same signature and batches as `Loader`; ``num_threads`` is the number of worker processes (0 = load in
+    the main process). It is the benchmark's "before" and the reference the DALI path is checked against.
+    """
+
+    _name = "CpuLoader"
+
+    def __init__(self, cache: Any, *, num_threads: int | None = None, **kwargs: Any) -> None:
+        # CpuLoader accepts num_threads=0 (in-process loading), as DataLoader's num_workers does
+        zero = num_threads == 0
+        super().__init__(cache, num_threads=None if zero else num_threads, **kwargs)
+        if zero:
+            self.num_threads = 0
+
+    def _make_backend(self):
+        from fastload.pipeline.cpu import TorchBackend
+
+        return TorchBackend(
+            cache=self.cache,
+            out_size=self.size,
+            augment=self.augment,
+            device=self.device,
+            batch_size=self.batch_size,
+            num_workers=self.num_threads,
+            prefetch=self.prefetch,
+        )
+
+
+# --- argument checks: ValueErrors that name the argument and the allowed values ----------------------------
+def _open(cache: Any):
+    if isinstance(cache, (str, os.PathLike)):
+        from fastload.cache.reader import open_cache
+
+        path = Path(cache)
+        if not path.exists():
+            raise ValueError(f"cache: {str(path)!r} does not exist; build one with `fastload cache build`")
+        try:
+            return open_cache(path)
+        except CacheError as exc:
+            raise ValueError(f"cache: {exc}") from exc
+    if not (hasattr(cache, "read_members") and hasattr(cache, "manifest") and hasattr(cache, "__len__")):
+        raise ValueError(f"cache must be a path or an opened cache (fastload.open_cache), got {type(cache).__name__}")
+    return cache
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (1, 2, ...), got {value!r}")
+    return int(value)
+
+
+def _size(size: Any, *, stride: int) -> tuple[int, int]:
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size)
+    ):
+        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
+    if size[0] % stride or size[1] % stride:
+        raise ValueError(f"size {tuple(size)} must be divisible by the cache's map stride {stride}")
+    return int(size[0]), int(size[1])
+
+
+def _device(device: Any) -> torch.device:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    world_size = _positive_int("world_size", world_size)
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an integer in 0..{world_size - 1} (world_size={world_size}), got {rank!r}")
+    return int(rank), world_size
