@@ -1,0 +1,57 @@
+"""Helpers shared by the loader test modules: small caches and both loaders behind one factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastload import CpuLoader, Loader
+from fastload.cache.config import CacheConfig
+from fastload.cache.writer import build_cache
+from fastload.synth import synth_coco
+
+# the two loaders under one contract; "dali" runs the real DALI graph on the CPU (CI has no GPU)
+LOADER_KINDS = ("cpu", "dali")
+
+
+def make_synth_cache(root: Path, *, n: int, size=(48, 64), samples_per_shard: int = 5, seed: int = 0) -> Path:
+    """A synthetic COCO set of ``n`` images built into a cache under ``root``; returns the cache path."""
+    data = root / "data"
+    synth_coco(out=data, n=n, size=size, instances=(1, 4), seed=seed)
+    cache = root / "cache"
+    build_cache(
+        coco=data / "annotations.json",
+        images=data / "images",
+        out=cache,
+        config=CacheConfig(samples_per_shard=samples_per_shard),
+        progress=False,
+    )
+    return cache
+
+
+def make_loader(kind: str, cache, **kwargs):
+    """A loader of either kind with test-friendly defaults (small output, CPU)."""
+    kwargs.setdefault("size", (32, 32))
+    kwargs.setdefault("device", "cpu")
+    if kind == "cpu":
+        kwargs.setdefault("num_threads", 0)
+        return CpuLoader(cache, **kwargs)
+    if kind == "dali":
+        kwargs.setdefault("num_threads", 2)
+        return Loader(cache, **kwargs)
+    raise ValueError(f"unknown loader kind {kind!r}")
+
+
+def epoch_indices(loader) -> list[np.ndarray]:
+    """The ``index`` tensor of every batch of one pass, as NumPy arrays."""
+    return [batch["index"].cpu().numpy() for batch in loader]
+
+
+def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert torch.equal(x[key], y[key]), f"batch key {key!r} differs"
