@@ -51,7 +51,7 @@ def epoch_indices(loader) -> list[np.ndarray]:
 
 def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for key in x:
             assert torch.equal(x[key], y[key]), f"batch key {key!r} differs"

@@ -109,6 +109,6 @@ def test_cpu_loader_with_worker_processes_matches_in_process(cache):
 def test_both_loaders_yield_the_same_samples_in_the_same_order(cache):
     cpu = make_loader("cpu", cache, batch_size=4, seed=5)
     dali = make_loader("dali", cache, batch_size=4, seed=5)
-    for x, y in zip(cpu, dali):
+    for x, y in zip(cpu, dali, strict=True):
         assert torch.equal(x["index"], y["index"])
     dali.close()
