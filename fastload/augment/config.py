@@ -1,0 +1,224 @@
+"""Augmentation configuration: small frozen dataclasses, loaded strictly from YAML.
+
+Every augmentation is switched on per sample with its own probability ``p``; when on, its value is drawn
+uniformly from ``range`` (see :func:`fastload.augment.params.draw_params`). A field left out of a YAML file
+keeps its dataclass default, which is always the *identity* (no augmentation), so ``AugmentConfig()`` equals
+``AugmentConfig.none()``. Unknown and duplicate keys are errors.
+
+``configs/default.yaml`` and ``configs/none.yaml`` hold the two shipped configurations; a test checks that
+they equal :meth:`AugmentConfig.default` and :meth:`AugmentConfig.none`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fastload.errors import ConfigError
+from fastload.yamlio import from_mapping, load_yaml
+
+Fit = Literal["contain", "cover"]
+FITS: tuple[str, ...] = ("contain", "cover")
+
+
+@dataclass(frozen=True)
+class RandomRange:
+    """An augmentation applied with probability ``p``; its value is drawn uniformly from ``range``.
+
+    Bounds on ``range`` depend on what it controls, so the owner (geometry / photometric) checks them.
+    """
+
+    p: float = 0.0
+    range: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """Shift by ``U(-max_fraction, max_fraction)`` of the output height (dy) and width (dx), independently."""
+
+    p: float = 0.0
+    max_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A straight dark band: pixels within ``half_width`` of a random line are scaled by ``1 - strength``.
+
+    strength   : range in [0, 1]
+    half_width : range in [0, 1], fraction of the output diagonal
+    """
+
+    p: float = 0.0
+    strength: tuple[float, float] = (0.0, 0.0)
+    half_width: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """Geometric augmentation, applied to the image and every label map with one affine matrix."""
+
+    fit: Fit = "contain"
+    flip_x: float = 0.0  # probability of a left-right flip
+    flip_y: float = 0.0  # probability of an up-down flip
+    rotation: RandomRange = RandomRange(0.0, (0.0, 0.0))  # degrees, CCW
+    scale: RandomRange = RandomRange(0.0, (1.0, 1.0))  # factor
+    translation: Translation = Translation()
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise ConfigError(f"geometry.fit: {self.fit!r} is not one of {list(FITS)}")
+        _check_probability("geometry.flip_x", self.flip_x)
+        _check_probability("geometry.flip_y", self.flip_y)
+        _check_random_range("geometry.rotation", self.rotation, -180.0, 180.0)
+        _check_random_range("geometry.scale", self.scale, 0.0, 8.0, open_low=True)
+        _check_probability("geometry.translation.p", self.translation.p)
+        _check_value("geometry.translation.max_fraction", self.translation.max_fraction, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PhotometricConfig:
+    """Colour augmentation, applied to the image only."""
+
+    hue: RandomRange = RandomRange(0.0, (0.0, 0.0))  # degrees
+    saturation: RandomRange = RandomRange(0.0, (1.0, 1.0))  # factor
+    brightness: RandomRange = RandomRange(0.0, (1.0, 1.0))  # factor
+    contrast: RandomRange = RandomRange(0.0, (1.0, 1.0))  # factor
+    noise: RandomRange = RandomRange(0.0, (0.0, 0.0))  # sigma, 0..255 units
+    shadow: Shadow = Shadow()
+
+    def __post_init__(self) -> None:
+        _check_random_range("photometric.hue", self.hue, -180.0, 180.0)
+        _check_random_range("photometric.saturation", self.saturation, 0.0, 10.0)
+        _check_random_range("photometric.brightness", self.brightness, 0.0, 10.0)
+        _check_random_range("photometric.contrast", self.contrast, 0.0, 10.0)
+        _check_random_range("photometric.noise", self.noise, 0.0, 255.0)
+        _check_probability("photometric.shadow.p", self.shadow.p)
+        _check_pair("photometric.shadow.strength", self.shadow.strength, 0.0, 1.0)
+        _check_pair("photometric.shadow.half_width", self.shadow.half_width, 0.0, 1.0)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    """``(img / 255 - mean) / std`` per RGB channel; mean and std on the 0..1 scale."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        for key, values in (("normalize.mean", self.mean), ("normalize.std", self.std)):
+            if not isinstance(values, (tuple, list)) or len(values) != 3:
+                raise ConfigError(f"{key} = {values!r}: expected 3 values (R, G, B)")
+        for c, m in enumerate(self.mean):
+            _check_value(f"normalize.mean[{c}]", m, 0.0, 1.0)
+        for c, s in enumerate(self.std):
+            if not (math.isfinite(s) and s > 0.0):
+                raise ConfigError(f"normalize.std[{c}] = {s!r}: must be a finite number > 0")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Everything the pipelines need to know about augmentation. ``AugmentConfig()`` is no augmentation."""
+
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """Resize-to-fit and normalise only: every augmentation off."""
+        return cls()
+
+    @classmethod
+    def default(cls) -> AugmentConfig:
+        """The training defaults (the same values as ``configs/default.yaml``)."""
+        return cls(
+            geometry=GeometryConfig(
+                fit="contain",
+                flip_x=0.5,
+                flip_y=0.0,
+                rotation=RandomRange(0.3, (-15.0, 15.0)),
+                scale=RandomRange(0.5, (0.75, 1.25)),
+                translation=Translation(0.5, 0.1),
+            ),
+            photometric=PhotometricConfig(
+                hue=RandomRange(0.5, (-10.0, 10.0)),
+                saturation=RandomRange(0.5, (0.7, 1.3)),
+                brightness=RandomRange(0.5, (0.8, 1.2)),
+                contrast=RandomRange(0.5, (0.8, 1.2)),
+                noise=RandomRange(0.2, (2.0, 8.0)),
+                shadow=Shadow(0.2, (0.2, 0.5), (0.03, 0.12)),
+            ),
+            normalize=NormalizeConfig(),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> AugmentConfig:
+        """Load a YAML file strictly: unknown keys, duplicate keys and out-of-range values are ConfigErrors."""
+        data = load_yaml(path)
+        try:
+            return from_mapping(cls, data, where=str(path))
+        except ConfigError as exc:
+            msg = str(exc)
+            if str(path) in msg:
+                raise
+            raise ConfigError(f"{path}: {msg}") from exc
+
+    def replace(self, **changes) -> AugmentConfig:
+        """A copy with top-level sections replaced (``geometry=``, ``photometric=``, ``normalize=``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_augment(value: None | str | Path | AugmentConfig) -> AugmentConfig:
+    """Resolve what a user passed as ``augment=``.
+
+    ``None`` or ``"none"`` → :meth:`AugmentConfig.none`; ``"default"`` → :meth:`AugmentConfig.default`;
+    an ``AugmentConfig`` → itself; anything else is a path to a YAML file.
+    """
+    if value is None:
+        return AugmentConfig.none()
+    if isinstance(value, AugmentConfig):
+        return value
+    if isinstance(value, str) and value in ("default", "none"):
+        return AugmentConfig.default() if value == "default" else AugmentConfig.none()
+    if isinstance(value, (str, Path)):
+        return AugmentConfig.from_yaml(value)
+    raise ConfigError(
+        f"augment: expected None, 'default', 'none', a YAML path or an AugmentConfig, got {type(value).__name__}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _check_probability(key: str, p: float) -> None:
+    _check_value(key, p, 0.0, 1.0)
+
+
+def _check_value(key: str, v: float, lo: float, hi: float, *, open_low: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{key} = {v!r}: expected a number")
+    ok = (lo < v if open_low else lo <= v) and v <= hi
+    if not ok:  # also catches NaN
+        left = "(" if open_low else "["
+        raise ConfigError(f"{key} = {v!r} is outside the allowed range {left}{lo:g}, {hi:g}]")
+
+
+def _check_pair(key: str, pair: tuple[float, float], lo: float, hi: float, *, open_low: bool = False) -> None:
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ConfigError(f"{key} = {pair!r}: expected [min, max]")
+    _check_value(f"{key}[0]", pair[0], lo, hi, open_low=open_low)
+    _check_value(f"{key}[1]", pair[1], lo, hi, open_low=open_low)
+    if pair[0] > pair[1]:
+        raise ConfigError(f"{key} = {list(pair)}: min > max; write [min, max]")
+
+
+def _check_random_range(key: str, rr: RandomRange, lo: float, hi: float, *, open_low: bool = False) -> None:
+    _check_probability(f"{key}.p", rr.p)
+    _check_pair(f"{key}.range", rr.range, lo, hi, open_low=open_low)
