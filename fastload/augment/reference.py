@@ -1,0 +1,390 @@
+"""The CPU reference kernels: pure NumPy/OpenCV functions, one per kind of data they act on.
+
+They are the benchmark's "before" path and the reference the DALI graph is checked against, so each
+follows the DALI operator it stands for (formulas read from DALI's operator sources, rewritten here):
+
+================================  =======================================  ==================================
+kernel                            DALI operator                            agreement (DALI CPU, see tests)
+================================  =======================================  ==================================
+``warp_image``                    ``fn.warp_affine`` linear, fill 0        OpenCV fixed-point weights: <= 1
+``warp_mask``                     ``fn.warp_affine`` nearest               same sampling rule (see below)
+``warp_heatmap``                  ``fn.warp_affine`` linear, fill 0        OpenCV 1/32 px coordinates
+``warp_offsets``                  ``fn.warp_affine`` nearest + 2x2 matmul  as ``warp_mask``
+``adjust_hue_saturation``         ``fn.hsv``                               exact but float32 rounding ties
+``adjust_brightness_contrast``    ``fn.brightness_contrast``               exact but float32 rounding ties
+================================  =======================================  ==================================
+
+Every geometric kernel takes the **forward** affine in continuous coordinates (docs/design.md,
+"Coordinates"), for the frame of the array it is given: the image matrix for images and masks,
+:func:`fastload.augment.params.map_affine` of it for heatmap and offset maps. Conversion to OpenCV's
+pixel-centre-at-integer convention happens here and nowhere else (:func:`to_opencv_matrix`).
+
+Nearest-neighbour sampling follows DALI: output pixel ``(i, j)`` takes the source pixel containing
+``M⁻¹ (j + 0.5, i + 0.5)`` (``floor`` of the continuous source point), with the float32 arithmetic of
+DALI's CPU kernel (:func:`source_points`); on random label maps under the default augmentation this
+picks the same source pixel as DALI CPU ``fn.warp_affine(interp_type=INTERP_NN)`` for 99.9998 % of
+pixels (``cv2.warpAffine(INTER_NEAREST)`` with the half-pixel shift: 99.991 %, its 10-bit fixed-point
+coordinates round differently near pixel edges). It is done with NumPy indexing, so label values
+(int32 instance ids included) are copied exactly, never interpolated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fastload.augment.config import AugmentConfig
+from fastload.augment.params import (
+    SampleParams,
+    affine_matrix,
+    map_affine,
+    map_hw,
+    offset_linear,
+    shadow_band,
+)
+
+SEMANTIC_FILL = 255
+"""Semantic label outside the warped image: ignore."""
+INSTANCE_FILL = 0
+"""Instance id outside the warped image: background."""
+
+# ------------------------------------------------------------------------------------------- matrices
+
+
+def to_opencv_matrix(matrix: np.ndarray) -> np.ndarray:
+    """Forward continuous-coordinate affine → OpenCV's forward matrix (pixel centres at integers).
+
+    ``M_cv = T(-0.5) · M · T(+0.5)``: same linear part, translation ``t + A·(0.5, 0.5) − (0.5, 0.5)``.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    out = m.copy()
+    out[:, 2] = m[:, 2] + m[:, :2] @ np.array([0.5, 0.5]) - 0.5
+    return out
+
+
+def inverse_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a forward (2, 3) affine, float64."""
+    m = np.asarray(matrix, dtype=np.float64)
+    a_inv = np.linalg.inv(m[:, :2])
+    return np.concatenate([a_inv, -(a_inv @ m[:, 2])[:, None]], axis=1)
+
+
+_DALI_WARP_TILE = 256  # DALI's CPU warp steps along each row in tiles of this many pixels
+
+
+def dali_inverse_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse DALI computes for ``inverse_map=False``: float32 adjugate / determinant, ``t' = −A⁻¹·t``."""
+    a = np.asarray(matrix, dtype=np.float64).astype(np.float32)
+    det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+    if det == 0:
+        raise ValueError(f"affine matrix is singular: {np.asarray(matrix).tolist()}")
+    lin = np.array([[a[1, 1], -a[0, 1]], [-a[1, 0], a[0, 0]]], dtype=np.float32) / det
+    t = a[:, 2]
+    shift = np.array([-lin[0, 0] * t[0] + -lin[0, 1] * t[1], -lin[1, 0] * t[0] + -lin[1, 1] * t[1]])
+    return np.concatenate([lin, shift.astype(np.float32)[:, None]], axis=1)
+
+
+def source_points(matrix: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous source ``(x, y)`` of every output pixel centre: float32 (H, W) each.
+
+    Computed the way DALI's CPU ``warp_affine`` does, float32 throughout: the inverse as
+    :func:`dali_inverse_affine`, the first pixel of each 256-wide tile of a row mapped directly and the
+    next ones by adding the x-derivative step by step. Matching the rounding path matters for nearest
+    sampling, where a source point a hair's breadth from a pixel edge picks one pixel or the other.
+    """
+    inv = dali_inverse_affine(matrix)
+    oh, ow = out_hw
+    tile = _DALI_WARP_TILE
+    n_tiles = max(1, -(-ow // tile))
+    ys = np.arange(oh, dtype=np.float32) + np.float32(0.5)
+    half = np.float32(0.5)
+    coords = []
+    for r in range(2):
+        step = inv[r, 0]
+        tile_step = np.float32(tile) * step
+        start = inv[r, 0] * half + inv[r, 1] * ys + inv[r, 2]  # (oh,): pixel (0, y)
+        steps = np.full((oh, n_tiles, tile), step, dtype=np.float32)
+        for k in range(n_tiles):
+            steps[:, k, 0] = start
+            start = start + tile_step
+        coords.append(np.cumsum(steps, axis=2, dtype=np.float32).reshape(oh, n_tiles * tile)[:, :ow])
+    return coords[0], coords[1]
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+def _check_hw(name: str, array: np.ndarray, ndim: int) -> None:
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {array.shape}")
+
+
+def warp_image(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Warp an image with bilinear interpolation, fill 0.
+
+    image : uint8 (H, W, C); matrix : forward (2, 3) continuous; returns uint8 (out_h, out_w, C).
+    """
+    _check_hw("warp_image", image, 3)
+    oh, ow = out_hw
+    out = cv2.warpAffine(
+        image,
+        to_opencv_matrix(matrix),
+        (ow, oh),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0, 0),
+    )
+    return out.reshape(oh, ow, image.shape[2])  # OpenCV drops a channel axis of length 1
+
+
+def nearest_lookup(matrix: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """For each output pixel, the flat index of its nearest source pixel, or −1 outside: intp (H, W).
+
+    Computing it once serves every label map of a sample (semantic and instance share the matrix).
+    """
+    sx, sy = source_points(matrix, out_hw)
+    ix = np.floor(sx).astype(np.intp)
+    iy = np.floor(sy).astype(np.intp)
+    h, w = src_hw
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    return np.where(inside, iy * w + ix, -1)
+
+
+def take_nearest(array: np.ndarray, lookup: np.ndarray, fill) -> np.ndarray:
+    """Gather ``array[..., lookup]`` over the last two axes; ``fill`` where ``lookup`` is −1."""
+    flat = array.reshape(*array.shape[:-2], -1)
+    out = np.take(flat, np.maximum(lookup, 0), axis=-1)
+    out[..., lookup < 0] = fill
+    return out
+
+
+def warp_mask(mask: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], *, fill: int) -> np.ndarray:
+    """Warp a label map with nearest-neighbour sampling; pixels from outside the source get ``fill``.
+
+    mask : (H, W) any integer dtype (uint8 semantic: fill 255; int32 instance: fill 0), values copied
+    exactly. Returns the same dtype, (out_h, out_w).
+    """
+    _check_hw("warp_mask", mask, 2)
+    return take_nearest(mask, nearest_lookup(matrix, mask.shape, out_hw), fill)
+
+
+def warp_heatmap(heatmap: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Warp a heatmap with bilinear interpolation, fill 0.
+
+    heatmap : float32 (H', W'); matrix : the *map* affine (``map_affine(M, stride)``). Returns float32.
+    """
+    _check_hw("warp_heatmap", heatmap, 2)
+    oh, ow = out_hw
+    return cv2.warpAffine(
+        np.ascontiguousarray(heatmap, dtype=np.float32),
+        to_opencv_matrix(matrix),
+        (ow, oh),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
+
+
+def transform_offsets(offset: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply the forward linear part of ``matrix`` to every ``(dy, dx)`` vector: float32 (2, H, W)."""
+    _check_hw("transform_offsets", offset, 3)
+    lin = offset_linear(matrix).astype(np.float32)
+    dy, dx = offset[0], offset[1]
+    return np.stack([lin[0, 0] * dy + lin[0, 1] * dx, lin[1, 0] * dy + lin[1, 1] * dx]).astype(np.float32)
+
+
+def warp_offsets(offset: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Warp an offset map: nearest-neighbour resampling (fill 0), then the vectors are transformed.
+
+    offset : float32 (2, H', W') in (dy, dx) order, map pixels; matrix : the *map* affine.
+    Returns float32 (2, out_h, out_w).
+    """
+    _check_hw("warp_offsets", offset, 3)
+    moved = take_nearest(offset, nearest_lookup(matrix, offset.shape[1:], out_hw), 0.0)
+    return transform_offsets(moved, matrix)
+
+
+def flip_offsets(offset: np.ndarray, *, axis: str = "x") -> np.ndarray:
+    """Mirror an offset map exactly: ``axis="x"`` reverses columns and negates dx, ``"y"`` rows and dy.
+
+    offset : float32 (2, H, W) (dy, dx). Exact because index centres mirror as ``W − 1 − c``.
+    """
+    _check_hw("flip_offsets", offset, 3)
+    if axis == "x":
+        out = offset[:, :, ::-1].copy()
+        out[1] *= -1.0
+    elif axis == "y":
+        out = offset[:, ::-1, :].copy()
+        out[0] *= -1.0
+    else:
+        raise ValueError(f"flip_offsets: axis must be 'x' or 'y', got {axis!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- colour
+
+# DALI's fn.hsv: RGB → YIQ, rotate the IQ plane by the hue, scale IQ by the saturation, back to RGB; one 3x3
+# matrix applied to RGB in float32, then rounded half away from zero and saturated to uint8.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]], dtype=np.float32)
+
+
+def hsv_matrix(hue: float, saturation: float, value: float = 1.0) -> np.ndarray:
+    """The 3x3 float32 matrix DALI's ``fn.hsv`` applies to RGB column vectors (hue in degrees)."""
+    rgb_to_yiq = _RGB_TO_YIQ.astype(np.float64)
+    yiq_to_rgb = np.linalg.inv(_RGB_TO_YIQ).astype(np.float64)
+    h = np.float32(hue) * np.pi / 180.0
+    c, s = np.cos(h), np.sin(h)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]])
+    sat = np.diag([1.0, saturation, saturation])
+    return (yiq_to_rgb @ rot @ sat @ (value * rgb_to_yiq)).astype(np.float32)
+
+
+def _round_saturate_uint8(x: np.ndarray) -> np.ndarray:
+    # DALI CPU's ConvertSat: std::round (half away from zero) then clamp; values here are clamped first, so
+    # only the non-negative branch matters. (DALI GPU rounds half to even: ties may differ by 1.)
+    return np.floor(np.clip(x, 0.0, 255.0) + np.float32(0.5)).astype(np.uint8)
+
+
+def adjust_hue_saturation(image: np.ndarray, hue: float, saturation: float) -> np.ndarray:
+    """DALI ``fn.hsv(hue=, saturation=)`` on uint8 RGB (H, W, 3) → uint8 (H, W, 3). Not OpenCV's HSV."""
+    _check_hw("adjust_hue_saturation", image, 3)
+    if hue == 0.0 and saturation == 1.0:
+        return image.copy()
+    m = hsv_matrix(hue, saturation)
+    out = image.astype(np.float32) @ m.T
+    return _round_saturate_uint8(out)
+
+
+CONTRAST_CENTER_UINT8 = 128.0
+"""DALI's default ``contrast_center`` for uint8 input: half of the type's range, 128 (not 127.5)."""
+
+
+def adjust_brightness_contrast(image: np.ndarray, brightness: float, contrast: float) -> np.ndarray:
+    """DALI ``fn.brightness_contrast`` on uint8: ``out = brightness·(128 + contrast·(in − 128))``, rounded.
+
+    As DALI, computed in float32 as ``in·(b·c) + b·(128 − c·128)``, then rounded and saturated to uint8.
+    """
+    if brightness == 1.0 and contrast == 1.0:
+        return image.copy()
+    b, c = np.float32(brightness), np.float32(contrast)
+    center = np.float32(CONTRAST_CENTER_UINT8)
+    multiplier = b * c
+    addend = b * (center - c * center)
+    return _round_saturate_uint8(image.astype(np.float32) * multiplier + addend)
+
+
+def shadow_mask(out_hw: tuple[int, int], band: tuple[float, float, float, float, float]) -> np.ndarray:
+    """Bool (H, W): output pixel centres ``(j + 0.5, i + 0.5)`` strictly within the band (pixel units)."""
+    nx, ny, c, half_width, _ = (np.float32(v) for v in band)
+    oh, ow = out_hw
+    xs = np.arange(ow, dtype=np.float32) + np.float32(0.5)
+    ys = np.arange(oh, dtype=np.float32) + np.float32(0.5)
+    return np.abs(nx * xs[None, :] + ny * ys[:, None] - c) < half_width
+
+
+def apply_shadow(image: np.ndarray, band: tuple[float, float, float, float, float]) -> np.ndarray:
+    """``img *= 1 − strength`` inside the band; float32 (H, W, C) in 0..255 → float32 (H, W, C).
+
+    band : ``(nx, ny, c, half_width, strength)`` in output pixels (:func:`~fastload.augment.params.shadow_band`).
+    """
+    _check_hw("apply_shadow", image, 3)
+    strength = np.float32(band[4])
+    out = image.astype(np.float32, copy=True)
+    if strength == 0.0:
+        return out
+    factor = np.where(shadow_mask(image.shape[:2], band), np.float32(1.0) - strength, np.float32(1.0))
+    out *= factor[:, :, None]
+    return out
+
+
+def noise_field(out_hw: tuple[int, int], seed: float, channels: int = 3) -> np.ndarray:
+    """The deterministic unit noise ``g(x, y, ch, seed)`` of docs/design.md: float32 (H, W, C).
+
+    All arithmetic in float32, left to right as written; ``frac(v) = v − floor(v)``.
+    """
+    f32 = np.float32
+    oh, ow = out_hw
+    x = np.arange(ow, dtype=f32)[None, :, None]
+    y = np.arange(oh, dtype=f32)[:, None, None]
+    ch = np.arange(channels, dtype=f32)[None, None, :]
+    s = f32(seed)
+    a = x * f32(12.9898) + y * f32(78.233) + ch * f32(37.719) + s
+    b = x * f32(39.3467) + y * f32(11.135) + ch * f32(83.155) + f32(1.618) * s
+    v1 = np.sin(a) * f32(43758.5453)
+    v2 = np.sin(b) * f32(24634.6345)
+    u1 = np.maximum(v1 - np.floor(v1), f32(1e-7))
+    u2 = v2 - np.floor(v2)
+    g = np.sqrt(f32(-2.0) * np.log(u1)) * np.cos(f32(2.0 * np.pi) * u2)
+    return g.astype(f32)
+
+
+def add_noise(image: np.ndarray, sigma: float, seed: float) -> np.ndarray:
+    """``img + sigma·g(x, y, ch, seed)``, clamped to [0, 255]; float32 (H, W, C) → float32 (H, W, C)."""
+    _check_hw("add_noise", image, 3)
+    out = image.astype(np.float32, copy=True)
+    if sigma == 0.0:
+        return out
+    out += np.float32(sigma) * noise_field(image.shape[:2], seed, image.shape[2])
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+def normalize_image(image: np.ndarray, mean, std) -> np.ndarray:
+    """``(img / 255 − mean) / std`` per channel; (H, W, 3) 0..255 → float32 (3, H, W) contiguous."""
+    _check_hw("normalize_image", image, 3)
+    scale = np.float32(255.0) * np.asarray(std, dtype=np.float32)
+    shift = np.float32(255.0) * np.asarray(mean, dtype=np.float32)
+    out = (image.astype(np.float32) - shift) / scale
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+# --------------------------------------------------------------------------------------------- sample
+
+
+def augment_sample(
+    sample: Mapping[str, Any],
+    params: SampleParams,
+    cfg: AugmentConfig,
+    *,
+    out_hw: tuple[int, int],
+    stride: int,
+) -> dict[str, np.ndarray]:
+    """Apply one sample's parameters to its decoded arrays, in the canonical order of docs/design.md.
+
+    sample : ``image`` uint8 (H, W, 3) RGB, ``semantic`` uint8 (H, W), ``instance`` int32 (H, W),
+             ``heatmap`` float32 (H/s↑, W/s↑), ``offset`` float32 (2, H/s↑, W/s↑), s = ``stride``
+    Returns ``image`` float32 (3, oh, ow), ``semantic`` int64 (oh, ow), ``instance`` int32 (oh, ow),
+    ``heatmap`` float32 (1, oh/s, ow/s), ``offset`` float32 (2, oh/s, ow/s).
+    """
+    image = sample["image"]
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"augment_sample: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    src_hw = image.shape[:2]
+    out_hw = (int(out_hw[0]), int(out_hw[1]))
+    mhw = map_hw(out_hw, stride)
+    m = affine_matrix(params, src_hw, out_hw, fit=cfg.geometry.fit)
+    mm = map_affine(m, stride)
+
+    img = warp_image(image, m, out_hw)
+    img = adjust_hue_saturation(img, params.hue, params.saturation)
+    img = adjust_brightness_contrast(img, params.brightness, params.contrast)
+    imgf = apply_shadow(img.astype(np.float32), shadow_band(params, out_hw))
+    imgf = add_noise(imgf, params.noise_sigma, params.noise_seed)
+
+    _check_label_shape("semantic", sample["semantic"], src_hw)
+    _check_label_shape("instance", sample["instance"], src_hw)
+    lookup = nearest_lookup(m, src_hw, out_hw)
+    return {
+        "image": normalize_image(imgf, cfg.normalize.mean, cfg.normalize.std),
+        "semantic": take_nearest(sample["semantic"], lookup, SEMANTIC_FILL).astype(np.int64),
+        "instance": take_nearest(sample["instance"].astype(np.int32, copy=False), lookup, INSTANCE_FILL),
+        "heatmap": warp_heatmap(sample["heatmap"], mm, mhw)[None],
+        "offset": warp_offsets(sample["offset"], mm, mhw),
+    }
+
+
+def _check_label_shape(name: str, array: np.ndarray, src_hw: tuple[int, int]) -> None:
+    if tuple(array.shape) != tuple(src_hw):
+        raise ValueError(f"augment_sample: {name} has shape {array.shape}, expected {tuple(src_hw)} like the image")
