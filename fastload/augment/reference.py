@@ -228,7 +228,9 @@ def flip_offsets(offset: np.ndarray, *, axis: str = "x") -> np.ndarray:
 
 # DALI's fn.hsv: RGB → YIQ, rotate the IQ plane by the hue, scale IQ by the saturation, back to RGB; one 3x3
 # matrix applied to RGB in float32, then rounded half away from zero and saturated to uint8.
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]], dtype=np.float32)
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]], dtype=np.float32
+)
 
 
 def hsv_matrix(hue: float, saturation: float, value: float = 1.0) -> np.ndarray:
@@ -387,4 +389,6 @@ def augment_sample(
 
 def _check_label_shape(name: str, array: np.ndarray, src_hw: tuple[int, int]) -> None:
     if tuple(array.shape) != tuple(src_hw):
-        raise ValueError(f"augment_sample: {name} has shape {array.shape}, expected {tuple(src_hw)} like the image")
+        raise ValueError(
+            f"augment_sample: {name} has shape {array.shape}, expected {tuple(src_hw)} like the image"
+        )

@@ -1,0 +1,457 @@
+"""The CPU reference kernels: exact where they must be (flips, label sets), DALI-matching where they mirror
+a DALI operator (checked against DALI's CPU operators, which run without a GPU), and the documented maths
+for shadow, noise and normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from fastload.augment import reference as R
+from fastload.augment.config import AugmentConfig
+from fastload.augment.params import (
+    SampleParams,
+    affine_matrix,
+    draw_params,
+    map_affine,
+    sample_rng,
+    shadow_band,
+)
+
+DEFAULT = AugmentConfig.default()
+
+
+def _blobs(hw: tuple[int, int], centres_radii, *, first_id: int = 1) -> np.ndarray:
+    """int32 instance mask with filled ellipses (cy, cx, ry, rx), ids first_id, first_id+1, ..."""
+    mask = np.zeros(hw, dtype=np.int32)
+    for k, (cy, cx, ry, rx) in enumerate(centres_radii):
+        tmp = np.zeros(hw, dtype=np.uint8)
+        cv2.ellipse(tmp, (cx, cy), (rx, ry), 0, 0, 360, 1, -1)
+        mask[tmp > 0] = first_id + k
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+def test_opencv_matrix_conversion_moves_the_pixel_centre():
+    m = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    # continuous 0.5 (centre of pixel 0) → 1.0, i.e. OpenCV's 0 → 0.5
+    np.testing.assert_allclose(R.to_opencv_matrix(m), [[2.0, 0.0, 0.5], [0.0, 2.0, 0.5]])
+    np.testing.assert_array_equal(R.to_opencv_matrix(np.eye(2, 3)), np.eye(2, 3))
+
+
+def test_identity_same_size_warps_are_exact_copies():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    labels = rng.integers(0, 1 << 20, (48, 64), dtype=np.int32)
+    m = affine_matrix(SampleParams(), (48, 64), (48, 64))
+    np.testing.assert_array_equal(R.warp_image(image, m, (48, 64)), image)
+    np.testing.assert_array_equal(R.warp_mask(labels, m, (48, 64), fill=0), labels)
+
+
+@pytest.mark.parametrize(
+    "src_hw, out_hw", [((600, 800), (512, 512)), ((96, 128), (64, 64)), ((64, 64), (64, 64))]
+)
+@pytest.mark.parametrize("flip", ["flip_x", "flip_y"])
+def test_flip_about_centre_is_exact(src_hw, out_hw, flip):
+    rng = np.random.default_rng(1)
+    semantic = rng.integers(0, 20, src_hw, dtype=np.uint8)
+    instance = rng.integers(0, 1 << 24, src_hw).astype(np.int32)
+    fitted_m = affine_matrix(SampleParams(), src_hw, out_hw)
+    flipped_m = affine_matrix(SampleParams(**{flip: True}), src_hw, out_hw)
+    mirror = np.fliplr if flip == "flip_x" else np.flipud
+    for mask, fill in ((semantic, R.SEMANTIC_FILL), (instance, R.INSTANCE_FILL)):
+        fitted = R.warp_mask(mask, fitted_m, out_hw, fill=fill)
+        np.testing.assert_array_equal(R.warp_mask(mask, flipped_m, out_hw, fill=fill), mirror(fitted))
+
+
+def test_letterbox_is_filled_with_ignore_and_background():
+    semantic = np.full((60, 80), 3, dtype=np.uint8)
+    instance = np.full((60, 80), 7, dtype=np.int32)
+    m = affine_matrix(SampleParams(), (60, 80), (64, 64))  # 80 → 64 wide, 60 → 48 high: 8 rows each side
+    sem = R.warp_mask(semantic, m, (64, 64), fill=R.SEMANTIC_FILL)
+    ins = R.warp_mask(instance, m, (64, 64), fill=R.INSTANCE_FILL)
+    assert (sem[:8] == 255).all() and (sem[-8:] == 255).all() and (sem[8:-8] == 3).all()
+    assert (ins[:8] == 0).all() and (ins[-8:] == 0).all() and (ins[8:-8] == 7).all()
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_labels_after_any_warp_are_a_subset_plus_fill(index):
+    rng = np.random.default_rng(index)
+    h, w = rng.integers(40, 300, 2)
+    semantic = rng.integers(0, 6, (h, w), dtype=np.uint8)
+    instance = (rng.integers(0, 5, (h, w)) * 100_003).astype(np.int32)  # ids past uint16 survive exactly
+    params = draw_params(sample_rng(3, 0, index), DEFAULT)
+    m = affine_matrix(params, (h, w), (96, 128))
+    sem = R.warp_mask(semantic, m, (96, 128), fill=255)
+    ins = R.warp_mask(instance, m, (96, 128), fill=0)
+    assert sem.dtype == np.uint8 and ins.dtype == np.int32
+    assert set(np.unique(sem)) <= set(np.unique(semantic)) | {255}
+    assert set(np.unique(ins)) <= set(np.unique(instance)) | {0}
+
+
+def test_flip_offsets_negates_the_flipped_component():
+    rng = np.random.default_rng(0)
+    off = rng.normal(size=(2, 5, 7)).astype(np.float32)
+    fx = R.flip_offsets(off, axis="x")
+    np.testing.assert_array_equal(fx[0], off[0, :, ::-1])
+    np.testing.assert_array_equal(fx[1], -off[1, :, ::-1])
+    fy = R.flip_offsets(off, axis="y")
+    np.testing.assert_array_equal(fy[0], -off[0, ::-1])
+    np.testing.assert_array_equal(fy[1], off[1, ::-1])
+    with pytest.raises(ValueError, match="'x' or 'y'"):
+        R.flip_offsets(off, axis="z")
+
+
+def test_warp_offsets_flip_equals_flip_offsets_exactly():
+    from fastload.targets import center_targets
+
+    mask = _blobs((64, 64), [(20, 15, 6, 9), (40, 44, 10, 5)])
+    _, off = center_targets(mask)
+    m = affine_matrix(SampleParams(flip_x=True), (64, 64), (64, 64))
+    np.testing.assert_array_equal(R.warp_offsets(off, m, (64, 64)), R.flip_offsets(off, axis="x"))
+    # and both equal the targets recomputed from the flipped mask
+    _, off_flipped = center_targets(np.fliplr(mask))
+    np.testing.assert_allclose(R.flip_offsets(off, axis="x"), off_flipped, atol=1e-5)
+
+
+def test_transform_offsets_rotates_and_scales_vectors():
+    off = np.zeros((2, 1, 1), dtype=np.float32)
+    off[:, 0, 0] = (0.0, 2.0)  # pointing right
+    quarter = affine_matrix(SampleParams(angle=90.0, scale=1.5), (8, 8), (8, 8))
+    np.testing.assert_allclose(R.transform_offsets(off, quarter)[:, 0, 0], [-3.0, 0.0], atol=1e-6)  # up, 1.5x
+
+
+BLOBS = [(40, 48, 10, 14), (70, 80, 12, 8), (52, 70, 6, 6), (85, 45, 9, 12)]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SampleParams(flip_x=True),
+        SampleParams(angle=90.0),
+        SampleParams(scale=1.25),
+        SampleParams(scale=0.75),
+        SampleParams(angle=-30.0, scale=1.1, shift=(0.05, -0.04)),
+        SampleParams(flip_y=True, angle=12.0, scale=0.9),
+    ],
+    ids=["flip", "rot90", "zoom-in", "zoom-out", "rot-scale-shift", "flip-rot-scale"],
+)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_warped_offsets_match_offsets_of_the_warped_mask(params, stride):
+    """Offsets warped as vectors agree with offsets recomputed from the warped instance mask (within 1 px on
+    ≥ 99 % of instance pixels). Instances stay inside the frame, so their centres move with the affine."""
+    from fastload.targets import center_targets
+
+    src_hw, out_hw = (128, 128), (128, 128)
+    mask = _blobs(src_hw, BLOBS)
+    _, off = center_targets(mask, stride=stride)
+    m = affine_matrix(params, src_hw, out_hw)
+    warped_mask = R.warp_mask(mask, m, out_hw, fill=0)
+    assert set(np.unique(warped_mask)) == set(np.unique(mask))  # nothing left the frame
+    map_out = (out_hw[0] // stride, out_hw[1] // stride)
+    warped = R.warp_offsets(off, map_affine(m, stride), map_out)
+    _, expected = center_targets(warped_mask, stride=stride)
+    on = expected.any(axis=0) & warped.any(axis=0)
+    assert on.sum() > 0.9 * (expected.any(axis=0)).sum()
+    err = np.hypot(*(warped - expected)[:, on])
+    assert np.mean(err <= 1.0) >= 0.99, f"{np.mean(err <= 1.0):.4f} within 1 px, max {err.max():.2f}"
+
+
+def test_warp_heatmap_moves_the_peak_with_the_affine():
+    heat = np.zeros((32, 32), dtype=np.float32)
+    heat[8, 20] = 1.0
+    m = affine_matrix(SampleParams(angle=90.0), (32, 32), (32, 32))
+    out = R.warp_heatmap(heat, m, (32, 32))
+    # index (8, 20) ↔ continuous (20.5, 8.5) → CCW quarter turn about (16, 16) → (8.5, 11.5) ↔ index (11, 8)
+    assert np.unravel_index(np.argmax(out), out.shape) == (11, 8)
+    assert out.max() == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------- against DALI
+
+
+@pytest.fixture(scope="module")
+def dali_cpu():
+    """Run one DALI operator on the CPU (device_id=None) over a batch of HWC arrays."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    def run(op, images, **per_sample):
+        names = sorted(per_sample)
+
+        @pipeline_def(batch_size=len(images), num_threads=1, device_id=None, prefetch_queue_depth=1)
+        def pipe():
+            x = fn.external_source(source=lambda: list(images), layout="HWC", batch=True)
+            args = {k: fn.external_source(source=_constant_batch(per_sample[k]), batch=True) for k in names}
+            return op(fn, x, **args)
+
+        p = pipe()
+        p.build()
+        (out,) = p.run()
+        return [np.array(out[i]) for i in range(len(images))]
+
+    return run
+
+
+def _constant_batch(values):
+    batch = [np.float32(v) for v in values]
+    return lambda: batch
+
+
+def _photos(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Smooth colourful images (random noise would hide nothing, but real photos are smooth)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = cv2.resize(small, (80, 60), interpolation=cv2.INTER_CUBIC)
+        img[::7] = rng.integers(0, 256, img[::7].shape, dtype=np.uint8)  # some hard extremes too
+        out.append(img)
+    return out
+
+
+HUES = [-180.0, -90.0, -25.3, -3.0, 0.0, 2.5, 10.0, 45.0, 120.0, 179.9]
+SATS = [0.0, 0.3, 0.7, 1.0, 1.3, 2.5, 0.9, 1.1, 1.7, 0.5]
+
+
+def test_hue_saturation_matches_dali_hsv(dali_cpu):
+    images = _photos(len(HUES))
+    got = dali_cpu(
+        lambda fn, x, hue, saturation: fn.hsv(x, hue=hue, saturation=saturation),
+        images,
+        hue=HUES,
+        saturation=SATS,
+    )
+    for img, dali, hue, sat in zip(images, got, HUES, SATS, strict=True):
+        ours = R.adjust_hue_saturation(img, hue, sat)
+        diff = np.abs(ours.astype(int) - dali.astype(int))
+        assert diff.max() <= 1, (hue, sat, diff.max())
+        assert np.mean(diff > 0) < 1e-3, (hue, sat)  # only float32 rounding ties differ
+
+
+def test_hsv_is_not_opencv_hsv():
+    img = _photos(1)[0]
+    assert not np.array_equal(R.adjust_hue_saturation(img, 0.0, 1.5), img)
+    grey = np.full((4, 4, 3), 77, dtype=np.uint8)  # no chroma: hue and saturation leave grey alone
+    np.testing.assert_array_equal(R.adjust_hue_saturation(grey, 40.0, 1.8), grey)
+
+
+BRIGHT = [0.0, 0.5, 0.8, 1.0, 1.2, 2.3, 1.0, 0.9, 1.1, 0.7]
+CONTRAST = [1.0, 0.5, 1.2, 0.0, 1.0, 3.0, 0.8, 1.1, 0.9, 1.4]
+
+
+def test_brightness_contrast_matches_dali(dali_cpu):
+    images = _photos(len(BRIGHT), seed=1)
+    got = dali_cpu(
+        lambda fn, x, brightness, contrast: fn.brightness_contrast(
+            x, brightness=brightness, contrast=contrast
+        ),
+        images,
+        brightness=BRIGHT,
+        contrast=CONTRAST,
+    )
+    for img, dali, b, c in zip(images, got, BRIGHT, CONTRAST, strict=True):
+        diff = np.abs(R.adjust_brightness_contrast(img, b, c).astype(int) - dali.astype(int))
+        assert diff.max() <= 1, (b, c, diff.max())
+
+
+def test_contrast_centre_is_128():
+    img = np.array([[[128, 0, 255]]], dtype=np.uint8)
+    np.testing.assert_array_equal(R.adjust_brightness_contrast(img, 1.0, 0.0), [[[128, 128, 128]]])
+
+
+def _dali_warp(dali_cpu, arrays, matrices, out_hw, *, linear: bool, fill: float):
+    from nvidia.dali import types
+
+    interp = types.INTERP_LINEAR if linear else types.INTERP_NN
+    out = []
+    for arr, m in zip(arrays, matrices, strict=True):  # the matrix is a per-op constant here
+        flat = [float(v) for v in np.asarray(m, dtype=np.float32).ravel()]
+        (res,) = dali_cpu(
+            lambda fn, x, flat=flat: fn.warp_affine(
+                x, matrix=flat, inverse_map=False, interp_type=interp, fill_value=fill, size=list(out_hw)
+            ),
+            [arr],
+        )
+        out.append(res)
+    return out
+
+
+def test_nearest_warp_matches_dali_warp_affine(dali_cpu):
+    rng = np.random.default_rng(5)
+    labels, matrices = [], []
+    for k in range(8):
+        h, w = (int(v) for v in rng.integers(60, 300, 2))
+        labels.append(rng.integers(0, 255, (h, w, 1), dtype=np.uint8))
+        matrices.append(affine_matrix(draw_params(sample_rng(0, 0, k), DEFAULT), (h, w), (96, 128)))
+    got = _dali_warp(dali_cpu, labels, matrices, (96, 128), linear=False, fill=255)
+    same = [
+        np.mean(R.warp_mask(lab[:, :, 0], m, (96, 128), fill=255) == d[:, :, 0])
+        for lab, m, d in zip(labels, matrices, got, strict=True)
+    ]
+    assert np.mean(same) >= 0.9999, same
+
+
+def test_linear_warps_match_dali_warp_affine(dali_cpu):
+    rng = np.random.default_rng(6)
+    images = _photos(4, seed=6)
+    heats = [rng.random((30, 40)).astype(np.float32) for _ in range(4)]
+    matrices = [
+        affine_matrix(draw_params(sample_rng(1, 0, k), DEFAULT), (60, 80), (64, 64)) for k in range(4)
+    ]
+    got = _dali_warp(dali_cpu, images, matrices, (64, 64), linear=True, fill=0)
+    for img, m, d in zip(images, matrices, got, strict=True):
+        assert np.abs(R.warp_image(img, m, (64, 64)).astype(int) - d.astype(int)).max() <= 1
+    map_m = [map_affine(m, 2) for m in matrices]
+    got = _dali_warp(dali_cpu, [h[:, :, None] for h in heats], map_m, (32, 32), linear=True, fill=0)
+    for heat, m, d in zip(heats, map_m, got, strict=True):
+        assert np.abs(R.warp_heatmap(heat, m, (32, 32)) - d[:, :, 0]).max() <= 0.02  # OpenCV: 1/32 px grid
+
+
+# ------------------------------------------------------------------------------ shadow, noise, normalize
+
+
+def test_shadow_darkens_exactly_the_band():
+    image = np.full((40, 60, 3), 200.0, dtype=np.float32)
+    band = (
+        0.0,
+        1.0,
+        20.0,
+        5.0,
+        0.25,
+    )  # horizontal band: |y − 20| < 5 with y = i + 0.5 → rows 15..19 and 20..24
+    out = R.apply_shadow(image, band)
+    rows = np.arange(40) + 0.5
+    inside = np.abs(rows - 20.0) < 5.0
+    np.testing.assert_array_equal(out[inside], 150.0)
+    np.testing.assert_array_equal(out[~inside], 200.0)
+    assert inside.sum() == 10
+
+
+def test_shadow_band_from_params_is_in_output_pixels():
+    params = SampleParams(shadow=(1.0, 0.0, 0.0, 0.1, 0.5))  # vertical band through the centre, 0.1 diagonal
+    band = shadow_band(params, (30, 40))  # diagonal 50 → half-width 5 px, line x = 20
+    out = R.apply_shadow(np.full((30, 40, 3), 100.0, dtype=np.float32), band)
+    cols = np.arange(40) + 0.5
+    dark = np.abs(cols - 20.0) < 5.0
+    np.testing.assert_array_equal(out[:, dark], 50.0)
+    np.testing.assert_array_equal(out[:, ~dark], 100.0)
+    np.testing.assert_array_equal(R.apply_shadow(out, SampleParams().shadow), out)  # strength 0: no-op
+
+
+def test_noise_is_deterministic_and_standard():
+    a = R.noise_field((256, 256), 123.25)
+    b = R.noise_field((256, 256), 123.25)
+    c = R.noise_field((256, 256), 7.5)
+    assert a.dtype == np.float32 and a.shape == (256, 256, 3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert abs(float(a.mean())) < 0.02
+    assert abs(float(a.std()) - 1.0) < 0.05
+    assert np.corrcoef(a[..., 0].ravel(), a[..., 1].ravel())[0, 1] < 0.05  # channels independent
+
+
+def test_noise_hash_follows_the_design_formula():
+    # float32 scalars, as the design says: the hash amplifies rounding, float64 would give another value
+    f = np.float32
+    x, y, ch, seed = f(5.0), f(3.0), f(2.0), f(41.5)
+    a = x * f(12.9898) + y * f(78.233) + ch * f(37.719) + seed
+    b = x * f(39.3467) + y * f(11.135) + ch * f(83.155) + f(1.618) * seed
+    v1, v2 = np.sin(a) * f(43758.5453), np.sin(b) * f(24634.6345)
+    u1 = max(v1 - np.floor(v1), f(1e-7))
+    u2 = v2 - np.floor(v2)
+    g = np.sqrt(f(-2) * np.log(u1)) * np.cos(f(2 * np.pi) * u2)
+    assert R.noise_field((4, 6), float(seed))[3, 5, 2] == pytest.approx(float(g), abs=1e-4)
+
+
+def test_add_noise_scales_by_sigma_and_clamps():
+    image = np.full((64, 64, 3), 128.0, dtype=np.float32)
+    out = R.add_noise(image, 10.0, 3.0)
+    np.testing.assert_allclose(out - 128.0, 10.0 * R.noise_field((64, 64), 3.0), atol=1e-4)
+    edge = R.add_noise(np.zeros((64, 64, 3), np.float32), 50.0, 3.0)
+    assert edge.min() == 0.0 and edge.max() <= 255.0
+    np.testing.assert_array_equal(R.add_noise(image, 0.0, 3.0), image)
+
+
+def test_normalize_layout_and_values():
+    image = np.zeros((2, 3, 3), dtype=np.float32)
+    image[..., 0], image[..., 1], image[..., 2] = 255.0, 0.0, 51.0
+    out = R.normalize_image(image, (0.5, 0.5, 0.2), (0.5, 0.25, 0.1))
+    assert out.shape == (3, 2, 3) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out[0], 1.0)
+    np.testing.assert_allclose(out[1], -2.0)
+    np.testing.assert_allclose(out[2], 0.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- whole sample
+
+
+def _sample(hw=(60, 80), stride=1, seed=0):
+    from fastload.targets import center_targets
+
+    rng = np.random.default_rng(seed)
+    instance = _blobs(hw, [(20, 25, 8, 10), (40, 55, 9, 7)])
+    semantic = np.where(instance > 0, instance + 2, 0).astype(np.uint8)
+    heat, off = center_targets(instance, stride=stride)
+    image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    return {
+        "image": image,
+        "semantic": semantic,
+        "instance": instance,
+        "heatmap": heat,
+        "offset": off,
+        "meta": {},
+    }
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_augment_sample_shapes_and_dtypes(stride):
+    sample = _sample(stride=stride)
+    params = draw_params(sample_rng(0, 0, 1), DEFAULT)
+    params = dataclasses.replace(params, noise_sigma=4.0, noise_seed=9.0, shadow=(0.6, 0.8, 0.0, 0.05, 0.3))
+    out = R.augment_sample(sample, params, DEFAULT, out_hw=(64, 96), stride=stride)
+    assert sorted(out) == ["heatmap", "image", "instance", "offset", "semantic"]
+    expect = {
+        "image": (np.float32, (3, 64, 96)),
+        "semantic": (np.int64, (64, 96)),
+        "instance": (np.int32, (64, 96)),
+        "heatmap": (np.float32, (1, 64 // stride, 96 // stride)),
+        "offset": (np.float32, (2, 64 // stride, 96 // stride)),
+    }
+    for key, (dtype, shape) in expect.items():
+        assert out[key].dtype == dtype and out[key].shape == shape, (key, out[key].dtype, out[key].shape)
+
+
+def test_augment_sample_without_augmentation_is_fit_and_normalise():
+    sample = _sample()
+    cfg = AugmentConfig.none()
+    out = R.augment_sample(sample, SampleParams(), cfg, out_hw=(64, 64), stride=1)
+    m = affine_matrix(SampleParams(), (60, 80), (64, 64))
+    warped = R.warp_image(sample["image"], m, (64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(
+        out["image"], R.normalize_image(warped, cfg.normalize.mean, cfg.normalize.std)
+    )
+    np.testing.assert_array_equal(out["semantic"][:8], 255)  # letterbox rows: ignore
+    np.testing.assert_array_equal(out["instance"][:8], 0)
+    assert set(np.unique(out["instance"])) == {0, 1, 2}
+
+
+def test_augment_sample_refuses_mismatched_inputs():
+    sample = _sample()
+    with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\)"):
+        R.augment_sample(
+            {**sample, "image": sample["image"][..., 0]}, SampleParams(), DEFAULT, out_hw=(64, 64), stride=1
+        )
+    with pytest.raises(ValueError, match="semantic has shape"):
+        R.augment_sample(
+            {**sample, "semantic": sample["semantic"][:10]},
+            SampleParams(),
+            DEFAULT,
+            out_hw=(64, 64),
+            stride=1,
+        )
