@@ -1,0 +1,504 @@
+"""`build_cache`: COCO + images → sharded cache (tar shards, both indexes, completion records, manifest).
+
+The work is a thin shell around pure functions: ``load_coco`` validates the annotations, ``rasterize_image``
+and ``center_targets`` make the labels, `fastload.cache.format` encodes them. Each worker process builds whole
+shards, so a shard's bytes depend only on its images and the config (never on the worker count), and every
+file appears atomically: ``*.tmp`` then ``os.replace``, the shard's ``.done.json`` last, ``manifest.json``
+after all shards. A killed build therefore never leaves a shard that looks complete, and ``resume=True``
+keeps exactly the shards whose record and hashes check out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import re
+import sys
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from fastload.cache.config import CacheConfig, as_cache_config
+from fastload.cache.format import (
+    LABEL_EXTENSIONS,
+    SCHEMA_VERSION,
+    TarWriter,
+    dali_index_text,
+    encode_heatmap,
+    encode_instance,
+    encode_meta,
+    encode_offset,
+    encode_semantic,
+    sample_key,
+    shard_stem,
+    sniff_image_format,
+    truncation_problem,
+)
+from fastload.cache.manifest import (
+    MANIFEST_NAME,
+    assemble_manifest,
+    done_name,
+    part_name,
+    pretty_json,
+    read_json,
+    sha256_file,
+    write_atomic,
+)
+from fastload.errors import AnnotationError, CacheError, ImageError
+
+OnError = Literal["fail", "skip"]
+FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
+# names a build may find in (and remove from) its output folder; anything else means "not a cache folder"
+_OWN_FILE = re.compile(r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-\d{5}\.(tar|idx|json|done\.json))(\.tmp)?$")
+
+
+# ----------------------------------------------------------------------------------------------- one sample
+
+
+class _SampleProblem(Exception):
+    """Internal: this image cannot be cached; ``kind`` picks ImageError or AnnotationError under "fail"."""
+
+    def __init__(self, kind: Literal["image", "annotation"], reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def read_checked_image(path: Path, height: int, width: int) -> tuple[bytes, str]:
+    """Read an image file and check it fully; return its bytes and the extension of its *content*.
+
+    Checks: the file exists and is not empty, its magic bytes name a supported format, it is not truncated
+    (see `truncation_problem`), it decodes completely, and the decoded size equals the COCO ``height`` x
+    ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``.
+
+    Raises
+    ------
+    _SampleProblem
+        With the reason, for the caller to turn into an ImageError or a skip.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _SampleProblem("image", f"file not found: {path}") from None
+    except OSError as exc:
+        raise _SampleProblem("image", f"file unreadable: {path} ({exc.strerror or exc})") from None
+    if not data:
+        raise _SampleProblem("image", f"file is empty (0 bytes): {path}")
+    fmt = sniff_image_format(data)
+    if fmt is None:
+        raise _SampleProblem("image", f"not a JPEG, PNG, BMP, TIFF or WebP file (starts with {data[:8]!r}): {path}")
+    problem = truncation_problem(data, fmt)
+    if problem:
+        raise _SampleProblem("image", f"{problem}: {path}")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if decoded is None:
+        raise _SampleProblem("image", f"{fmt} file does not decode: {path}")
+    if decoded.shape[:2] != (height, width):
+        raise _SampleProblem(
+            "image",
+            f"decoded size {decoded.shape[0]} x {decoded.shape[1]} (H x W) differs from the COCO entry's "
+            f"{height} x {width}: {path}",
+        )
+    return data, fmt
+
+
+@dataclass(frozen=True)
+class EncodedSample:
+    """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it."""
+
+    members: tuple[tuple[str, str, bytes], ...]
+    instances_per_class: dict[int, int]
+    offset_clipped_pixels: int
+
+
+def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig) -> EncodedSample:
+    """Check one image and encode all its members (pure apart from reading the image file)."""
+    from fastload.coco import resolve_image_path
+    from fastload.raster import rasterize_image
+    from fastload.targets import center_targets, instance_table
+
+    try:
+        path = resolve_image_path(image_root, record)
+    except AnnotationError as exc:
+        raise _SampleProblem("annotation", str(exc)) from None
+    data, fmt = read_checked_image(path, record.height, record.width)
+    raster = rasterize_image(record)
+    if raster.instances and len(raster.instances) > 65535:
+        raise _SampleProblem("annotation", f"{len(raster.instances)} instances; at most 65535 fit the instance PNG")
+    heatmap, offset = center_targets(raster.instance, cfg.sigma, stride=cfg.stride)
+    table = instance_table(raster)
+    level = cfg.png_compression
+    off_png, clipped = encode_offset(offset, offset_scale=cfg.offset_scale, level=level)
+    meta = {
+        "image_id": record.image_id,
+        "file_name": record.file_name,
+        "height": record.height,
+        "width": record.width,
+        "instances": table,
+    }
+    key = sample_key(position)
+    members = (
+        ("image", f"{key}.{fmt}", data),
+        ("sem", f"{key}.{LABEL_EXTENSIONS['sem']}", encode_semantic(raster.semantic, level=level)),
+        ("ins", f"{key}.{LABEL_EXTENSIONS['ins']}", encode_instance(raster.instance, level=level)),
+        ("off", f"{key}.{LABEL_EXTENSIONS['off']}", off_png),
+        ("heat", f"{key}.{LABEL_EXTENSIONS['heat']}", encode_heatmap(heatmap, level=level)),
+        ("meta", f"{key}.{LABEL_EXTENSIONS['meta']}", encode_meta(meta)),
+    )
+    per_class = Counter(int(row["train_id"]) for row in table)
+    return EncodedSample(members, dict(per_class), clipped)
+
+
+# ----------------------------------------------------------------------------------------------- one shard
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to build shard ``shard`` (records travel with the task)."""
+
+    shard: int
+    items: tuple[tuple[int, Any], ...]  # (position, ImageRecord)
+    out: Path
+    image_root: Path
+    config: CacheConfig
+    on_error: OnError
+    fingerprint: str
+
+
+def _skip_entry(record: Any, reason: str) -> dict[str, Any]:
+    return {"image_id": record.image_id, "annotation_id": None, "file_name": record.file_name, "reason": reason}
+
+
+def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Build one shard's tar, DALI index and JSON index, then its completion record; return the record."""
+    stem = shard_stem(task.shard)
+    out = task.out
+    done_path = out / done_name(task.shard)
+    done_path.unlink(missing_ok=True)  # from here on the shard does not look complete until we finish
+    tar_path, tar_tmp = out / f"{stem}.tar", out / f"{stem}.tar.tmp"
+    index_entries: list[dict[str, Any]] = []
+    dali_entries: list[list[tuple[str, int, int, str]]] = []
+    skips: list[dict[str, Any]] = []
+    per_class: Counter[int] = Counter()
+    member_bytes = dict.fromkeys(("image", "sem", "ins", "off", "heat", "meta"), 0)
+    clipped = 0
+    try:
+        with open(tar_tmp, "wb") as fh:
+            writer = TarWriter(fh)
+            for position, record in task.items:
+                try:
+                    sample = encode_sample(record, position, task.image_root, task.config)
+                except _SampleProblem as problem:
+                    if task.on_error == "fail":
+                        error = ImageError if problem.kind == "image" else AnnotationError
+                        raise error(
+                            f"image {record.image_id} (file {record.file_name!r}): {problem.reason}; {FIX_IMAGE}"
+                        ) from None
+                    skips.append(_skip_entry(record, problem.reason))
+                    progress(1)
+                    continue
+                members, dali_members = [], []
+                for kind, name, data in sample.members:
+                    offset = writer.add(name, data)
+                    members.append({"kind": kind, "name": name, "offset": offset, "size": len(data), "crc32": zlib.crc32(data)})
+                    dali_members.append((name.split(".", 1)[1], offset, len(data), name))
+                    member_bytes[kind] += len(data)
+                index_entries.append(
+                    {
+                        "key": sample_key(position),
+                        "image_id": record.image_id,
+                        "height": record.height,
+                        "width": record.width,
+                        "members": members,
+                    }
+                )
+                dali_entries.append(dali_members)
+                per_class.update(sample.instances_per_class)
+                clipped += sample.offset_clipped_pixels
+                progress(1)
+            tar_bytes, tar_sha = writer.finish()
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tar_tmp.unlink(missing_ok=True)
+        raise
+    files = None
+    if index_entries:
+        index = {"schema_version": SCHEMA_VERSION, "shard": f"{stem}.tar", "samples": index_entries}
+        index_bytes = pretty_json(index)
+        idx_bytes = dali_index_text(dali_entries).encode("ascii")
+        write_atomic(out / f"{stem}.json", index_bytes)
+        write_atomic(out / f"{stem}.idx", idx_bytes)
+        os.replace(tar_tmp, tar_path)
+        files = {
+            "tar": {"name": f"{stem}.tar", "bytes": tar_bytes, "sha256": tar_sha},
+            "json": {"name": f"{stem}.json", "bytes": len(index_bytes), "sha256": hashlib.sha256(index_bytes).hexdigest()},
+            "idx": {"name": f"{stem}.idx", "bytes": len(idx_bytes), "sha256": hashlib.sha256(idx_bytes).hexdigest()},
+        }
+    else:  # every image skipped: no files (DALI cannot index an empty tar); the record says so
+        tar_tmp.unlink(missing_ok=True)
+        for suffix in (".tar", ".json", ".idx"):
+            (out / f"{stem}{suffix}").unlink(missing_ok=True)
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "shard": task.shard,
+        "fingerprint": task.fingerprint,
+        "samples": len(index_entries),
+        "instances": sum(per_class.values()),
+        "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},
+        "member_bytes": member_bytes,
+        "offset_clipped_pixels": clipped,
+        "skips": skips,
+        "files": files,
+    }
+    write_atomic(done_path, pretty_json(record))
+    return record
+
+
+def check_done_record(out: Path, shard: int, fingerprint: str, on_error: OnError) -> dict[str, Any] | None:
+    """The shard's completion record if the shard can be kept as is (resume), else ``None``.
+
+    Kept when: the record parses, was made from the same inputs and config (fingerprint), its files exist
+    with the recorded sha256, and it skipped nothing unless ``on_error="skip"`` (under "fail" a shard with
+    skips is rebuilt so that the error is raised).
+    """
+    try:
+        record = read_json(out / done_name(shard), what="completion record")
+    except (FileNotFoundError, CacheError):
+        return None
+    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+        return None
+    if record.get("shard") != shard or record.get("fingerprint") != fingerprint:
+        return None
+    if record.get("skips") and on_error == "fail":
+        return None
+    files = record.get("files")
+    if files is None:
+        return record if record.get("samples") == 0 else None
+    for entry in files.values():
+        path = out / entry["name"]
+        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            return None
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- fingerprints
+
+
+def _instance_summary(inst: Any) -> dict[str, Any]:
+    rle = inst.rle
+    if rle is not None:
+        counts = rle["counts"]
+        rle = {"size": list(rle["size"]), "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "annotation_id": inst.annotation_id,
+        "category_id": inst.category_id,
+        "train_id": inst.train_id,
+        "iscrowd": bool(inst.iscrowd),
+        # NaN separates rings; JSON cannot hold NaN, and the hash needs the exact float bits anyway
+        "polygons": [hashlib.sha256(np.ascontiguousarray(p, dtype="<f8").tobytes()).hexdigest() for p in inst.polygons],
+        "rle": rle,
+    }
+
+
+def shard_fingerprint(header: dict[str, Any], items: Sequence[tuple[int, Any]]) -> str:
+    """sha256 of everything a shard's bytes depend on except the image files: config, classes, records."""
+    from fastload.cache.format import dumps_canonical
+
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "fastload_version": header["fastload_version"],
+        "config": header["config"],
+        "categories": header["categories"],
+        "images": [
+            {
+                "position": position,
+                "image_id": rec.image_id,
+                "file_name": rec.file_name,
+                "height": rec.height,
+                "width": rec.width,
+                "instances": [_instance_summary(inst) for inst in rec.instances],
+            }
+            for position, rec in items
+        ],
+    }
+    return hashlib.sha256(dumps_canonical(payload)).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- the build
+
+
+_progress_queue: Any = None
+
+
+def _init_worker(progress_queue: Any) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+    cv2.setNumThreads(1)  # one shard per process; OpenCV's own threads would only compete
+
+
+def _build_in_worker(task: ShardTask) -> dict[str, Any]:
+    return build_shard(task, progress=_progress_queue.put)
+
+
+def _run_tasks(tasks: list[ShardTask], workers: int, bar: Any) -> None:
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            build_shard(task, progress=bar.update)
+        return
+    # spawn, not fork: the parent may hold threads (torch, DALI, OpenCV) that a forked child would inherit
+    # in an undefined state; a pool's terminate() on error stops the other shards at once
+    ctx = mp.get_context("spawn")
+    progress_queue = ctx.Queue()
+    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        pending = [pool.apply_async(_build_in_worker, (task,)) for task in tasks]
+        while pending:
+            _drain(progress_queue, bar, timeout=0.1)
+            still = []
+            for result in pending:
+                if result.ready():
+                    result.get()  # re-raises the worker's ImageError / AnnotationError
+                else:
+                    still.append(result)
+            pending = still
+        _drain(progress_queue, bar, timeout=0)
+
+
+def _drain(progress_queue: Any, bar: Any, *, timeout: float) -> None:
+    try:
+        bar.update(progress_queue.get(timeout=timeout) if timeout else progress_queue.get_nowait())
+        while True:
+            bar.update(progress_queue.get_nowait())
+    except queue_mod.Empty:
+        pass
+
+
+def _prepare_out(out: Path, num_shards: int, node_rank: int, num_nodes: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in out.iterdir() if not _OWN_FILE.match(p.name))
+    if foreign:
+        raise CacheError(
+            f"refusing to build a cache in {out}: it holds files that are not part of a fastload cache "
+            f"({foreign[:5]}); choose an empty or new folder"
+        )
+    # an older manifest would describe the old shards: it goes first, and comes back only when we finish
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    if num_nodes == 1:
+        for part in out.glob("manifest.part-*.json"):
+            part.unlink()
+    else:
+        (out / part_name(node_rank, num_nodes)).unlink(missing_ok=True)
+    # shards of an earlier, larger build of this node's residue class
+    for path in out.glob("shard-*"):
+        shard = int(path.name[6:11])
+        if shard >= num_shards and shard % num_nodes == node_rank:
+            path.unlink()
+
+
+def _check_nodes(node_rank: int | None, num_nodes: int | None) -> tuple[int, int]:
+    if node_rank is None and num_nodes is None:
+        return 0, 1
+    if node_rank is None or num_nodes is None:
+        raise CacheError("pass both node_rank and num_nodes (--node-rank and --num-nodes), or neither")
+    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
+        raise CacheError(f"need 0 <= node_rank < num_nodes, got node_rank={node_rank} num_nodes={num_nodes}")
+    return node_rank, num_nodes
+
+
+def build_cache(
+    *,
+    coco: str | Path,
+    images: str | Path,
+    out: str | Path,
+    config: CacheConfig | str | Path | dict | None = None,
+    workers: int = 1,
+    on_error: OnError = "fail",
+    resume: bool = False,
+    node_rank: int | None = None,
+    num_nodes: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Build (or resume, or build one node's share of) a cache. See docs/design.md "The cache".
+
+    Parameters
+    ----------
+    coco : the COCO instances JSON
+    images : the folder that ``file_name`` entries are relative to
+    out : the cache folder (created; must hold nothing but cache files)
+    config : a `CacheConfig`, a YAML path, a mapping, or None for the defaults
+    workers : processes; each builds whole shards, so the output does not depend on it
+    on_error : "fail" raises at the first bad image/annotation (ImageError / AnnotationError naming image id,
+        file and fix); "skip" leaves it out and records it in the manifest
+    resume : keep shards whose completion record and sha256 check out; rebuild the rest
+    node_rank, num_nodes : build only shards k with k % num_nodes == node_rank and write a partial manifest
+        (``fastload cache merge`` joins them); both None (the default) = one node
+    progress : show a tqdm bar (per image) on stderr
+
+    Returns
+    -------
+    Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``.
+    """
+    from tqdm import tqdm
+
+    from fastload import __version__
+    from fastload.coco import load_coco
+
+    if on_error not in ("fail", "skip"):
+        raise CacheError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise CacheError(f"workers must be an integer >= 1, got {workers!r}")
+    node_rank, num_nodes = _check_nodes(node_rank, num_nodes)
+    cfg = as_cache_config(config)
+    coco, image_root, out = Path(coco), Path(images), Path(out)
+    if not image_root.is_dir():
+        raise ImageError(f"image folder {str(image_root)!r} does not exist; pass the folder the COCO file_names are relative to")
+    dataset = load_coco(coco, on_error=on_error)
+    if not dataset.images:
+        raise CacheError(f"{coco} has no (valid) images; nothing to cache")
+    spp = cfg.samples_per_shard
+    num_shards = math.ceil(len(dataset.images) / spp)
+    header = {
+        "fastload_version": __version__,
+        "config": cfg.to_dict(),
+        "categories": [{"coco_id": c.coco_id, "train_id": c.train_id, "name": c.name} for c in dataset.categories],
+        "coco_sha256": sha256_file(coco),
+        "images": len(dataset.images),
+        "num_shards": num_shards,
+        "coco_skips": [
+            {"image_id": s.image_id, "annotation_id": s.annotation_id, "file_name": s.file_name, "reason": s.reason}
+            for s in dataset.skips
+        ],
+    }
+    _prepare_out(out, num_shards, node_rank, num_nodes)
+
+    positions = tuple(enumerate(dataset.images))
+    tasks, kept = [], 0
+    for shard in range(node_rank, num_shards, num_nodes):
+        items = positions[shard * spp : (shard + 1) * spp]
+        fingerprint = shard_fingerprint(header, items)
+        if resume and check_done_record(out, shard, fingerprint, on_error) is not None:
+            kept += len(items)
+            continue
+        tasks.append(ShardTask(shard, items, out, image_root, cfg, on_error, fingerprint))
+    total = kept + sum(len(t.items) for t in tasks)
+    with tqdm(total=total, initial=kept, unit="img", desc=f"cache {out.name}", disable=not progress, file=sys.stderr) as bar:
+        _run_tasks(tasks, workers, bar)
+
+    records = [read_json(out / done_name(k), what="completion record") for k in range(node_rank, num_shards, num_nodes)]
+    if num_nodes == 1:
+        path = out / MANIFEST_NAME
+        write_atomic(path, pretty_json(assemble_manifest(header, records)))
+    else:
+        path = out / part_name(node_rank, num_nodes)
+        part = {"schema_version": SCHEMA_VERSION, "node_rank": node_rank, "num_nodes": num_nodes, "header": header, "records": records}
+        write_atomic(path, pretty_json(part))
+    return path

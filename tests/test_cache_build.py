@@ -1,0 +1,192 @@
+"""Building a cache: round trip against the pure functions, byte budget, determinism, resume, multi-node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import fastload.cache.writer as writer
+from fastload.cache.manifest import load_manifest
+from fastload.cache.merge import merge_cache
+from fastload.cache.reader import open_cache
+from fastload.cache.writer import build_cache
+from fastload.coco import load_coco
+from fastload.errors import CacheError
+from fastload.raster import rasterize_image
+from fastload.targets import center_targets, instance_table
+
+
+def _shard_hashes(cache: Path) -> dict[str, str]:
+    return {s.file: s.sha256 for s in load_manifest(cache).shards}
+
+
+def _build_synth(synth_root: Path, out: Path, **kwargs) -> Path:
+    kwargs.setdefault("config", {"samples_per_shard": 8})
+    return build_cache(
+        coco=synth_root / "annotations.json", images=synth_root / "images", out=out, progress=False, **kwargs
+    )
+
+
+# ----------------------------------------------------------------------------------------------- real data
+
+
+def test_round_trip_on_real_data_matches_the_pure_functions(sample_cache, sample_coco, sample_images):
+    cache = open_cache(sample_cache)
+    records = load_coco(sample_coco).images
+    assert len(cache) == len(records) == 18
+    scale = cache.manifest.offset_scale
+    for i, record in enumerate(records):
+        sample = cache[i]
+        raster = rasterize_image(record)
+        heatmap, offset = center_targets(raster.instance, cache.manifest.sigma, stride=cache.manifest.stride)
+        assert np.array_equal(sample["semantic"], raster.semantic)
+        assert sample["instance"].dtype == np.int32 and np.array_equal(sample["instance"], raster.instance)
+        assert sample["heatmap"].dtype == np.float32 and np.abs(sample["heatmap"] - heatmap).max() <= 1 / 510 + 1e-6
+        assert sample["offset"].dtype == np.float32
+        assert np.abs(sample["offset"] - offset).max() <= 1 / (2 * scale) + 1e-6
+        source = cv2.cvtColor(cv2.imread(str(sample_images / record.file_name)), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(sample["image"], source)
+        assert sample["meta"]["image_id"] == record.image_id
+        assert sample["meta"]["instances"] == json.loads(json.dumps(instance_table(raster)))
+        assert cache.image_size(i) == (record.height, record.width)
+        members = cache.read_members(i)
+        assert members.image == (sample_images / record.file_name).read_bytes()  # never re-encoded
+        assert members.image_ext == "jpg" and members.key == f"{i:08d}"
+
+
+def test_manifest_of_real_data(sample_cache, sample_coco):
+    m = load_manifest(sample_cache)
+    assert (m.schema_version, m.images, m.samples, m.instances, len(m.skips)) == (1, 18, 18, 165, 0)
+    assert [s.samples for s in m.shards] == [5, 5, 5, 3]
+    assert [(c.coco_id, c.train_id, c.name) for c in m.categories] == [(1, 1, "date"), (2, 2, "fig"), (3, 3, "hazelnut")]
+    assert sum(c.instances for c in m.categories) == 165 and m.num_classes == 4
+    assert (m.sigma, m.stride, m.offset_scale, m.heat_scale, m.samples_per_shard) == (8.0, 1, 8, 255, 5)
+    assert m.offset_clipped_pixels == 0
+    assert m.total_bytes == sum((sample_cache / s.file).stat().st_size for s in m.shards)
+
+
+def test_labels_take_at_most_half_the_source_image_bytes(sample_cache):
+    b = load_manifest(sample_cache).member_bytes
+    labels = b.sem + b.ins + b.off + b.heat + b.meta
+    assert labels <= 0.5 * b.image, f"labels {labels} B vs images {b.image} B"
+
+
+# ----------------------------------------------------------------------------------------------- determinism
+
+
+def test_same_inputs_give_byte_identical_shards_with_1_or_2_workers(synth_root, synth_cache, tmp_path):
+    _build_synth(synth_root, tmp_path / "two", workers=2)
+    for shard in load_manifest(synth_cache).shards:
+        for name in (shard.file, shard.index_file, shard.dali_index):
+            assert (tmp_path / "two" / name).read_bytes() == (synth_cache / name).read_bytes(), name
+    assert (tmp_path / "two" / "manifest.json").read_bytes() == (synth_cache / "manifest.json").read_bytes()
+
+
+def test_stride_config_makes_smaller_maps(synth_root, tmp_path):
+    _build_synth(synth_root, tmp_path / "s4", config={"samples_per_shard": 24, "stride": 4, "sigma": 2.0})
+    sample = open_cache(tmp_path / "s4")[0]
+    assert sample["heatmap"].shape == (24, 32) and sample["offset"].shape == (2, 24, 32)
+    assert sample["semantic"].shape == (96, 128)
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_rebuilds_only_damaged_shards(synth_root, synth_cache, tmp_path, monkeypatch):
+    out = tmp_path / "cache"
+    shutil.copytree(synth_cache, out)
+    tar = out / "shard-00001.tar"
+    data = bytearray(tar.read_bytes())
+    data[5000] ^= 0xFF
+    tar.write_bytes(bytes(data))  # corrupt data, record intact
+    (out / "shard-00002.done.json").unlink()  # data intact, record gone
+    (out / "manifest.json").unlink()
+
+    built = []
+    real = writer.build_shard
+    monkeypatch.setattr(writer, "build_shard", lambda task, progress: built.append(task.shard) or real(task, progress))
+    _build_synth(synth_root, out, resume=True)
+    assert built == [1, 2]
+    assert _shard_hashes(out) == _shard_hashes(synth_cache)
+    assert (out / "manifest.json").read_bytes() == (synth_cache / "manifest.json").read_bytes()
+
+
+def test_killed_build_leaves_no_complete_looking_shard_and_resumes(synth_root, synth_cache, tmp_path, monkeypatch):
+    out = tmp_path / "cache"
+    real = writer.encode_sample
+    calls = []
+
+    def dies_at_the_12th_image(record, position, image_root, cfg):
+        calls.append(position)
+        if len(calls) == 12:
+            raise KeyboardInterrupt  # stands in for a kill in the middle of shard 1
+        return real(record, position, image_root, cfg)
+
+    monkeypatch.setattr(writer, "encode_sample", dies_at_the_12th_image)
+    with pytest.raises(KeyboardInterrupt):
+        _build_synth(synth_root, out)
+    assert (out / "shard-00000.done.json").is_file()
+    assert not (out / "shard-00001.done.json").exists() and not (out / "shard-00001.tar").exists()
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(CacheError, match="did not finish.*--resume"):
+        open_cache(out)
+
+    monkeypatch.setattr(writer, "encode_sample", real)
+    _build_synth(synth_root, out, resume=True)
+    assert _shard_hashes(out) == _shard_hashes(synth_cache)
+
+
+def test_resume_with_another_config_rebuilds_everything(synth_root, synth_cache, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(synth_cache, out)
+    _build_synth(synth_root, out, resume=True, config={"samples_per_shard": 8, "sigma": 3.0})
+    assert load_manifest(out).sigma == 3.0
+    assert set(_shard_hashes(out).values()).isdisjoint(_shard_hashes(synth_cache).values())
+
+
+def test_build_refuses_a_folder_with_foreign_files(synth_root, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CacheError, match="not part of a fastload cache"):
+        _build_synth(synth_root, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- multi-node
+
+
+def test_node_split_and_merge_equal_a_single_build(synth_root, synth_cache, tmp_path):
+    out = tmp_path / "cache"
+    parts = [_build_synth(synth_root, out, node_rank=r, num_nodes=2) for r in (1, 0)]
+    assert sorted(p.name for p in parts) == ["manifest.part-00000-of-00002.json", "manifest.part-00001-of-00002.json"]
+    assert not (out / "manifest.json").exists()
+    merge_cache(out)
+    assert _shard_hashes(out) == _shard_hashes(synth_cache)
+    assert (out / "manifest.json").read_bytes() == (synth_cache / "manifest.json").read_bytes()
+
+
+def test_merge_names_the_missing_node(synth_root, tmp_path):
+    out = tmp_path / "cache"
+    _build_synth(synth_root, out, node_rank=0, num_nodes=3)
+    with pytest.raises(CacheError, match=r"node rank\(s\) \[1, 2\] of 3"):
+        merge_cache(out)
+    with pytest.raises(CacheError, match="cache merge"):
+        open_cache(out)
+
+
+def test_merge_refuses_parts_built_with_different_configs(synth_root, tmp_path):
+    out = tmp_path / "cache"
+    _build_synth(synth_root, out, node_rank=0, num_nodes=2)
+    _build_synth(synth_root, out, node_rank=1, num_nodes=2, config={"samples_per_shard": 8, "sigma": 2.0})
+    with pytest.raises(CacheError, match="disagrees with node 0's on .*config"):
+        merge_cache(out)
+
+
+def test_node_arguments_are_checked(synth_root, tmp_path):
+    with pytest.raises(CacheError, match="both"):
+        _build_synth(synth_root, tmp_path / "a", node_rank=0)
+    with pytest.raises(CacheError, match="node_rank < num_nodes"):
+        _build_synth(synth_root, tmp_path / "b", node_rank=2, num_nodes=2)

@@ -1,0 +1,113 @@
+"""Bad image files during a build: each is an ImageError under on_error="fail", a recorded skip under "skip"."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fastload.cache.manifest import load_manifest
+from fastload.cache.reader import open_cache
+from fastload.cache.writer import build_cache
+from fastload.errors import ImageError
+from fastload.synth import synth_coco
+
+BAD_FILE = "000001.jpg"  # image id 2, position 1 of three
+
+
+def _tiny(root: Path) -> Path:
+    synth_coco(out=root, n=3, size=(32, 48), instances=(1, 2), seed=1, workers=1)
+    return root
+
+
+def _missing(path: Path) -> None:
+    path.unlink()
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _not_an_image(path: Path) -> None:
+    path.write_bytes(b"<html>404 not found</html>")
+
+
+def _mis_sized(path: Path) -> None:
+    path.write_bytes(cv2.imencode(".jpg", np.full((40, 48, 3), 128, np.uint8))[1].tobytes())
+
+
+BAD_INPUTS = [
+    pytest.param(_missing, "file not found", id="missing"),
+    pytest.param(_empty, "empty", id="zero-byte"),
+    pytest.param(_truncated, "truncated", id="truncated-jpeg"),
+    pytest.param(_not_an_image, "not a JPEG, PNG", id="not-an-image"),
+    pytest.param(_mis_sized, "decoded size 40 x 48 .* 32 x 48", id="mis-sized"),
+]
+
+
+def _build(root: Path, out: Path, **kwargs) -> Path:
+    return build_cache(coco=root / "annotations.json", images=root / "images", out=out, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(("damage", "reason"), BAD_INPUTS)
+def test_bad_image_fails_naming_image_file_and_fix(tmp_path, damage, reason):
+    root = _tiny(tmp_path / "data")
+    damage(root / "images" / BAD_FILE)
+    with pytest.raises(ImageError, match=reason) as info:
+        _build(root, tmp_path / "cache")
+    message = str(info.value)
+    assert "image 2 " in message and BAD_FILE in message and "--on-error skip" in message
+    assert not (tmp_path / "cache" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(("damage", "reason"), BAD_INPUTS)
+@pytest.mark.parametrize("samples_per_shard", [2, 1])  # 1: the bad image's shard ends up empty
+def test_bad_image_is_skipped_and_recorded(tmp_path, damage, reason, samples_per_shard):
+    root = _tiny(tmp_path / "data")
+    damage(root / "images" / BAD_FILE)
+    _build(root, tmp_path / "cache", on_error="skip", config={"samples_per_shard": samples_per_shard})
+    manifest = load_manifest(tmp_path / "cache")
+    assert (manifest.images, manifest.samples) == (3, 2)
+    [skip] = manifest.skips
+    assert (skip.image_id, skip.annotation_id, skip.file_name) == (2, None, BAD_FILE)
+    assert re.search(reason, skip.reason)
+    cache = open_cache(tmp_path / "cache")
+    assert [cache.key(i) for i in range(len(cache))] == ["00000000", "00000002"]
+    assert [cache[i]["meta"]["image_id"] for i in range(len(cache))] == [1, 3]
+
+
+def test_resume_under_fail_rebuilds_a_shard_that_skipped(tmp_path):
+    root = _tiny(tmp_path / "data")
+    _empty(root / "images" / BAD_FILE)
+    _build(root, tmp_path / "cache", on_error="skip")
+    with pytest.raises(ImageError, match="empty"):
+        _build(root, tmp_path / "cache", resume=True)
+
+
+def test_png_named_jpg_is_kept_byte_for_byte_and_stored_as_png(tmp_path):
+    # decoders go by content (DALI too), so the bytes are valid as they are; the member's extension
+    # names what they are, so a loader's extension list never hands PNG bytes to a JPEG-only path
+    root = _tiny(tmp_path / "data")
+    path = root / "images" / BAD_FILE
+    pixels = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    path.write_bytes(cv2.imencode(".png", pixels)[1].tobytes())
+    _build(root, tmp_path / "cache")
+    cache = open_cache(tmp_path / "cache")
+    members = cache.read_members(1)
+    assert members.image_ext == "png" and members.image == path.read_bytes()
+    assert members.meta["file_name"] == BAD_FILE
+    assert np.array_equal(cache[1]["image"], cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB))
+    assert not load_manifest(tmp_path / "cache").skips
+
+
+def test_missing_image_folder_is_named(tmp_path):
+    root = _tiny(tmp_path / "data")
+    with pytest.raises(ImageError, match="image folder .*does not exist"):
+        build_cache(coco=root / "annotations.json", images=root / "nope", out=tmp_path / "cache", progress=False)
