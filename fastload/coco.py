@@ -1,0 +1,568 @@
+"""COCO JSON → validated image and annotation records.
+
+``load_coco`` reads ``images``, ``categories`` and ``annotations`` (``info`` and ``licenses`` may be
+missing) and returns a frozen :class:`CocoDataset` whose geometry is safe to rasterise.
+
+Categories
+    Sorted by COCO id. A category with id 0 or named ``_background_`` is *background*: it gets no train
+    id and its annotations are dropped, each recorded as a :class:`Skip` with reason
+    ``background category`` (under both policies — it is a convention, not an error). The other
+    categories get contiguous train ids 1..K in COCO-id order; 0 is background and 255 is ignore, so
+    K ≤ 254. Category problems (duplicate id, wrong type, K > 254) always raise: they are global.
+
+Images
+    ``file_name`` is relative to the image root and may contain subfolders and any Unicode; absolute
+    names and names whose ``..`` climbs above the root are refused (:func:`resolve_image_path`, checked
+    lexically at load time). Images without annotations are kept (all background). Integral floats
+    (``600.0``) are accepted where an integer is expected.
+
+Annotations
+    Polygons (one or several parts) or RLE (compressed ``counts`` string or uncompressed list; stored
+    compressed, as pycocotools makes it). ``iscrowd=1`` marks an ignore region (255 in the semantic mask),
+    never an instance. ``bbox`` is not used and may be missing; ``area`` is informational.
+
+Geometry (shapely)
+    Each polygon part is checked: fewer than 3 points, NaN/inf coordinates and zero area are rejected
+    with a named reason; a self-intersecting part is repaired with ``shapely.make_valid`` keeping the
+    polygonal pieces (a bowtie becomes two triangles); coordinates outside the image are clipped to the
+    image box (a part wholly outside is rejected). A repaired part may gain holes, so every stored part
+    is a ``float64 (K, 2)`` array of ``(x, y)`` rings — exterior first, then its holes — separated by a
+    row of NaN (:func:`part_rings` splits them). The rasteriser fills a part with the even-odd rule over
+    its rings and ORs the parts.
+
+Policies (``on_error``)
+
+====================================  ===================================  ===================================
+problem                               ``"fail"`` (default)                 ``"skip"``
+====================================  ===================================  ===================================
+image: bad id/height/width/file_name  AnnotationError                      image skipped (and its annotations)
+duplicate image id                    AnnotationError                      every image with that id skipped
+                                                                           (annotations cannot be attributed)
+annotation: wrong type, unknown       AnnotationError                      annotation skipped
+image/category, bad RLE
+duplicate annotation id               AnnotationError                      the later ones skipped
+bad polygon part, other parts good    AnnotationError                      the part dropped, the instance kept
+                                                                           with its good parts (recorded)
+every polygon part bad                AnnotationError                      annotation skipped
+====================================  ===================================  ===================================
+
+Every skip is recorded in ``CocoDataset.skips`` with the image id, annotation id, file name and reason.
+Error messages name the image id and annotation id and end with the fix: "fix the annotation or pass
+--on-error skip".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import shapely
+from pycocotools import mask as mask_utils
+
+from fastload.errors import AnnotationError
+
+OnError = Literal["fail", "skip"]
+ON_ERROR_CHOICES: tuple[str, ...] = ("fail", "skip")
+BACKGROUND_NAME = "_background_"
+MAX_TRAIN_ID = 254  # 0 = background, 255 = ignore
+FIX_HINT = "fix the annotation or pass --on-error skip"
+
+
+@dataclass(frozen=True)
+class Category:
+    """A COCO category that is trained on; ``train_id`` is in 1..K."""
+
+    coco_id: int
+    name: str
+    train_id: int
+
+
+@dataclass(frozen=True, eq=False)
+class Instance:
+    """One annotation after validation and repair.
+
+    Attributes
+    ----------
+    polygons : tuple of float64 (K, 2) arrays
+        Parts in ``(x, y)`` image coordinates, repaired and clipped; a part with holes lists its rings
+        separated by NaN rows (see :func:`part_rings`). ``()`` when the source was RLE.
+    rle : dict or None
+        pycocotools RLE (``{"size": [h, w], "counts": bytes}``, compressed) when the source was RLE.
+    area : float
+        COCO's ``area`` field (informational; the raster area may differ).
+    """
+
+    annotation_id: int
+    category_id: int
+    train_id: int
+    iscrowd: bool
+    polygons: tuple[np.ndarray, ...]
+    rle: dict | None
+    area: float
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image and its instances (crowd regions included, in annotation order)."""
+
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    instances: tuple[Instance, ...]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Something left out under ``on_error="skip"`` (or a background-category annotation), and why."""
+
+    image_id: int | None
+    annotation_id: int | None
+    file_name: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class CocoDataset:
+    images: tuple[ImageRecord, ...]
+    categories: tuple[Category, ...]
+    skips: tuple[Skip, ...]
+
+
+class _Bad(Exception):
+    """Internal: a record is invalid; carries the reason, turned into an error or a Skip by the policy."""
+
+
+def part_rings(part: np.ndarray) -> list[np.ndarray]:
+    """Split a stored polygon part into its rings.
+
+    Parameters
+    ----------
+    part : float64 (K, 2)
+        ``(x, y)`` rings separated by NaN rows; exterior first.
+
+    Returns
+    -------
+    list of float64 (K_r, 2) arrays, open rings (the first point is not repeated).
+    """
+    part = np.asarray(part, dtype=np.float64)
+    gaps = np.flatnonzero(np.isnan(part[:, 0]))
+    if gaps.size == 0:
+        return [part]
+    pieces = np.split(part, gaps)
+    # every piece after the first starts with its NaN separator row
+    rings = [pieces[0]] + [piece[1:] for piece in pieces[1:]]
+    return [ring for ring in rings if ring.shape[0]]
+
+
+def resolve_image_path(image_root: str | Path, record: ImageRecord) -> Path:
+    """The path of ``record``'s image under ``image_root``.
+
+    The check is lexical: absolute names (``/x``, ``\\x``, ``C:x``) and names whose ``..`` parts climb
+    above the root are refused; ``a/../b.jpg`` is fine. Symlinks inside the root are followed as usual.
+
+    Raises
+    ------
+    AnnotationError
+        Naming the image id and the file name.
+    """
+    reason = _unsafe_file_name_reason(record.file_name)
+    if reason is not None:
+        raise AnnotationError(
+            f"image {record.image_id} (file_name {record.file_name!r}): {reason}; "
+            "file names must be relative to the image root; " + FIX_HINT
+        )
+    return Path(image_root) / record.file_name
+
+
+def _unsafe_file_name_reason(name: str) -> str | None:
+    if not name or "\x00" in name:
+        return "empty file_name or NUL character"
+    if name[0] in "/\\" or re.match(r"^[A-Za-z]:", name):
+        return "absolute file_name is refused"
+    depth = 0
+    for part in re.split(r"[\\/]", name):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return "file_name escapes the image root ('..')"
+        elif part not in ("", "."):
+            depth += 1
+    if depth == 0:
+        return "file_name names no file"
+    return None
+
+
+# --------------------------------------------------------------------------------------------- policy
+
+
+class _Policy:
+    """Turns rejections into an AnnotationError (``fail``) or a recorded Skip (``skip``)."""
+
+    def __init__(self, on_error: str):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        self.fail = on_error == "fail"
+        self.skips: list[Skip] = []
+
+    def reject(self, where: str, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
+        if self.fail:
+            raise AnnotationError(f"{where}: {reason}; {FIX_HINT}")
+        self.skips.append(Skip(image_id, annotation_id, file_name, reason))
+
+    def record(self, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
+        self.skips.append(Skip(image_id, annotation_id, file_name, reason))
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
+    """Read and validate a COCO instances JSON file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The COCO JSON file.
+    on_error : {"fail", "skip"}
+        ``"fail"`` raises at the first bad record; ``"skip"`` leaves it out and records a
+        :class:`Skip` (see the module docstring for the table).
+
+    Returns
+    -------
+    CocoDataset
+        Images in file order, categories in COCO-id order (train ids 1..K), skips in the order found.
+
+    Raises
+    ------
+    AnnotationError
+        Unreadable JSON, missing top-level lists, bad categories, or (under ``"fail"``) any bad record.
+    """
+    policy = _Policy(on_error)
+    data = _read_json(Path(path))
+    categories, background = _parse_categories(data["categories"])
+    images = _parse_images(data["images"], policy)
+    by_image = _parse_annotations(data["annotations"], images, categories, background, policy)
+    records = tuple(
+        ImageRecord(image_id, name, height, width, tuple(by_image.get(image_id, ())))
+        for image_id, (name, height, width) in images.items()
+    )
+    return CocoDataset(records, tuple(categories.values()), tuple(policy.skips))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(f"{path}: not valid JSON ({exc}); fix the file") from exc
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: the top level must be an object, got {type(data).__name__}")
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise AnnotationError(
+                f"{path}: {key!r} must be a list, got {type(data.get(key)).__name__}; "
+                "is this a COCO instances file?"
+            )
+    return data
+
+
+def _as_int(value: Any, what: str) -> int:
+    """An int from JSON: ints and integral floats; bools and everything else are refused."""
+    if isinstance(value, bool):
+        raise _Bad(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _Bad(f"{what} must be an integer, got {value!r}")
+
+
+def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
+    """Category id → Category for the trained ones, and the set of background category ids."""
+    seen: dict[int, str] = {}
+    for k, cat in enumerate(raw):
+        try:
+            if not isinstance(cat, dict):
+                raise _Bad(f"must be an object, got {type(cat).__name__}")
+            coco_id = _as_int(cat.get("id"), "id")
+            name = cat.get("name")
+            if not isinstance(name, str):
+                raise _Bad(f"name must be a string, got {name!r}")
+        except _Bad as bad:
+            raise AnnotationError(f"categories[{k}]: {bad}; fix the category list") from None
+        if coco_id in seen:
+            raise AnnotationError(f"category id {coco_id} appears twice; fix the category list")
+        seen[coco_id] = name
+    background = {cid for cid, name in seen.items() if cid == 0 or name == BACKGROUND_NAME}
+    trained = [cid for cid in sorted(seen) if cid not in background]
+    if len(trained) > MAX_TRAIN_ID:
+        raise AnnotationError(
+            f"{len(trained)} categories, at most {MAX_TRAIN_ID} fit in a uint8 mask (0 = background, 255 = ignore)"
+        )
+    return {cid: Category(cid, seen[cid], k + 1) for k, cid in enumerate(trained)}, background
+
+
+def _parse_images(raw: list, policy: _Policy) -> dict[int, tuple[str, int, int]]:
+    """Image id → (file_name, height, width) for the valid images, in file order."""
+    parsed: list[tuple[int, str, int, int]] = []
+    for k, img in enumerate(raw):
+        image_id = img.get("id") if isinstance(img, dict) else None
+        file_name = img.get("file_name") if isinstance(img, dict) else None
+        try:
+            parsed.append(_parse_image(img))
+        except _Bad as bad:
+            where = f"image {image_id!r}" if image_id is not None else f"images[{k}]"
+            ok_id = image_id if isinstance(image_id, int) and not isinstance(image_id, bool) else None
+            ok_name = file_name if isinstance(file_name, str) else None
+            policy.reject(where, str(bad), image_id=ok_id, file_name=ok_name)
+    counts = Counter(image_id for image_id, *_ in parsed)
+    images: dict[int, tuple[str, int, int]] = {}
+    for image_id, name, height, width in parsed:
+        if counts[image_id] > 1:
+            policy.reject(
+                f"image {image_id} (file_name {name!r})",
+                f"duplicate image id {image_id} ({counts[image_id]} images share it)",
+                image_id=image_id,
+                file_name=name,
+            )
+        else:
+            images[image_id] = (name, height, width)
+    return images
+
+
+def _parse_image(img: Any) -> tuple[int, str, int, int]:
+    if not isinstance(img, dict):
+        raise _Bad(f"must be an object, got {type(img).__name__}")
+    image_id = _as_int(img.get("id"), "id")
+    name = img.get("file_name")
+    if not isinstance(name, str):
+        raise _Bad(f"file_name must be a string, got {name!r}")
+    height = _as_int(img.get("height"), "height")
+    width = _as_int(img.get("width"), "width")
+    if height <= 0 or width <= 0:
+        raise _Bad(f"height and width must be positive, got {height} x {width}")
+    reason = _unsafe_file_name_reason(name)
+    if reason is not None:
+        raise _Bad(f"{reason} (file_name {name!r}); file names must be relative to the image root")
+    return image_id, name, height, width
+
+
+def _parse_annotations(
+    raw: list,
+    images: Mapping[int, tuple[str, int, int]],
+    categories: Mapping[int, Category],
+    background: set[int],
+    policy: _Policy,
+) -> dict[int, list[Instance]]:
+    """Image id → its instances in annotation order."""
+    by_image: dict[int, list[Instance]] = {}
+    seen_ids: set[int] = set()
+    for k, ann in enumerate(raw):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        where = f"image {image_id!r}, annotation {ann_id!r}" if ann_id is not None else f"annotations[{k}]"
+        ids = {"image_id": _int_or_none(image_id), "annotation_id": _int_or_none(ann_id)}
+        if isinstance(image_id, int) and image_id in images:
+            ids["file_name"] = images[image_id][0]
+        try:
+            instance = _parse_annotation(ann, images, categories, background, seen_ids, policy, where, ids)
+        except _Bad as bad:
+            policy.reject(where, str(bad), **ids)
+            continue
+        if instance is not None:
+            by_image.setdefault(ids["image_id"], []).append(instance)
+    return by_image
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _parse_annotation(ann, images, categories, background, seen_ids, policy, where, ids) -> Instance | None:
+    if not isinstance(ann, dict):
+        raise _Bad(f"annotation must be an object, got {type(ann).__name__}")
+    ann_id = _as_int(ann.get("id"), "annotation id")
+    if ann_id in seen_ids:
+        raise _Bad(f"duplicate annotation id {ann_id} (the first one is kept)")
+    seen_ids.add(ann_id)
+    image_id = _as_int(ann.get("image_id"), "image_id")
+    if image_id not in images:
+        raise _Bad(f"image_id {image_id} is not in 'images' (or that image was skipped)")
+    category_id = _as_int(ann.get("category_id"), "category_id")
+    if category_id in background:
+        policy.record("background category", **ids)
+        return None
+    if category_id not in categories:
+        raise _Bad(f"category_id {category_id} is not in 'categories'")
+    iscrowd = ann.get("iscrowd", 0)
+    if iscrowd not in (0, 1) or isinstance(iscrowd, float):
+        raise _Bad(f"iscrowd must be 0 or 1, got {iscrowd!r}")
+    area = ann.get("area", 0.0)
+    if isinstance(area, bool) or not isinstance(area, (int, float)):
+        raise _Bad(f"area must be a number, got {area!r}")
+    _, height, width = images[image_id]
+    polygons, rle = _parse_segmentation(ann.get("segmentation"), height, width, policy, where, ids)
+    return Instance(ann_id, category_id, categories[category_id].train_id, bool(iscrowd), polygons, rle, float(area))
+
+
+def _parse_segmentation(seg, height, width, policy, where, ids) -> tuple[tuple[np.ndarray, ...], dict | None]:
+    if isinstance(seg, dict):
+        return (), _parse_rle(seg, height, width)
+    if isinstance(seg, list):
+        return _parse_polygons(seg, height, width, policy, where, ids), None
+    raise _Bad(f"segmentation must be a list of polygons or an RLE object, got {type(seg).__name__}")
+
+
+# ------------------------------------------------------------------------------------------ polygons
+
+
+def _parse_polygons(seg: list, height: int, width: int, policy, where, ids) -> tuple[np.ndarray, ...]:
+    if not seg:
+        raise _Bad("empty segmentation (no polygon)")
+    raw_parts = [_polygon_coords(part, k) for k, part in enumerate(seg)]
+    parts: list[np.ndarray] = []
+    bad: list[str] = []
+    for k, coords in enumerate(raw_parts):
+        try:
+            parts.extend(repair_polygon(coords, height, width))
+        except _Bad as reason:
+            bad.append(f"polygon part {k + 1} of {len(seg)}: {reason}")
+    if bad and (policy.fail or not parts):
+        raise _Bad("; ".join(bad))
+    for reason in bad:
+        policy.record(f"{reason}; part dropped, the instance keeps its other parts", **ids)
+    return tuple(parts)
+
+
+def _polygon_coords(part: Any, k: int) -> np.ndarray:
+    # np.asarray without a dtype keeps strings and None visible (dtype 'U' / object) instead of converting
+    values = np.asarray(part) if isinstance(part, list) else None
+    if values is None or values.ndim != 1 or values.dtype.kind not in "iuf":
+        raise _Bad(f"polygon part {k + 1} must be a flat list of numbers [x1, y1, x2, y2, ...]")
+    if values.size % 2:
+        raise _Bad(f"polygon part {k + 1} has an odd number of coordinates ({values.size})")
+    return values.astype(np.float64).reshape(-1, 2)
+
+
+def repair_polygon(coords: np.ndarray, height: int, width: int) -> list[np.ndarray]:
+    """Validate, repair and clip one polygon part.
+
+    Parameters
+    ----------
+    coords : float64 (K, 2)
+        ``(x, y)`` vertices of one COCO polygon part.
+    height, width : int
+        The image size; the result is clipped to the box ``[0, width] × [0, height]``.
+
+    Returns
+    -------
+    list of float64 (K_i, 2) arrays
+        One entry per polygonal piece (a bowtie gives two), each its rings separated by NaN rows.
+
+    Raises
+    ------
+    _Bad
+        Fewer than 3 points, a non-finite coordinate, zero area, or wholly outside the image.
+    """
+    if coords.shape[0] < 3:
+        raise _Bad(f"fewer than 3 points ({coords.shape[0]})")
+    if not np.isfinite(coords).all():
+        raise _Bad("non-finite coordinate (NaN or inf)")
+    geom = shapely.Polygon(coords)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    if geom.area <= 0:
+        raise _Bad("zero area")
+    xmin, ymin, xmax, ymax = geom.bounds
+    if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
+        geom = shapely.intersection(geom, shapely.box(0, 0, width, height))
+        if geom.area <= 0:
+            raise _Bad(f"outside the image ({width} x {height})")
+    return [_rings_array(poly) for poly in _polygonal(geom) if poly.area > 0]
+
+
+def _polygonal(geom) -> Iterable[shapely.Polygon]:
+    """The polygons inside a (multi)polygon or collection; lines and points are dropped."""
+    if isinstance(geom, shapely.Polygon):
+        yield geom
+    elif isinstance(geom, (shapely.MultiPolygon, shapely.GeometryCollection)):
+        for sub in geom.geoms:
+            yield from _polygonal(sub)
+
+
+def _rings_array(poly: shapely.Polygon) -> np.ndarray:
+    rings = [np.asarray(poly.exterior.coords)[:-1]]
+    rings += [np.asarray(hole.coords)[:-1] for hole in poly.interiors]
+    if len(rings) == 1:
+        return np.ascontiguousarray(rings[0], dtype=np.float64)
+    gap = np.full((1, 2), np.nan)
+    joined = [rings[0]]
+    for ring in rings[1:]:
+        joined += [gap, ring]
+    return np.concatenate(joined).astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------------ RLE
+
+
+def _parse_rle(seg: dict, height: int, width: int) -> dict:
+    """Validate an RLE object and return it compressed (``counts`` bytes), as pycocotools makes it."""
+    size = seg.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_int_or_none(v) is not None for v in size)):
+        raise _Bad(f"RLE size must be [height, width], got {size!r}")
+    if list(size) != [height, width]:
+        raise _Bad(f"RLE size {size} does not match the image ({height} x {width})")
+    counts = seg.get("counts")
+    if isinstance(counts, str):
+        _check_counts(_decode_counts_string(counts), height, width)
+        rle = {"size": [height, width], "counts": counts.encode("ascii")}
+    elif isinstance(counts, list):
+        if not all(_int_or_none(v) is not None for v in counts):
+            raise _Bad("RLE counts must be integers")
+        _check_counts(counts, height, width)
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    else:
+        raise _Bad(f"RLE counts must be a string or a list of integers, got {type(counts).__name__}")
+    if float(mask_utils.area(rle)) <= 0:
+        raise _Bad("zero area (the RLE mask is empty)")
+    return rle
+
+
+def _check_counts(counts: Sequence[int], height: int, width: int) -> None:
+    # pycocotools decodes without bounds checks: counts that overrun H*W would write past the buffer
+    if any(c < 0 for c in counts):
+        raise _Bad("RLE counts must not be negative")
+    if sum(counts) != height * width:
+        raise _Bad(f"RLE counts sum to {sum(counts)}, expected height*width = {height * width}")
+
+
+def _decode_counts_string(text: str) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (6-bit groups, continuation and sign bits, deltas)."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise _Bad("RLE counts string ends in the middle of a number")
+            code = ord(text[pos]) - 48
+            if not 0 <= code < 64:
+                raise _Bad(f"RLE counts string has an invalid character {text[pos]!r}")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
