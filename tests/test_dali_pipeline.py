@@ -1,0 +1,388 @@
+"""The DALI backend's mechanics on CPU: batch layout, the graph against the reference kernels, empty and
+short batches, abandoned and superseded passes, named errors, lazy import. Runs on a tiny in-memory cache of
+members encoded here (the real-data fidelity checks are in test_fidelity.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fastload.augment.config import AugmentConfig
+from fastload.augment.params import SampleParams, draw_params, identity_params, sample_rng
+from fastload.augment.reference import augment_sample
+from fastload.cache.format import (
+    SampleMembers,
+    decode_heatmap,
+    decode_offset,
+    encode_heatmap,
+    encode_instance,
+    encode_offset,
+    encode_semantic,
+)
+from fastload.errors import CacheError
+from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.targets import center_targets
+
+pytest.importorskip("nvidia.dali")
+
+from fastload.pipeline.dali import DaliBackend, GraphSpec, PhotometricOps, sample_inputs  # noqa: E402
+
+OUT = (32, 48)
+DEFAULT = AugmentConfig.default()
+NONE = AugmentConfig.none()
+
+
+class MemCache:
+    """A stand-in for ``open_cache`` holding members encoded like the real cache's (PNG image: lossless)."""
+
+    def __init__(self, n: int = 7, *, stride: int = 1, corrupt: tuple[int, ...] = (), unreadable=()) -> None:
+        self.n, self.corrupt, self.unreadable = n, corrupt, unreadable
+        self.manifest = SimpleNamespace(stride=stride, offset_scale=8, heat_scale=255)
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return (24 + 2 * (i % 4), 40)
+
+    def arrays(self, i: int) -> dict:
+        """The decoded sample, as ``open_cache(...)[i]`` gives it (maps quantised like the stored PNGs)."""
+        h, w = self.image_size(i)
+        rng = np.random.default_rng(i)
+        instance = np.zeros((h, w), dtype=np.int32)
+        instance[4:12, 5:15] = 1
+        instance[10:20, 22:35] = 40000 + i  # ids above 255 and 32767 survive
+        yy, xx = np.mgrid[:h, :w]
+        instance[(yy - 16) ** 2 / 25 + (xx - 8) ** 2 / 9 < 1] = 3
+        heat, off = center_targets(instance, stride=self.manifest.stride)
+        image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 1.5)
+        return {
+            "image": image,
+            "semantic": np.where(instance > 0, 1 + instance % 3, 0).astype(np.uint8),
+            "instance": instance,
+            "heatmap": decode_heatmap(encode_heatmap(heat)),
+            "offset": decode_offset(encode_offset(off, offset_scale=8)[0], offset_scale=8),
+            "meta": {"image_id": i},
+        }
+
+    def read_members(self, i: int) -> SampleMembers:
+        self.reads += 1
+        if i in self.unreadable:
+            raise CacheError(
+                f"shard shard-00000.tar, sample {i:08d}: member {i:08d}.sem.png fails its CRC-32 check"
+            )
+        a = self.arrays(i)
+        offset_png, _ = encode_offset(a["offset"], offset_scale=8)
+        image_png = cv2.imencode(".png", a["image"][..., ::-1])[1].tobytes()
+        if i in self.corrupt:
+            image_png = image_png[:40]  # a PNG cut short: DALI's decoder fails on it
+        return SampleMembers(
+            shard="shard-00000.tar",
+            key=f"{i:08d}",
+            image=image_png,
+            image_ext="png",
+            semantic=encode_semantic(a["semantic"]),
+            instance=encode_instance(a["instance"]),
+            offset=offset_png,
+            heatmap=encode_heatmap(a["heatmap"]),
+            meta=a["meta"],
+        )
+
+
+def plan(indices, cfg: AugmentConfig = DEFAULT, epoch: int = 0) -> BatchPlan:
+    idx = np.asarray(indices, dtype=np.int64)
+    return BatchPlan(indices=idx, params=tuple(draw_params(sample_rng(0, epoch, int(i)), cfg) for i in idx))
+
+
+def backend(
+    cache=None, *, cfg: AugmentConfig = DEFAULT, batch_size: int = 3, prefetch: int = 2
+) -> DaliBackend:
+    return DaliBackend(
+        cache=cache if cache is not None else MemCache(),
+        out_size=OUT,
+        augment=cfg,
+        device="cpu",
+        device_id=None,
+        batch_size=batch_size,
+        num_threads=2,
+        prefetch=prefetch,
+    )
+
+
+def expected_layout(stride: int = 1) -> dict:
+    mh, mw = OUT[0] // stride, OUT[1] // stride
+    return {
+        "image": (torch.float32, (3, *OUT)),
+        "semantic": (torch.int64, OUT),
+        "instance": (torch.int32, OUT),
+        "heatmap": (torch.float32, (1, mh, mw)),
+        "offset": (torch.float32, (2, mh, mw)),
+        "index": (torch.int64, ()),
+    }
+
+
+def check_layout(batch: dict, n: int, stride: int = 1) -> None:
+    assert tuple(batch) == BATCH_KEYS
+    for key, (dtype, shape) in expected_layout(stride).items():
+        assert batch[key].dtype == dtype, key
+        assert tuple(batch[key].shape) == (n, *shape), key
+        assert batch[key].device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batches_have_the_contract_layout_and_the_plan_index(stride):
+    be = backend(MemCache(stride=stride))
+    plans = [plan([3, 0, 5]), plan([1, 2]), plan([6])]  # variable N up to batch_size
+    batches = list(be.iterate(iter(plans)))
+    assert len(batches) == 3
+    for batch, p in zip(batches, plans, strict=True):
+        check_layout(batch, len(p.indices), stride)
+        assert batch["index"].tolist() == p.indices.tolist()
+        assert batch["image"].is_contiguous() and batch["offset"].is_contiguous()
+
+
+def test_graph_matches_the_reference_kernels_sample_by_sample():
+    # the same parameters through DALI (CPU) and augment_sample: masks and offsets exact, image and heatmap
+    # within the documented rounding (linear warp <= 1 grey level, float32 hash noise)
+    cache = MemCache(n=6, stride=2)
+    be = backend(cache, batch_size=6)
+    p = plan(range(6))
+    (batch,) = be.iterate(iter([p]))
+    for j, i in enumerate(p.indices):
+        ref = augment_sample(cache.arrays(int(i)), p.params[j], DEFAULT, out_hw=OUT, stride=2)
+        assert np.array_equal(batch["semantic"][j].numpy(), ref["semantic"])
+        assert np.array_equal(batch["instance"][j].numpy(), ref["instance"])
+        np.testing.assert_allclose(batch["offset"][j].numpy(), ref["offset"], atol=1e-5)
+        np.testing.assert_allclose(batch["heatmap"][j].numpy(), ref["heatmap"], atol=2e-3)
+        grey = (
+            np.abs(batch["image"][j].numpy() - ref["image"])
+            * 255
+            * np.array([0.229, 0.224, 0.225])[:, None, None]
+        )
+        assert np.mean(grey > 1.01) < 0.01, (
+            f"sample {i}: {np.mean(grey > 1.01):.4f} of values off by > 1 level"
+        )
+
+
+def test_identity_is_a_pure_copy_when_sizes_match():
+    # same size, no augmentation: the forward affine is the identity, every output equals the input
+    cache = MemCache(n=1)
+    h, w = cache.image_size(0)
+    be = DaliBackend(
+        cache=cache,
+        out_size=(h, w),
+        augment=NONE,
+        device="cpu",
+        device_id=None,
+        batch_size=1,
+        num_threads=1,
+        prefetch=1,
+    )
+    (batch,) = be.iterate(iter([BatchPlan(np.array([0]), (identity_params(),))]))
+    a = cache.arrays(0)
+    assert np.array_equal(batch["semantic"][0].numpy(), a["semantic"])
+    assert np.array_equal(batch["instance"][0].numpy(), a["instance"])
+    assert np.array_equal(batch["offset"][0].numpy(), a["offset"])
+    np.testing.assert_allclose(batch["heatmap"][0, 0].numpy(), a["heatmap"], atol=1e-6)
+    image = batch["image"][0].numpy() * (255 * np.array([0.229, 0.224, 0.225]))[:, None, None]
+    image += (255 * np.array([0.485, 0.456, 0.406]))[:, None, None]
+    np.testing.assert_allclose(image.transpose(1, 2, 0), a["image"], atol=1e-3)
+
+
+def test_flip_is_exact_for_every_label_map():
+    cache = MemCache(n=1)
+    h, w = cache.image_size(0)
+    cfg = AugmentConfig.none().replace(geometry=dataclasses.replace(NONE.geometry, flip_x=1.0))
+    be = DaliBackend(
+        cache=cache,
+        out_size=(h, w),
+        augment=cfg,
+        device="cpu",
+        device_id=None,
+        batch_size=1,
+        num_threads=1,
+        prefetch=1,
+    )
+    (batch,) = be.iterate(iter([BatchPlan(np.array([0]), (SampleParams(flip_x=True),))]))
+    a = cache.arrays(0)
+    assert np.array_equal(batch["semantic"][0].numpy(), a["semantic"][:, ::-1])
+    assert np.array_equal(batch["instance"][0].numpy(), a["instance"][:, ::-1])
+    flipped = a["offset"][:, :, ::-1] * np.array([1.0, -1.0], np.float32)[:, None, None]
+    assert np.array_equal(batch["offset"][0].numpy(), flipped)
+
+
+def test_none_config_leaves_photometric_ops_out_of_the_graph():
+    assert not PhotometricOps.from_config(NONE.photometric).any
+    assert PhotometricOps.from_config(DEFAULT.photometric) == PhotometricOps(True, True, True, True)
+    spec = GraphSpec.create(out_size=OUT, augment=NONE, manifest=MemCache().manifest)
+    assert "scalars" not in spec.inputs
+    with pytest.raises(ValueError, match="noise"):
+        sample_inputs(SampleParams(noise_sigma=3.0, noise_seed=1.0), (24, 40), spec)
+
+
+def test_parameter_tensors_are_float32_with_documented_shapes():
+    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, manifest=MemCache(stride=2).manifest)
+    params = SampleParams(
+        flip_x=True, angle=30.0, scale=1.2, shift=(0.1, -0.1), noise_sigma=2.0, noise_seed=5.0
+    )
+    t = sample_inputs(params, (24, 40), spec)
+    assert {k: (v.dtype, v.shape) for k, v in t.items()} == {
+        "image_affine": (np.float32, (2, 3)),
+        "map_affine": (np.float32, (2, 3)),
+        "offset_matrix": (np.float32, (2, 3)),
+        "scalars": (np.float32, (12,)),
+    }
+    np.testing.assert_allclose(t["map_affine"][:, 2], t["image_affine"][:, 2] / 2, rtol=1e-6)
+    assert np.all(t["offset_matrix"][:, 2] == 0)
+
+
+# ----------------------------------------------------------------------------------------- plans and passes
+
+
+def test_empty_plans_yield_empty_batches_in_place():
+    be = backend()
+    empty = BatchPlan(np.zeros(0, np.int64), ())
+    plans = [plan([0, 1, 2]), empty, plan([3]), empty]
+    batches = list(be.iterate(iter(plans)))
+    assert [len(b["index"]) for b in batches] == [3, 0, 1, 0]
+    for b, p in zip(batches, plans, strict=True):
+        check_layout(b, len(p.indices))
+    # a pass of nothing but empty plans never runs DALI, and the backend stays usable
+    assert [len(b["index"]) for b in be.iterate(iter([empty, empty]))] == [0, 0]
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([4, 5])]))] == [[4, 5]]
+
+
+def test_an_empty_plan_list_yields_nothing():
+    be = backend()
+    assert list(be.iterate(iter([]))) == []
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([1])]))] == [[1]]
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_an_abandoned_pass_leaks_no_stale_batch_into_the_next(prefetch):
+    be = backend(prefetch=prefetch)
+    first = be.iterate(iter([plan([i, i + 1]) for i in range(0, 6, 2)] * 3))
+    assert next(first)["index"].tolist() == [0, 1]  # DALI now holds `prefetch` more batches of this pass
+    first.close()
+    second = [b["index"].tolist() for b in be.iterate(iter([plan([6]), plan([5, 4])]))]
+    assert second == [[6], [5, 4]]
+    # and an abandoned iterator that is simply dropped (never closed) is drained the same way
+    dropped = be.iterate(iter([plan([0, 1, 2])] * 4))
+    next(dropped)
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([3])]))] == [[3]]
+    del dropped
+
+
+def test_a_superseded_iterator_stops_instead_of_stealing_batches():
+    be = backend()
+    old = be.iterate(iter([plan([0]), plan([1]), plan([2])]))
+    next(old)
+    new = be.iterate(iter([plan([4]), plan([5])]))
+    assert next(new)["index"].tolist() == [4]
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(old)
+    assert next(new)["index"].tolist() == [5]
+
+
+def test_results_do_not_change_when_later_batches_arrive():
+    # CPU tensors are views of DALI's outputs; later iterations must not overwrite earlier batches
+    be = backend()
+    plans = [plan([i % 7, (i + 1) % 7]) for i in range(6)]
+    kept = list(be.iterate(iter(plans)))
+    again = list(be.iterate(iter(plans)))
+    for a, b in zip(kept, again, strict=True):
+        for key in BATCH_KEYS:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_same_plan_gives_identical_batches_across_backends():
+    a = [b for b in backend().iterate(iter([plan([0, 1, 2], epoch=3)]))]
+    b = [b for b in backend(batch_size=4, prefetch=1).iterate(iter([plan([0, 1, 2], epoch=3)]))]
+    for key in BATCH_KEYS:
+        assert torch.equal(a[0][key], b[0][key]), key
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+def test_a_corrupt_member_names_the_shard_and_samples():
+    be = backend(MemCache(corrupt=(4,)))
+    it = be.iterate(iter([plan([0, 1]), plan([3, 4]), plan([5])]))
+    assert next(it)["index"].tolist() == [0, 1]
+    with pytest.raises(CacheError, match=r"shard-00000\.tar:00000004") as info:
+        next(it)
+    assert "00000003" in str(info.value) and "verify" in str(info.value)
+    # the failed pipeline is replaced: the backend keeps working
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([5, 6])]))] == [[5, 6]]
+
+
+def test_a_cache_read_error_surfaces_as_is():
+    be = backend(MemCache(unreadable=(2,)))
+    with pytest.raises(CacheError, match="CRC-32") as info:
+        list(be.iterate(iter([plan([0]), plan([1]), plan([2]), plan([3])])))
+    assert "00000002" in str(info.value)
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([0, 1])]))] == [[0, 1]]
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="device must be one of"):
+        DaliBackend(
+            cache=MemCache(),
+            out_size=OUT,
+            augment=NONE,
+            device="tpu",
+            device_id=None,
+            batch_size=1,
+            num_threads=1,
+            prefetch=1,
+        )
+    with pytest.raises(ValueError, match="prefetch"):
+        DaliBackend(
+            cache=MemCache(),
+            out_size=OUT,
+            augment=NONE,
+            device="cpu",
+            device_id=None,
+            batch_size=1,
+            num_threads=1,
+            prefetch=0,
+        )
+    with pytest.raises(ValueError, match="divisible"):
+        DaliBackend(
+            cache=MemCache(stride=4),
+            out_size=(30, 48),
+            augment=NONE,
+            device="cpu",
+            device_id=None,
+            batch_size=1,
+            num_threads=1,
+            prefetch=1,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ imports
+
+
+def test_importing_fastload_and_the_backend_module_does_not_import_dali():
+    code = (
+        "import sys, fastload, fastload.pipeline.dali, fastload.loader; "
+        "assert not any(m.startswith('nvidia.dali') for m in sys.modules), 'DALI imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_dali_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(ImportError, match="pip install nvidia-dali"):
+        backend()
