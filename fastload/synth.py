@@ -8,6 +8,7 @@ and can be generated in parallel in any order.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -146,7 +147,8 @@ def synth_coco(
     chunk = max(1, -(-n // (workers * 8)))
     tasks = [(images_dir, seed, range(i, min(n, i + chunk)), (height, width), (lo, hi)) for i in range(0, n, chunk)]
     if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn: the caller may hold threads (torch, DALI) that a forked child would inherit half-locked
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             results = [obj for part in pool.map(_write_chunk, tasks) for obj in part]
     else:
         results = [obj for task in tasks for obj in _write_chunk(task)]

@@ -1,0 +1,163 @@
+"""CLI: ``fastload cache build | merge | verify | info`` and ``fastload synth`` (thin shells over the library)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fastload.cache.manifest import Manifest
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    cache = subparsers.add_parser("cache", help="build, merge, verify or describe a shard cache")
+    sub = cache.add_subparsers(dest="cache_command", required=True, metavar="CACHE_COMMAND")
+
+    build = sub.add_parser("build", help="COCO JSON + images → a sharded cache")
+    build.add_argument("--coco", required=True, type=Path, help="COCO instances JSON")
+    build.add_argument("--images", required=True, type=Path, help="folder the file_name entries are relative to")
+    build.add_argument("--out", required=True, type=Path, help="cache folder (new, or a cache to resume)")
+    build.add_argument("--config", type=Path, help="cache config YAML (see configs/cache.yaml); default: built-in")
+    build.add_argument("--workers", type=int, default=1, help="worker processes (each builds whole shards)")
+    build.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad image/annotation: stop, or skip and record")
+    build.add_argument("--resume", action="store_true", help="keep shards that are complete and intact, rebuild the rest")
+    build.add_argument("--node-rank", type=int, help="this node's rank (default: $RANK under torchrun)")
+    build.add_argument("--num-nodes", type=int, help="number of nodes (default: $WORLD_SIZE under torchrun)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.set_defaults(func=_build)
+
+    merge = sub.add_parser("merge", help="join the nodes' partial manifests into manifest.json")
+    merge.add_argument("cache", type=Path)
+    merge.set_defaults(func=_merge)
+
+    verify = sub.add_parser("verify", help="re-hash every shard and decode every sample")
+    verify.add_argument("cache", type=Path)
+    verify.add_argument("--no-progress", action="store_true")
+    verify.set_defaults(func=_verify)
+
+    info = sub.add_parser("info", help="counts, classes and bytes of a cache")
+    info.add_argument("cache", type=Path)
+    info.set_defaults(func=_info)
+
+    synth = subparsers.add_parser("synth", help="write a synthetic COCO dataset (textured JPEGs, random polygons)")
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--n", required=True, type=int, help="number of images")
+    synth.add_argument("--size", nargs=2, type=int, default=(512, 512), metavar=("H", "W"))
+    synth.add_argument("--instances", nargs=2, type=int, default=(3, 12), metavar=("A", "B"), help="instances per image, A..B")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, help="processes (default: up to 2); never changes the output")
+    synth.set_defaults(func=_synth)
+
+
+def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    # torchrun's variables are read here, in the shell, and passed on explicitly
+    rank, world = args.node_rank, args.num_nodes
+    if rank is None and world is None and "WORLD_SIZE" in os.environ:
+        world = int(os.environ["WORLD_SIZE"])
+        rank = int(os.environ.get("RANK", "0"))
+    if world == 1 and rank in (0, None):
+        return None, None
+    return rank, world
+
+
+def _build(args: argparse.Namespace) -> int:
+    from fastload.cache.writer import build_cache
+
+    node_rank, num_nodes = _nodes_from_env(args)
+    path = build_cache(
+        coco=args.coco,
+        images=args.images,
+        out=args.out,
+        config=args.config,
+        workers=args.workers,
+        on_error=args.on_error,
+        resume=args.resume,
+        node_rank=node_rank,
+        num_nodes=num_nodes,
+        progress=not args.no_progress,
+    )
+    if num_nodes is None:
+        print(f"wrote {path}")
+    else:
+        print(f"wrote {path}; when all {num_nodes} nodes are done run `fastload cache merge {args.out}`")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from fastload.cache.merge import merge_cache
+
+    print(f"wrote {merge_cache(args.cache)}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fastload.cache.verify import verify_cache
+
+    report = verify_cache(args.cache, progress=not args.no_progress)
+    for problem in report.problems:
+        print(f"BAD {problem}", file=sys.stderr)
+    if not report.ok:
+        print(
+            f"{args.cache}: {len(report.problems)} problem(s) in {report.shards} shards / {report.samples} samples; "
+            "rebuild the named shards with `fastload cache build ... --resume`",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{args.cache}: OK ({report.shards} shards, {report.samples} samples)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from fastload.cache.manifest import load_manifest
+
+    print(format_info(load_manifest(args.cache), args.cache))
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # unreachable; keeps type checkers quiet
+
+
+def format_info(m: Manifest, root: str | Path = "") -> str:
+    """The text of ``fastload cache info``: counts, classes, bytes in total, per member kind, per sample."""
+    per = max(m.samples, 1)
+    lines = [
+        f"cache {root}  (schema {m.schema_version}, fastload {m.fastload_version})",
+        f"config: sigma={m.sigma:g} stride={m.stride} samples_per_shard={m.samples_per_shard} "
+        f"offset_scale={m.offset_scale} png_compression={m.png_compression}",
+        f"images {m.images}  samples {m.samples}  instances {m.instances}  skipped {len(m.skips)}  "
+        f"shards {len(m.shards)}  clipped offset pixels {m.offset_clipped_pixels}",
+        f"classes ({m.num_classes} with background = train id 0; 255 = ignore):",
+        f"  {'train_id':>8}  {'coco_id':>7}  {'instances':>9}  name",
+    ]
+    lines += [f"  {c.train_id:>8}  {c.coco_id:>7}  {c.instances:>9}  {c.name}" for c in m.categories]
+    mb = m.member_bytes
+    kinds = [("image", mb.image), ("sem", mb.sem), ("ins", mb.ins), ("off", mb.off), ("heat", mb.heat), ("meta", mb.meta)]
+    lines.append(f"bytes: shards {_size(m.total_bytes)} total, {_size(m.total_bytes / per)} per sample")
+    for kind, n in kinds:
+        share = f"{100 * n / mb.image:5.1f}% of image" if mb.image else ""
+        lines.append(f"  {kind:<6} {_size(n):>10} total  {_size(n / per):>10} per sample  {share}")
+    for skip in m.skips[:20]:
+        lines.append(f"skip: image {skip.image_id} annotation {skip.annotation_id} ({skip.file_name}): {skip.reason}")
+    if len(m.skips) > 20:
+        lines.append(f"... and {len(m.skips) - 20} more skips (see manifest.json)")
+    return "\n".join(lines)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from fastload.synth import synth_coco
+
+    try:
+        path = synth_coco(
+            out=args.out, n=args.n, size=tuple(args.size), instances=tuple(args.instances), seed=args.seed, workers=args.workers
+        )
+    except ValueError as exc:
+        print(f"fastload synth: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({args.n} images in {path.parent / 'images'})")
+    return 0

@@ -1,0 +1,147 @@
+"""`verify_cache`: re-hash every shard against the manifest and decode every sample completely."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastload.cache.format import MEMBER_KINDS, SCHEMA_VERSION, SampleMembers, dali_index_text, decode_meta
+from fastload.cache.manifest import Manifest, ShardInfo, load_manifest, read_json, sha256_file
+from fastload.cache.reader import check_shapes, decode_members
+from fastload.errors import CacheError
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `verify_cache` checked and every problem found (each names the shard file and sample)."""
+
+    shards: int
+    samples: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
+    """Check a cache end to end; problems are collected, not raised, so one run lists them all.
+
+    Per shard: the tar, our JSON index and DALI's index exist with the manifest's sizes and sha256, and
+    DALI's index equals the one our index implies. Per sample: each member's tar header names it with the
+    right size, its CRC-32 matches, every member decodes, and shapes agree with height, width and stride.
+
+    Raises
+    ------
+    CacheError
+        Only when there is no readable manifest (nothing to verify against).
+    """
+    from tqdm import tqdm
+
+    root = Path(path)
+    manifest = load_manifest(root)
+    problems: list[str] = []
+    checked = 0
+    with tqdm(total=manifest.samples, unit="sample", desc="verify", disable=not progress) as bar:
+        for shard in manifest.shards:
+            samples = _check_shard_files(root, shard, problems)
+            if samples is None:
+                bar.update(shard.samples)
+                continue
+            with open(root / shard.file, "rb") as fh:
+                for sample in samples:
+                    problem = _check_sample(fh, sample, manifest)
+                    if problem:
+                        problems.append(f"{shard.file} sample {sample.get('key', '?')}: {problem}")
+                    checked += 1
+                    bar.update(1)
+    total = sum(s.samples for s in manifest.shards)
+    if total != manifest.samples:
+        problems.append(f"manifest.json: shards hold {total} samples, counts say {manifest.samples}")
+    return VerifyReport(shards=len(manifest.shards), samples=checked, problems=tuple(problems))
+
+
+def _check_shard_files(root: Path, shard: ShardInfo, problems: list[str]) -> list[dict[str, Any]] | None:
+    """Hash-check a shard's three files; return its index's samples when the tar is readable at all."""
+    tar = root / shard.file
+    if not tar.is_file():
+        problems.append(f"{shard.file}: missing")
+        return None
+    size = tar.stat().st_size
+    if size != shard.bytes:
+        problems.append(f"{shard.file}: {size} bytes, the manifest says {shard.bytes} (truncated or replaced)")
+    elif sha256_file(tar) != shard.sha256:
+        problems.append(f"{shard.file}: sha256 differs from the manifest (corrupt data; see the samples below)")
+    index_path = root / shard.index_file
+    if not index_path.is_file():
+        problems.append(f"{shard.index_file}: missing (index of {shard.file})")
+        return None
+    if hashlib.sha256(index_path.read_bytes()).hexdigest() != shard.index_sha256:
+        problems.append(f"{shard.index_file}: sha256 differs from the manifest")
+    try:
+        index = read_json(index_path, what="shard index")
+        samples = index["samples"]
+        if index.get("schema_version") != SCHEMA_VERSION or len(samples) != shard.samples:
+            raise ValueError(f"expected schema_version {SCHEMA_VERSION} and {shard.samples} samples")
+        expected_idx = dali_index_text(
+            [(m["name"].split(".", 1)[1], m["offset"], m["size"], m["name"]) for m in s["members"]] for s in samples
+        ).encode("ascii")
+    except (CacheError, KeyError, TypeError, ValueError) as exc:
+        problems.append(f"{shard.index_file}: malformed ({exc})")
+        return None
+    dali = root / shard.dali_index
+    if not dali.is_file():
+        problems.append(f"{shard.dali_index}: missing (DALI index of {shard.file})")
+    elif dali.read_bytes() != expected_idx:
+        problems.append(f"{shard.dali_index}: does not match {shard.index_file} (DALI would read the wrong bytes)")
+    return samples
+
+
+def _check_sample(fh: Any, sample: dict[str, Any], manifest: Manifest) -> str | None:
+    try:
+        members = sample["members"]
+        if [m["kind"] for m in members] != list(MEMBER_KINDS):
+            return f"members {[m['kind'] for m in members]}, expected {list(MEMBER_KINDS)}"
+        data = {}
+        for m in members:
+            fh.seek(m["offset"] - 512)
+            raw = fh.read(512 + m["size"])
+            if len(raw) != 512 + m["size"]:
+                return f"member {m['name']}: the shard ends early"
+            try:
+                header = tarfile.TarInfo.frombuf(raw[:512], "utf-8", "strict")
+            except tarfile.HeaderError as exc:
+                return f"member {m['name']}: its tar header is corrupt ({exc})"
+            if header.name != m["name"] or header.size != m["size"]:
+                return f"member {m['name']}: tar header says {header.name!r} of {header.size} bytes"
+            payload = raw[512:]
+            if zlib.crc32(payload) != m["crc32"]:
+                return f"member {m['name']}: CRC-32 mismatch (corrupt data)"
+            data[m["kind"]] = payload
+        members_obj = SampleMembers(
+            shard="",
+            key=sample["key"],
+            image=data["image"],
+            image_ext=members[0]["name"].split(".", 1)[1],
+            semantic=data["sem"],
+            instance=data["ins"],
+            offset=data["off"],
+            heatmap=data["heat"],
+            meta=decode_meta(data["meta"]),
+        )
+        decoded = decode_members(members_obj, offset_scale=manifest.offset_scale)
+        check_shapes(decoded, sample["height"], sample["width"], manifest.stride)
+        if decoded["meta"].get("image_id") != sample["image_id"]:
+            return f"meta image_id {decoded['meta'].get('image_id')} differs from the index's {sample['image_id']}"
+        n = len(decoded["meta"].get("instances", []))
+        if int(decoded["instance"].max(initial=0)) > n:
+            return f"instance mask has id {int(decoded['instance'].max())} but meta lists {n} instances"
+    except (CacheError, tarfile.TarError) as exc:
+        return str(exc)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"index entry malformed ({type(exc).__name__}: {exc})"
+    return None
