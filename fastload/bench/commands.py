@@ -1,0 +1,116 @@
+"""``fastload bench`` and ``fastload demo``: argparse in, ``run_bench`` / ``run_demo`` out."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from fastload.errors import ConfigError
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _loader_list(text: str) -> tuple[str, ...]:
+    from fastload.bench.run import LOADERS
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [n for n in names if n not in LOADERS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown loader(s) {bad or text!r}; choose from {','.join(LOADERS)}"
+        )
+    return names
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure loader throughput and data stall under a training step",
+        description="Measure both loaders side by side under the same training step: samples/s, wait for the "
+        "next batch, data stall, CPU, memory. Prints a table; writes JSON and a PNG chart.",
+    )
+    p.add_argument("--cache", required=True, help="cache directory (fastload cache build)")
+    p.add_argument(
+        "--config", default="default", help="augmentation YAML, or 'default' / 'none' (default: default)"
+    )
+    p.add_argument("--loaders", type=_loader_list, default=("cpu", "dali"), help="comma-separated: cpu,dali")
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    p.add_argument("--steps", type=int, default=50, help="measured steps per loader (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="unmeasured steps first (default 5)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="CpuLoader workers and DALI threads (default: all cores)"
+    )
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument(
+        "--model", choices=("none", "segnet"), default="segnet", help="segnet: train SegNet on each batch"
+    )
+    p.add_argument(
+        "--precision", choices=("bf16", "fp32"), default="bf16", help="model autocast dtype (default bf16)"
+    )
+    p.add_argument("--width", type=int, default=32, help="SegNet first-stage channels (default 32)")
+    p.add_argument(
+        "--sweep", type=_int_list, default=None, metavar="B1,B2,...", help="also measure these batch sizes"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefetch", type=int, default=2)
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--plot", default=None, help="write the PNG chart here")
+    p.set_defaults(func=_bench)
+
+    from fastload.demo import register as register_demo
+
+    register_demo(sub)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fastload.bench.report import format_table, plot, write_json
+    from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
+
+    if not Path(args.cache).is_dir():
+        raise ConfigError(f"--cache {args.cache!r} is not a directory; build one with `fastload cache build`")
+    sizes = tuple(dict.fromkeys([*(args.sweep or ()), args.batch_size]))
+    try:
+        cfg = BenchConfig(
+            cache=args.cache,
+            augment=args.config,
+            loaders=args.loaders,
+            batch_sizes=tuple(sorted(sizes)),
+            size=tuple(args.size),
+            steps=args.steps,
+            warmup=args.warmup,
+            workers=args.workers,
+            device=args.device,
+            model=args.model,
+            precision=args.precision,
+            width=args.width,
+            seed=args.seed,
+            prefetch=args.prefetch,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    command = (
+        shlex.join(["fastload", *sys.argv[1:]])
+        if Path(sys.argv[0]).name in ("fastload", "__main__.py")
+        else None
+    )
+    report = run_bench(cfg, command=command, log=lambda msg: print(msg, file=sys.stderr))
+    print(format_table(report["results"]))
+    sentence = dali_device_sentence(report)
+    if sentence:
+        print(sentence)
+    if args.out:
+        print(f"wrote {write_json(args.out, report)}")
+    if args.plot:
+        print(f"wrote {plot(args.plot, report, batch_size=args.batch_size)}")
+    return 0

@@ -1,0 +1,268 @@
+"""The measuring harness: run a loader under a training step and time where the loop waits.
+
+One measured step is
+
+    wait  = next(loader)                     (NVTX "fastload/wait_for_data")
+    h2d   = move the batch to the model's device, if the loader did not   ("fastload/host_to_device")
+    step  = the training step                ("fastload/step")
+
+Timing rules (what is synchronised, and why):
+
+* On the CPU everything is synchronous, so host wall-clock times are the truth: stall = Σ(wait + h2d) / Σ(wait +
+  h2d + step).
+* On CUDA the step only enqueues kernels; the host returns at once and goes on to fetch the next batch while the
+  GPU computes, so host-side ``wait`` overlaps compute and overstates the stall. There we record a CUDA event
+  before and after each step on the current stream, and the stall is the GPU's idle time between steps:
+  Σ gap(end_{i-1} → start_i) / (end_last − start_0). The host never waits for the GPU inside the loop (the loss is
+  not read back); ``torch.cuda.synchronize()`` is called once after the warm-up and once after the last step, so
+  that the wall time and the events are complete. ``stall_method`` in the result says which rule was used.
+
+Resources are sampled by a background thread over the whole process tree (the loop's process and every
+descendant, e.g. DataLoader workers): CPU time (user + system) and the sum of resident set sizes (which counts
+pages shared between forked workers once per process, so it is an upper bound).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import psutil
+import torch
+
+from fastload.bench.ranges import H2D, STEP, WAIT, nvtx_range
+from fastload.errors import FastloadError
+
+StepFn = Callable[[dict[str, torch.Tensor]], Any]
+
+
+class EpochLoader(Protocol):
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+class ProcessTreeSampler:
+    """Samples CPU time and RSS of a process and all its descendants every ``interval`` seconds.
+
+    ``cpu_seconds()`` is cumulative over every process seen since ``start()`` (a worker that exits keeps the
+    CPU time it was last seen with), so the difference of two readings is the tree's CPU time in between.
+    """
+
+    def __init__(self, pid: int | None = None, *, interval: float = 0.1) -> None:
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self._cpu: dict[int, float] = {}
+        self._base: dict[int, float] = {}
+        self._peak_rss = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _processes(self) -> list[psutil.Process]:
+        try:
+            return [self._root, *self._root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def sample(self) -> None:
+        """Take one reading now (also called by the thread)."""
+        rss = 0
+        seen: dict[int, float] = {}
+        for proc in self._processes():
+            try:
+                with proc.oneshot():
+                    t = proc.cpu_times()
+                    seen[proc.pid] = t.user + t.system
+                    rss += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        with self._lock:
+            for pid, cpu in seen.items():
+                # a process first seen after start() began at 0 s; one seen at start() counts from there
+                self._base.setdefault(pid, 0.0 if self._thread is not None else cpu)
+                self._cpu[pid] = cpu
+            self._peak_rss = max(self._peak_rss, rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def start(self) -> ProcessTreeSampler:
+        self.sample()  # processes alive now count from their current CPU time
+        self._thread = threading.Thread(target=self._run, name="fastload-bench-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+    def cpu_seconds(self) -> float:
+        self.sample()
+        with self._lock:
+            return sum(cpu - self._base.get(pid, 0.0) for pid, cpu in self._cpu.items())
+
+    def peak_rss_bytes(self) -> int:
+        with self._lock:
+            return self._peak_rss
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self._peak_rss = 0
+
+
+def endless(loader: EpochLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches from epoch 0, 1, 2, ... (``set_epoch`` before each), as a training loop would see them."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise FastloadError(
+                "the loader yielded no batch in a whole epoch; use a smaller batch size or drop_last=False"
+            )
+        epoch += 1
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move every tensor of a batch to ``device`` (asynchronously from pinned memory); a no-op when there."""
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and v.device != device else v)
+        for k, v in batch.items()
+    }
+
+
+def _batch_len(batch: dict[str, torch.Tensor]) -> int:
+    for key in ("index", "image"):
+        if key in batch:
+            return int(batch[key].shape[0])
+    return int(next(iter(batch.values())).shape[0])
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def measure(
+    loader: EpochLoader,
+    step: StepFn | None,
+    *,
+    steps: int,
+    warmup: int,
+    device: torch.device | str,
+    batches: Iterable[dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
+    """Run ``warmup`` then ``steps`` training steps and return the measurements.
+
+    Parameters
+    ----------
+    loader : yields batch dicts (see docs/design.md, Loader); iterated over as many epochs as needed
+    step : the training step, called with the batch on ``device``; None measures the loader alone
+    steps, warmup : measured steps, and steps run before measuring (worker start-up, cuDNN autotuning)
+    device : where the step runs; batches elsewhere are moved there (timed as host-to-device)
+    batches : an iterator to use instead of ``endless(loader)`` (tests)
+
+    Returns a dict of JSON-ready numbers: samples_per_s, batches_per_s, wait_p50_ms, wait_p95_ms,
+    wait_mean_ms, h2d_mean_ms, step_mean_ms, stall_pct, stall_method, cpu_cores_busy, cpu_util_pct, peak_rss_mb,
+    gpu_mem_peak_mb, first_batch_s, wall_s, steps, warmup, samples.
+    """
+    if steps < 1:
+        raise ValueError(f"measure: steps must be >= 1, got {steps}")
+    if warmup < 0:
+        raise ValueError(f"measure: warmup must be >= 0, got {warmup}")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    it = iter(batches) if batches is not None else endless(loader)
+    sampler = ProcessTreeSampler().start()
+
+    t_first = time.perf_counter()
+    for i in range(warmup):
+        batch = to_device(next(it), device)
+        if i == 0:
+            first_batch_s = time.perf_counter() - t_first
+        if step is not None:
+            step(batch)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+    events = (
+        [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        if cuda
+        else []
+    )
+    wait, h2d, compute = [], [], []
+    samples = 0
+    cpu0 = sampler.cpu_seconds()
+    t_start = time.perf_counter()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        with nvtx_range(WAIT):
+            batch = next(it)
+        t1 = time.perf_counter()
+        if warmup == 0 and i == 0:
+            first_batch_s = t1 - t_first
+        with nvtx_range(H2D):
+            batch = to_device(batch, device)
+        t2 = time.perf_counter()
+        with nvtx_range(STEP):
+            if cuda:
+                events[i][0].record()
+            if step is not None:
+                step(batch)
+            if cuda:
+                events[i][1].record()
+        t3 = time.perf_counter()
+        wait.append(t1 - t0)
+        h2d.append(t2 - t1)
+        compute.append(t3 - t2)
+        samples += _batch_len(batch)
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t_start
+    cpu_s = sampler.cpu_seconds() - cpu0
+    sampler.stop()
+
+    host_total = sum(wait) + sum(h2d) + sum(compute)
+    host_stall = 100.0 * (sum(wait) + sum(h2d)) / host_total if host_total > 0 else float("nan")
+    if cuda and step is not None:
+        span = events[0][0].elapsed_time(events[-1][1])
+        idle = sum(events[i - 1][1].elapsed_time(events[i][0]) for i in range(1, steps))
+        stall, method = (100.0 * idle / span if span > 0 else float("nan")), "gpu_idle_cuda_events"
+        step_ms = float(np.mean([a.elapsed_time(b) for a, b in events]))
+    else:
+        stall, method = host_stall, "host_wall_clock"
+        step_ms = 1e3 * float(np.mean(compute))
+
+    from fastload.bench.sysinfo import usable_cores
+
+    cores = cpu_s / wall if wall > 0 else float("nan")
+    return {
+        "steps": steps,
+        "warmup": warmup,
+        "samples": samples,
+        "wall_s": wall,
+        "samples_per_s": samples / wall,
+        "batches_per_s": steps / wall,
+        "wait_p50_ms": 1e3 * _pct(wait, 50),
+        "wait_p95_ms": 1e3 * _pct(wait, 95),
+        "wait_mean_ms": 1e3 * float(np.mean(wait)),
+        "h2d_mean_ms": 1e3 * float(np.mean(h2d)),
+        "step_mean_ms": step_ms,
+        "stall_pct": stall,
+        "host_stall_pct": host_stall,
+        "stall_method": method,
+        "cpu_cores_busy": cores,
+        "cpu_util_pct": 100.0 * cores / usable_cores(),
+        "peak_rss_mb": sampler.peak_rss_bytes() / 2**20,
+        "gpu_mem_peak_mb": (torch.cuda.max_memory_allocated(device) / 2**20) if cuda else None,
+        "first_batch_s": first_batch_s,
+    }

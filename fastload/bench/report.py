@@ -1,0 +1,158 @@
+"""Benchmark output: the printed table, the JSON file and the PNG chart.
+
+JSON schema (``SCHEMA_VERSION`` 1)::
+
+    {
+      "schema": 1,
+      "machine": {"cpu", "cores_logical", "cores_physical", "cores_usable", "memory_gb", "gpu" (null),
+                  "gpu_count", "cuda", "os", "python", "torch", "dali", "numpy", "opencv", "date"},
+      "command": "the exact argv, shell-quoted",
+      "date": ISO 8601 with time zone,
+      "config": {"cache", "augment", "loaders", "batch_sizes", "size", "steps", "warmup", "workers", "device",
+                 "model", "precision", "width", "seed", "prefetch"},
+      "results": [{"loader": "cpu" | "dali", "device": "cpu" | "cuda:0", "batch_size", "samples_per_s",
+                   "batches_per_s", "wait_p50_ms", "wait_p95_ms", "wait_mean_ms", "h2d_mean_ms", "step_mean_ms",
+                   "stall_pct", "host_stall_pct", "stall_method", "cpu_cores_busy", "cpu_util_pct",
+                   "peak_rss_mb", "gpu_mem_peak_mb" (null without CUDA), "first_batch_s", "wall_s", "steps",
+                   "warmup", "samples", "workers", "model"}, ...]
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULT_KEYS = (
+    "loader",
+    "device",
+    "batch_size",
+    "samples_per_s",
+    "batches_per_s",
+    "wait_p50_ms",
+    "wait_p95_ms",
+    "stall_pct",
+    "cpu_util_pct",
+    "peak_rss_mb",
+    "gpu_mem_peak_mb",
+)
+REPORT_KEYS = ("schema", "machine", "command", "date", "config", "results")
+
+_COLUMNS = (
+    ("loader", "loader", "{}"),
+    ("device", "device", "{}"),
+    ("batch", "batch_size", "{}"),
+    ("samples/s", "samples_per_s", "{:.1f}"),
+    ("batches/s", "batches_per_s", "{:.2f}"),
+    ("wait p50 ms", "wait_p50_ms", "{:.1f}"),
+    ("wait p95 ms", "wait_p95_ms", "{:.1f}"),
+    ("step ms", "step_mean_ms", "{:.1f}"),
+    ("stall %", "stall_pct", "{:.1f}"),
+    ("CPU %", "cpu_util_pct", "{:.0f}"),
+    ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+    ("GPU MB", "gpu_mem_peak_mb", "{:.0f}"),
+)
+
+
+def _fmt(fmt: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table of the results, one row per (loader, batch size)."""
+    header = [c[0] for c in _COLUMNS]
+    rows = [[_fmt(fmt, r.get(key)) for _, key, fmt in _COLUMNS] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN: write null
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, report: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming what is missing when ``report`` does not follow the schema above."""
+    missing = [k for k in REPORT_KEYS if k not in report]
+    if missing:
+        raise ValueError(f"benchmark report: missing top-level key(s) {missing}")
+    for i, r in enumerate(report["results"]):
+        missing = [k for k in RESULT_KEYS if k not in r]
+        if missing:
+            raise ValueError(f"benchmark report: results[{i}] misses key(s) {missing}")
+
+
+def plot(path: str | Path, report: dict[str, Any], *, batch_size: int | None = None) -> Path:
+    """Write a PNG: samples/s and stall % per loader (at ``batch_size``), and samples/s vs batch size when the
+    report holds several batch sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    sizes = sorted({r["batch_size"] for r in results})
+    bs = batch_size if batch_size in sizes else sizes[-1]
+    at_bs = [r for r in results if r["batch_size"] == bs]
+    sweep = len(sizes) > 1
+    fig, axes = plt.subplots(1, 3 if sweep else 2, figsize=(14 if sweep else 9, 4.2), constrained_layout=True)
+    colours = {"cpu": "#4c72b0", "dali": "#76b900"}
+    labels = [f"{r['loader']}\n({r['device']})" for r in at_bs]
+    bar_colours = [colours.get(r["loader"], "#888888") for r in at_bs]
+
+    ax = axes[0]
+    values = [r["samples_per_s"] or 0.0 for r in at_bs]
+    bars = ax.bar(labels, values, color=bar_colours)
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("samples / s")
+    ax.set_title(f"throughput, batch {bs}")
+
+    ax = axes[1]
+    values = [r["stall_pct"] if r.get("stall_pct") is not None else 0.0 for r in at_bs]
+    bars = ax.bar(labels, values, color=bar_colours)
+    ax.bar_label(bars, fmt="%.1f%%")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("data stall, % of step time")
+    model = report.get("config", {}).get("model", "?")
+    ax.set_title(f"stall (model: {model})")
+
+    if sweep:
+        ax = axes[2]
+        for name in sorted({r["loader"] for r in results}):
+            pts = sorted((r["batch_size"], r["samples_per_s"] or 0.0) for r in results if r["loader"] == name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=colours.get(name))
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("samples / s")
+        ax.set_title("throughput vs batch size")
+        ax.legend()
+        ax.grid(alpha=0.3)
+
+    machine = report.get("machine", {})
+    fig.suptitle(
+        f"fastload bench — {machine.get('cpu', '?')}, GPU: {machine.get('gpu') or 'none'}", fontsize=10
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

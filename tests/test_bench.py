@@ -1,0 +1,213 @@
+"""The benchmark: SegNet and its loss, the measuring harness on a fake loader, the report, the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from fastload.bench.measure import ProcessTreeSampler, endless, measure
+from fastload.bench.model import SegNet, TrainStep, segnet_loss
+from fastload.bench.report import format_table, plot, validate_report, write_json
+from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
+
+
+def fake_batch(
+    n: int, h: int = 32, w: int = 32, *, num_classes: int = 3, stride: int = 1
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(n * 1000 + h)
+    semantic = torch.randint(0, num_classes + 1, (n, h, w), generator=g)
+    semantic[:, :2] = 255  # an ignored band, as crowd regions and warp padding give
+    instance = torch.randint(0, 4, (n, h, w), generator=g, dtype=torch.int32)
+    hh, ww = h // stride, w // stride
+    return {
+        "image": torch.randn(n, 3, h, w, generator=g),
+        "semantic": semantic,
+        "instance": instance,
+        "heatmap": torch.rand(n, 1, hh, ww, generator=g),
+        "offset": torch.randn(n, 2, hh, ww, generator=g) * 5,
+        "index": torch.arange(n, dtype=torch.int64),
+    }
+
+
+class FakeLoader:
+    """Yields ``batches_per_epoch`` batches per epoch, sleeping ``delay`` seconds before each (the data wait)."""
+
+    def __init__(self, *, batch_size: int = 2, batches_per_epoch: int = 3, delay: float = 0.0, size=(32, 32)):
+        self.batch_size, self.batches_per_epoch, self.delay, self.size = (
+            batch_size,
+            batches_per_epoch,
+            delay,
+            size,
+        )
+        self.epochs: list[int] = []
+        self.closed = False
+        self.device = torch.device("cpu")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self):
+        for _ in range(self.batches_per_epoch):
+            time.sleep(self.delay)
+            yield fake_batch(self.batch_size, *self.size)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# ---- the model ------------------------------------------------------------------------------------------
+
+
+def test_segnet_shapes_and_backward_under_bf16_autocast_on_cpu():
+    model = SegNet(3, width=8)
+    batch = fake_batch(2, 32, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = model(batch["image"])
+    assert pred["semantic"].shape == (2, 4, 32, 48)
+    assert pred["heatmap"].shape == (2, 1, 32, 48)
+    assert pred["offset"].shape == (2, 2, 32, 48)
+    loss = segnet_loss(pred, batch)
+    assert loss.total.dtype == torch.float32
+    for part in (loss.total, loss.semantic, loss.heatmap, loss.offset):
+        assert torch.isfinite(part)
+    loss.total.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_segnet_loss_handles_strided_maps_and_an_all_ignored_batch():
+    batch = fake_batch(2, 32, 32, stride=4)
+    batch["semantic"][:] = 255
+    pred = SegNet(3, width=8)(batch["image"])
+    loss = segnet_loss(pred, batch)
+    assert loss.semantic.item() == 0.0
+    assert torch.isfinite(loss.total)
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    step = TrainStep(3, "cpu", width=8, precision="bf16")
+    batch = fake_batch(2, 32, 32)
+    first = step(batch).item()
+    for _ in range(4):
+        last = step(batch).item()
+    assert last < first
+
+
+def test_segnet_refuses_sizes_not_divisible_by_16():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        SegNet(2, width=4)(torch.zeros(1, 3, 30, 32))
+
+
+# ---- the harness ------------------------------------------------------------------------------------------
+
+
+def test_endless_walks_epochs_and_sets_each():
+    loader = FakeLoader(batches_per_epoch=2)
+    it = endless(loader)
+    for _ in range(5):
+        next(it)
+    assert loader.epochs == [0, 1, 2]
+
+
+def test_measure_on_a_fake_loader_with_known_sleeps():
+    loader = FakeLoader(batch_size=2, batches_per_epoch=3, delay=0.02)
+
+    def step(batch):
+        time.sleep(0.02)
+
+    m = measure(loader, step, steps=6, warmup=1, device="cpu")
+    assert m["samples"] == 12
+    assert m["samples_per_s"] > 0 and m["batches_per_s"] > 0
+    assert 0.0 <= m["stall_pct"] <= 100.0
+    assert m["stall_method"] == "host_wall_clock"
+    # generous sanity only: the loader sleeps 20 ms per batch, so the wait cannot be below it
+    assert m["wait_p50_ms"] >= 15.0
+    assert m["wait_p95_ms"] >= m["wait_p50_ms"]
+    assert m["step_mean_ms"] >= 15.0
+    assert m["gpu_mem_peak_mb"] is None
+    assert m["peak_rss_mb"] > 0
+    assert m["cpu_cores_busy"] >= 0
+
+
+def test_measure_without_a_model_is_all_wait():
+    m = measure(FakeLoader(delay=0.01), None, steps=3, warmup=0, device="cpu")
+    assert m["stall_pct"] > 50.0
+    assert m["first_batch_s"] > 0
+
+
+def test_measure_validates_its_arguments():
+    with pytest.raises(ValueError, match="steps"):
+        measure(FakeLoader(), None, steps=0, warmup=0, device="cpu")
+
+
+def test_process_tree_sampler_counts_a_child_process(tmp_path):
+    import subprocess
+    import sys
+
+    sampler = ProcessTreeSampler(interval=0.02).start()
+    before = sampler.cpu_seconds()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.4: pass"]
+    )
+    time.sleep(0.3)
+    during = sampler.cpu_seconds()
+    child.wait()
+    sampler.stop()
+    assert during - before > 0.05
+    assert sampler.peak_rss_bytes() > 0
+
+
+# ---- the report ------------------------------------------------------------------------------------------
+
+
+def _fake_factory(name, cfg, batch_size):
+    return FakeLoader(batch_size=batch_size, batches_per_epoch=2, size=cfg.size)
+
+
+def test_run_bench_report_json_and_plot(tmp_path):
+    cfg = BenchConfig(
+        cache=str(tmp_path), batch_sizes=(1, 2), size=(32, 32), steps=3, warmup=1, workers=1, width=4
+    )
+    report = run_bench(cfg, loader_factory=_fake_factory, num_classes=3, log=lambda m: None)
+    validate_report(report)
+    assert [(r["loader"], r["batch_size"]) for r in report["results"]] == [
+        ("cpu", 1),
+        ("dali", 1),
+        ("cpu", 2),
+        ("dali", 2),
+    ]
+    assert report["config"]["workers"] == 1
+    assert report["command"].startswith("fastload bench --cache")
+    assert {"cpu", "cores_logical", "gpu", "os", "python", "torch", "dali", "numpy", "opencv", "date"} <= set(
+        report["machine"]
+    )
+    path = write_json(tmp_path / "out" / "r.json", report)
+    loaded = json.loads(path.read_text())
+    validate_report(loaded)
+    assert loaded["results"][0]["gpu_mem_peak_mb"] is None
+    png = plot(tmp_path / "r.png", report, batch_size=2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = format_table(report["results"])
+    assert "samples/s" in table and "dali" in table
+    assert dali_device_sentence(report) in (
+        "DALI ran on the CPU: no CUDA GPU visible",
+        f"DALI ran on the CPU, as asked (--device cpu), although a GPU is visible ({report['machine']['gpu']})",
+    )
+
+
+def test_bench_config_refuses_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="choose from"):
+        BenchConfig(cache=str(tmp_path), loaders=("gpu",))
+    with pytest.raises(ValueError, match="divisible by 16"):
+        BenchConfig(cache=str(tmp_path), size=(100, 100))
+
+
+def test_validate_report_names_missing_keys():
+    with pytest.raises(ValueError, match="machine"):
+        validate_report({"results": []})
