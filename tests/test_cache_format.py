@@ -38,6 +38,7 @@ def test_offsets_round_trip_within_half_a_step_and_clip_counted(scale):
     assert clipped == 2
     back = fmt.decode_offset(data, offset_scale=scale)
     assert back.dtype == np.float32 and back.shape == offset.shape
+    assert np.array_equal(back, fmt.dequantize_offset(fmt.quantize_offset(offset, scale)[0], scale))
     keep = np.ones(offset.shape[1:], bool)
     keep[0, 0] = keep[1, 1] = False
     assert np.abs(back - offset)[:, keep].max() <= 0.5 / scale + 1e-6

@@ -1,0 +1,78 @@
+"""Cache read throughput: raw member reads (one pread + CRC per sample), full decode, and each member's decode.
+
+Run: ``pytest benchmarks/test_bench_cache.py --benchmark-only`` (``--benchmark-columns=mean,ops``).
+``extra_info["samples_per_s"]`` holds the throughput of the whole-cache passes. Data: the real 800x600
+sample photos (``FASTLOAD_SAMPLE_DATA`` or ``../shared/data/fruits_nuts_coco``) and 32 synthetic 512x512 images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fastload.cache import format as fmt
+from fastload.cache.reader import open_cache
+from fastload.cache.writer import build_cache
+from fastload.synth import synth_coco
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sample_root() -> Path:
+    env = os.environ.get("FASTLOAD_SAMPLE_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "fruits_nuts_coco"
+
+
+@pytest.fixture(scope="module", params=["real-800x600", "synth-512x512"])
+def cache(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param.startswith("real"):
+        data = _sample_root()
+        if not (data / "annotations.json").is_file():
+            pytest.skip(f"sample data not found at {data}")
+    else:
+        data = root / "data"
+        synth_coco(out=data, n=32, size=(512, 512), instances=(3, 12), seed=0)
+    build_cache(coco=data / "annotations.json", images=data / "images", out=root / "cache", progress=False)
+    ds = open_cache(root / "cache")
+    yield ds
+    ds.close()
+
+
+def _all(fn, n):
+    def run():
+        for i in range(n):
+            fn(i)
+
+    return run
+
+
+def test_read_members(benchmark, cache):
+    n = len(cache)
+    benchmark(_all(cache.read_members, n))
+    benchmark.extra_info["samples_per_s"] = n / benchmark.stats.stats.mean
+
+
+def test_full_decode(benchmark, cache):
+    n = len(cache)
+    benchmark(_all(cache.__getitem__, n))
+    benchmark.extra_info["samples_per_s"] = n / benchmark.stats.stats.mean
+
+
+DECODERS = {
+    "image": lambda m, scale: fmt.decode_image(m.image),
+    "sem": lambda m, scale: fmt.decode_semantic(m.semantic),
+    "ins": lambda m, scale: fmt.decode_instance(m.instance),
+    "off": lambda m, scale: fmt.decode_offset(m.offset, offset_scale=scale),
+    "heat": lambda m, scale: fmt.decode_heatmap(m.heatmap),
+}
+
+
+@pytest.mark.parametrize("member", list(DECODERS))
+def test_decode_member(benchmark, cache, member):
+    members = [cache.read_members(i) for i in range(len(cache))]
+    decode, scale = DECODERS[member], cache.manifest.offset_scale
+    benchmark(lambda: [decode(m, scale) for m in members])
+    benchmark.extra_info["ms_per_sample"] = 1000 * benchmark.stats.stats.mean / len(members)
