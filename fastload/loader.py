@@ -17,7 +17,7 @@ import torch
 
 from fastload.augment.config import AugmentConfig, load_augment
 from fastload.augment.params import draw_params, sample_rng
-from fastload.errors import CacheError
+from fastload.errors import CacheError, ConfigError
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BatchPlan
 from fastload.sampling import epoch_order, num_batches, rank_batches
@@ -58,7 +58,7 @@ class _LoaderShell:
         self.cache = _open(cache)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.size = _size(size, stride=self.cache.manifest.stride)
-        self.augment: AugmentConfig = load_augment(augment)
+        self.augment: AugmentConfig = _augment(augment)
         self.device = _device(device)
         self.num_threads = usable_cores() if num_threads is None else _positive_int("num_threads", num_threads)
         self.prefetch = _positive_int("prefetch", prefetch)
@@ -284,6 +284,17 @@ def _open(cache: Any):
     if not (hasattr(cache, "read_members") and hasattr(cache, "manifest") and hasattr(cache, "__len__")):
         raise ValueError(f"cache must be a path or an opened cache (fastload.open_cache), got {type(cache).__name__}")
     return cache
+
+
+def _augment(value: Any) -> AugmentConfig:
+    try:
+        return load_augment(value)
+    except ConfigError as exc:
+        if str(exc).startswith("augment"):
+            raise
+        raise ConfigError(
+            f"augment: {exc}; pass an AugmentConfig, 'default', 'none', or the path of a YAML file"
+        ) from exc
 
 
 def _positive_int(name: str, value: Any) -> int:
