@@ -16,7 +16,7 @@ from fastload.cache.merge import merge_cache
 from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
 from fastload.coco import load_coco
-from fastload.errors import CacheError
+from fastload.errors import CacheError, ConfigError
 from fastload.raster import rasterize_image
 from fastload.targets import center_targets, instance_table
 
@@ -135,10 +135,12 @@ def test_killed_build_leaves_no_complete_looking_shard_and_resumes(synth_root, s
     assert not (out / "manifest.json").exists()
     with pytest.raises(CacheError, match="did not finish.*--resume"):
         open_cache(out)
+    (out / "shard-00002.tar.tmp").write_bytes(b"half a shard from a kill -9")
 
     monkeypatch.setattr(writer, "encode_sample", real)
     _build_synth(synth_root, out, resume=True)
     assert _shard_hashes(out) == _shard_hashes(synth_cache)
+    assert not list(out.glob("*.tmp"))
 
 
 def test_resume_with_another_config_rebuilds_everything(synth_root, synth_cache, tmp_path):
@@ -185,8 +187,14 @@ def test_merge_refuses_parts_built_with_different_configs(synth_root, tmp_path):
         merge_cache(out)
 
 
-def test_node_arguments_are_checked(synth_root, tmp_path):
-    with pytest.raises(CacheError, match="both"):
+def test_arguments_are_checked(synth_root, tmp_path):
+    with pytest.raises(ConfigError, match="both"):
         _build_synth(synth_root, tmp_path / "a", node_rank=0)
-    with pytest.raises(CacheError, match="node_rank < num_nodes"):
+    with pytest.raises(ConfigError, match="node_rank < num_nodes"):
         _build_synth(synth_root, tmp_path / "b", node_rank=2, num_nodes=2)
+    with pytest.raises(ConfigError, match=r"\['fail', 'skip'\]"):
+        _build_synth(synth_root, tmp_path / "c", on_error="ignore")
+    with pytest.raises(ConfigError, match="workers"):
+        _build_synth(synth_root, tmp_path / "d", workers=0)
+    with pytest.raises(ConfigError, match="unknown key"):
+        _build_synth(synth_root, tmp_path / "e", config={"sigmaa": 2})

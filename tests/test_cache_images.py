@@ -83,12 +83,32 @@ def test_bad_image_is_skipped_and_recorded(tmp_path, damage, reason, samples_per
     assert [cache[i]["meta"]["image_id"] for i in range(len(cache))] == [1, 3]
 
 
+def test_worker_process_errors_reach_the_caller(tmp_path):
+    root = _tiny(tmp_path / "data")
+    _truncated(root / "images" / BAD_FILE)
+    with pytest.raises(ImageError, match="image 2 .*truncated"):
+        _build(root, tmp_path / "cache", workers=2, config={"samples_per_shard": 1})
+    assert not (tmp_path / "cache" / "shard-00001.done.json").exists()
+
+
 def test_resume_under_fail_rebuilds_a_shard_that_skipped(tmp_path):
     root = _tiny(tmp_path / "data")
     _empty(root / "images" / BAD_FILE)
     _build(root, tmp_path / "cache", on_error="skip")
     with pytest.raises(ImageError, match="empty"):
         _build(root, tmp_path / "cache", resume=True)
+
+
+def test_resume_picks_up_a_fixed_image(tmp_path):
+    root = _tiny(tmp_path / "data")
+    good = (root / "images" / BAD_FILE).read_bytes()
+    _empty(root / "images" / BAD_FILE)
+    _build(root, tmp_path / "cache", on_error="skip", config={"samples_per_shard": 1})
+    assert load_manifest(tmp_path / "cache").samples == 2
+    (root / "images" / BAD_FILE).write_bytes(good)
+    _build(root, tmp_path / "cache", on_error="skip", config={"samples_per_shard": 1}, resume=True)
+    manifest = load_manifest(tmp_path / "cache")
+    assert (manifest.samples, manifest.skips) == (3, ())
 
 
 def test_png_named_jpg_is_kept_byte_for_byte_and_stored_as_png(tmp_path):

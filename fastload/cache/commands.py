@@ -140,7 +140,7 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
     kinds = [("image", mb.image), ("sem", mb.sem), ("ins", mb.ins), ("off", mb.off), ("heat", mb.heat), ("meta", mb.meta)]
     lines.append(f"bytes: shards {_size(m.total_bytes)} total, {_size(m.total_bytes / per)} per sample")
     for kind, n in kinds:
-        share = f"{100 * n / mb.image:5.1f}% of image" if mb.image else ""
+        share = f"{100 * n / mb.image:5.1f}% of image" if mb.image and kind != "image" else ""
         lines.append(f"  {kind:<6} {_size(n):>10} total  {_size(n / per):>10} per sample  {share}")
     for skip in m.skips[:20]:
         lines.append(f"skip: image {skip.image_id} annotation {skip.annotation_id} ({skip.file_name}): {skip.reason}")

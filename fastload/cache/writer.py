@@ -26,13 +26,16 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from fastload import __version__
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
     LABEL_EXTENSIONS,
     SCHEMA_VERSION,
     TarWriter,
     dali_index_text,
+    dumps_canonical,
     encode_heatmap,
     encode_instance,
     encode_meta,
@@ -53,12 +56,15 @@ from fastload.cache.manifest import (
     sha256_file,
     write_atomic,
 )
-from fastload.errors import AnnotationError, CacheError, ImageError
+from fastload.coco import load_coco, resolve_image_path
+from fastload.errors import AnnotationError, CacheError, ConfigError, ImageError
+from fastload.raster import rasterize_image
+from fastload.targets import center_targets, instance_table
 
 OnError = Literal["fail", "skip"]
 FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
 # names a build may find in (and remove from) its output folder; anything else means "not a cache folder"
-_OWN_FILE = re.compile(r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-\d{5}\.(tar|idx|json|done\.json))(\.tmp)?$")
+_OWN_FILE = re.compile(r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$")
 
 
 # ----------------------------------------------------------------------------------------------- one sample
@@ -122,10 +128,6 @@ class EncodedSample:
 
 def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig) -> EncodedSample:
     """Check one image and encode all its members (pure apart from reading the image file)."""
-    from fastload.coco import resolve_image_path
-    from fastload.raster import rasterize_image
-    from fastload.targets import center_targets, instance_table
-
     try:
         path = resolve_image_path(image_root, record)
     except AnnotationError as exc:
@@ -310,10 +312,19 @@ def _instance_summary(inst: Any) -> dict[str, Any]:
     }
 
 
-def shard_fingerprint(header: dict[str, Any], items: Sequence[tuple[int, Any]]) -> str:
-    """sha256 of everything a shard's bytes depend on except the image files: config, classes, records."""
-    from fastload.cache.format import dumps_canonical
+def _file_size(image_root: Path, record: Any) -> int | None:
+    try:
+        return resolve_image_path(image_root, record).stat().st_size
+    except (OSError, AnnotationError):
+        return None
 
+
+def shard_fingerprint(header: dict[str, Any], items: Sequence[tuple[int, Any]], image_root: Path) -> str:
+    """sha256 of what a shard's bytes depend on: config, classes, records, and each image file's size.
+
+    Image *contents* are not hashed (that would cost a full read of the data set on every resume): a file
+    replaced by one of exactly the same size is not noticed; a fixed, added or removed file is.
+    """
     payload = {
         "schema_version": SCHEMA_VERSION,
         "fastload_version": header["fastload_version"],
@@ -326,6 +337,7 @@ def shard_fingerprint(header: dict[str, Any], items: Sequence[tuple[int, Any]]) 
                 "file_name": rec.file_name,
                 "height": rec.height,
                 "width": rec.width,
+                "file_bytes": _file_size(image_root, rec),
                 "instances": [_instance_summary(inst) for inst in rec.instances],
             }
             for position, rec in items
@@ -397,10 +409,10 @@ def _prepare_out(out: Path, num_shards: int, node_rank: int, num_nodes: int) -> 
             part.unlink()
     else:
         (out / part_name(node_rank, num_nodes)).unlink(missing_ok=True)
-    # shards of an earlier, larger build of this node's residue class
+    # this node's leftovers: temporary files of a killed build, shards of an earlier, larger build
     for path in out.glob("shard-*"):
-        shard = int(path.name[6:11])
-        if shard >= num_shards and shard % num_nodes == node_rank:
+        shard = int(_OWN_FILE.match(path.name)["shard"])
+        if shard % num_nodes == node_rank and (shard >= num_shards or path.name.endswith(".tmp")):
             path.unlink()
 
 
@@ -408,9 +420,9 @@ def _check_nodes(node_rank: int | None, num_nodes: int | None) -> tuple[int, int
     if node_rank is None and num_nodes is None:
         return 0, 1
     if node_rank is None or num_nodes is None:
-        raise CacheError("pass both node_rank and num_nodes (--node-rank and --num-nodes), or neither")
+        raise ConfigError("pass both node_rank and num_nodes (--node-rank and --num-nodes), or neither")
     if num_nodes < 1 or not 0 <= node_rank < num_nodes:
-        raise CacheError(f"need 0 <= node_rank < num_nodes, got node_rank={node_rank} num_nodes={num_nodes}")
+        raise ConfigError(f"need 0 <= node_rank < num_nodes, got node_rank={node_rank} num_nodes={num_nodes}")
     return node_rank, num_nodes
 
 
@@ -447,15 +459,10 @@ def build_cache(
     -------
     Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``.
     """
-    from tqdm import tqdm
-
-    from fastload import __version__
-    from fastload.coco import load_coco
-
     if on_error not in ("fail", "skip"):
-        raise CacheError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        raise ConfigError(f"on_error must be one of ['fail', 'skip'], got {on_error!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise CacheError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     node_rank, num_nodes = _check_nodes(node_rank, num_nodes)
     cfg = as_cache_config(config)
     coco, image_root, out = Path(coco), Path(images), Path(out)
@@ -484,7 +491,7 @@ def build_cache(
     tasks, kept = [], 0
     for shard in range(node_rank, num_shards, num_nodes):
         items = positions[shard * spp : (shard + 1) * spp]
-        fingerprint = shard_fingerprint(header, items)
+        fingerprint = shard_fingerprint(header, items, image_root)
         if resume and check_done_record(out, shard, fingerprint, on_error) is not None:
             kept += len(items)
             continue
