@@ -248,7 +248,7 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
     data = _read_json(Path(path))
     categories, background = _parse_categories(data["categories"])
     images = _parse_images(data["images"], policy)
-    by_image = _parse_annotations(data["annotations"], images, categories, background, policy)
+    by_image = _parse_annotations(data["annotations"], _Known(images, categories, background), policy)
     records = tuple(
         ImageRecord(image_id, name, height, width, tuple(by_image.get(image_id, ())))
         for image_id, (name, height, width) in images.items()
@@ -354,38 +354,58 @@ def _parse_image(img: Any) -> tuple[int, str, int, int]:
     return image_id, name, height, width
 
 
-def _parse_annotations(
-    raw: list,
-    images: Mapping[int, tuple[str, int, int]],
-    categories: Mapping[int, Category],
-    background: set[int],
-    policy: _Policy,
-) -> dict[int, list[Instance]]:
+@dataclass(frozen=True)
+class _Known:
+    """What annotations are checked against."""
+
+    images: Mapping[int, tuple[str, int, int]]  # image id → (file_name, height, width)
+    categories: Mapping[int, Category]
+    background: set[int]
+
+
+class _BackgroundAnnotation(Exception):
+    """Internal: the annotation belongs to a background category (dropped, recorded, never an error)."""
+
+
+def _parse_annotations(raw: list, known: _Known, policy: _Policy) -> dict[int, list[Instance]]:
     """Image id → its instances in annotation order."""
     by_image: dict[int, list[Instance]] = {}
     seen_ids: set[int] = set()
     for k, ann in enumerate(raw):
-        image_id = ann.get("image_id") if isinstance(ann, dict) else None
-        ann_id = ann.get("id") if isinstance(ann, dict) else None
-        where = f"image {image_id!r}, annotation {ann_id!r}" if ann_id is not None else f"annotations[{k}]"
-        ids = {"image_id": _int_or_none(image_id), "annotation_id": _int_or_none(ann_id)}
-        if isinstance(image_id, int) and image_id in images:
-            ids["file_name"] = images[image_id][0]
+        where, ids = _annotation_names(ann, k, known)
         try:
-            instance = _parse_annotation(ann, images, categories, background, seen_ids, policy, where, ids)
+            instance, dropped = _parse_annotation(ann, known, seen_ids)
+        except _BackgroundAnnotation:
+            policy.record("background category", **ids)
+            continue
         except _Bad as bad:
             policy.reject(where, str(bad), **ids)
             continue
-        if instance is not None:
-            by_image.setdefault(ids["image_id"], []).append(instance)
+        if dropped and policy.fail:
+            policy.reject(where, "; ".join(dropped), **ids)  # raises
+        for reason in dropped:
+            policy.record(f"{reason}; part dropped, the instance keeps its other parts", **ids)
+        by_image.setdefault(ids["image_id"], []).append(instance)
     return by_image
+
+
+def _annotation_names(ann: Any, k: int, known: _Known) -> tuple[str, dict]:
+    """How messages name an annotation (``image 7, annotation 42``) and the ids a Skip records."""
+    image_id = ann.get("image_id") if isinstance(ann, dict) else None
+    ann_id = ann.get("id") if isinstance(ann, dict) else None
+    where = f"image {image_id!r}, annotation {ann_id!r}" if ann_id is not None else f"annotations[{k}]"
+    ids = {"image_id": _int_or_none(image_id), "annotation_id": _int_or_none(ann_id), "file_name": None}
+    if ids["image_id"] in known.images:
+        ids["file_name"] = known.images[ids["image_id"]][0]
+    return where, ids
 
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _parse_annotation(ann, images, categories, background, seen_ids, policy, where, ids) -> Instance | None:
+def _parse_annotation(ann: Any, known: _Known, seen_ids: set[int]) -> tuple[Instance, list[str]]:
+    """The instance, and the reasons of the polygon parts dropped from it (if any)."""
     if not isinstance(ann, dict):
         raise _Bad(f"annotation must be an object, got {type(ann).__name__}")
     ann_id = _as_int(ann.get("id"), "annotation id")
@@ -393,13 +413,12 @@ def _parse_annotation(ann, images, categories, background, seen_ids, policy, whe
         raise _Bad(f"duplicate annotation id {ann_id} (the first one is kept)")
     seen_ids.add(ann_id)
     image_id = _as_int(ann.get("image_id"), "image_id")
-    if image_id not in images:
+    if image_id not in known.images:
         raise _Bad(f"image_id {image_id} is not in 'images' (or that image was skipped)")
     category_id = _as_int(ann.get("category_id"), "category_id")
-    if category_id in background:
-        policy.record("background category", **ids)
-        return None
-    if category_id not in categories:
+    if category_id in known.background:
+        raise _BackgroundAnnotation
+    if category_id not in known.categories:
         raise _Bad(f"category_id {category_id} is not in 'categories'")
     iscrowd = ann.get("iscrowd", 0)
     if iscrowd not in (0, 1) or isinstance(iscrowd, float):
@@ -407,38 +426,39 @@ def _parse_annotation(ann, images, categories, background, seen_ids, policy, whe
     area = ann.get("area", 0.0)
     if isinstance(area, bool) or not isinstance(area, (int, float)):
         raise _Bad(f"area must be a number, got {area!r}")
-    _, height, width = images[image_id]
-    polygons, rle = _parse_segmentation(ann.get("segmentation"), height, width, policy, where, ids)
-    return Instance(ann_id, category_id, categories[category_id].train_id, bool(iscrowd), polygons, rle, float(area))
+    _, height, width = known.images[image_id]
+    polygons, rle, dropped = _parse_segmentation(ann.get("segmentation"), height, width)
+    train_id = known.categories[category_id].train_id
+    return Instance(ann_id, category_id, train_id, bool(iscrowd), polygons, rle, float(area)), dropped
 
 
-def _parse_segmentation(seg, height, width, policy, where, ids) -> tuple[tuple[np.ndarray, ...], dict | None]:
+def _parse_segmentation(seg: Any, height: int, width: int) -> tuple[tuple[np.ndarray, ...], dict | None, list[str]]:
     if isinstance(seg, dict):
-        return (), _parse_rle(seg, height, width)
+        return (), _parse_rle(seg, height, width), []
     if isinstance(seg, list):
-        return _parse_polygons(seg, height, width, policy, where, ids), None
+        parts, dropped = _parse_polygons(seg, height, width)
+        return parts, None, dropped
     raise _Bad(f"segmentation must be a list of polygons or an RLE object, got {type(seg).__name__}")
 
 
 # ------------------------------------------------------------------------------------------ polygons
 
 
-def _parse_polygons(seg: list, height: int, width: int, policy, where, ids) -> tuple[np.ndarray, ...]:
+def _parse_polygons(seg: list, height: int, width: int) -> tuple[tuple[np.ndarray, ...], list[str]]:
+    """The good parts (repaired, clipped) and the reasons of the bad ones; all bad is an error."""
     if not seg:
         raise _Bad("empty segmentation (no polygon)")
     raw_parts = [_polygon_coords(part, k) for k, part in enumerate(seg)]
     parts: list[np.ndarray] = []
-    bad: list[str] = []
+    dropped: list[str] = []
     for k, coords in enumerate(raw_parts):
         try:
-            parts.extend(repair_polygon(coords, height, width))
+            parts.extend(_repair_polygon(coords, height, width))
         except _Bad as reason:
-            bad.append(f"polygon part {k + 1} of {len(seg)}: {reason}")
-    if bad and (policy.fail or not parts):
-        raise _Bad("; ".join(bad))
-    for reason in bad:
-        policy.record(f"{reason}; part dropped, the instance keeps its other parts", **ids)
-    return tuple(parts)
+            dropped.append(f"polygon part {k + 1} of {len(seg)}: {reason}")
+    if not parts:
+        raise _Bad("; ".join(dropped))
+    return tuple(parts), dropped
 
 
 def _polygon_coords(part: Any, k: int) -> np.ndarray:
@@ -451,7 +471,7 @@ def _polygon_coords(part: Any, k: int) -> np.ndarray:
     return values.astype(np.float64).reshape(-1, 2)
 
 
-def repair_polygon(coords: np.ndarray, height: int, width: int) -> list[np.ndarray]:
+def _repair_polygon(coords: np.ndarray, height: int, width: int) -> list[np.ndarray]:
     """Validate, repair and clip one polygon part.
 
     Parameters

@@ -85,7 +85,7 @@ def rasterize_instance(instance: Instance, height: int, width: int) -> np.ndarra
     bool (height, width)
     """
     out = np.zeros((height, width), dtype=bool)
-    patch = instance_patch(instance, height, width)
+    patch = _instance_patch(instance, height, width)
     if patch is not None:
         _paint(out, patch, True)
     return out
@@ -108,7 +108,7 @@ def rasterize_image(record: ImageRecord) -> RasterResult:
     things: list[tuple[int, int, Patch]] = []  # (area, index in `candidates`, patch)
     candidates: list[Instance] = []
     for inst in record.instances:
-        patch = instance_patch(inst, height, width)
+        patch = _instance_patch(inst, height, width)
         if patch is None:
             continue
         if inst.iscrowd:
@@ -126,7 +126,7 @@ def rasterize_image(record: ImageRecord) -> RasterResult:
     return RasterResult(instance, semantic, tuple(candidates[k] for k in visible))
 
 
-def instance_patch(instance: Instance, height: int, width: int) -> Patch | None:
+def _instance_patch(instance: Instance, height: int, width: int) -> Patch | None:
     """The instance's mask restricted to its bounding box, or None when it covers no pixel centre.
 
     Returns

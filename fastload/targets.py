@@ -27,6 +27,9 @@ import numpy as np
 
 from fastload.errors import ConfigError
 
+# pixels per block of rows in _offsets: temporaries of ~256 kB stay in the allocator's cache
+_BLOCK_PIXELS = 1 << 15
+
 if TYPE_CHECKING:
     import torch
 
@@ -286,15 +289,27 @@ def _offsets(mask: np.ndarray, runs: _Runs, stats: _Stats) -> np.ndarray:
     # dy is constant along a run: one float64 value per run, rounded once, repeated out
     dy = np.zeros(runs.start.size, dtype=np.float64)
     dy[fg] = centres[stats.slot[fg], 0] - run_row[fg]
-    offset[0] = np.repeat(dy.astype(np.float32), runs.length)
-    # dx depends on (instance, column) only: gather it from a (N + 1, W) table whose row 0 is background.
-    # Pixel p = row·W + col of a run of slot s reads table[s + 1, col] = flat entry p + (s + 1 − row)·W,
-    # so the gather index is the pixel index plus a per-run constant.
+    dy = dy.astype(np.float32)
+    # dx depends on (instance, column) only: it is gathered from a (N + 1, W) table whose row 0 is the
+    # background. Pixel p = row·W + col of a run of slot s reads table[s + 1, col], flat entry
+    # p + (s + 1 − row)·W: the pixel index plus a per-run constant.
     table = np.zeros((centres.shape[0] + 1, width), dtype=np.float32)
     table[1:] = centres[:, 1:] - np.arange(width, dtype=np.float64)
-    index = np.repeat((stats.slot + 1 - run_row) * width, runs.length)
-    index += np.arange(index.size)
-    np.take(table.reshape(-1), index, out=offset[1], mode="clip")
+    table = table.reshape(-1)
+    shift = (stats.slot + 1 - run_row) * width
+    # row blocks keep the per-pixel temporaries small and reused: fresh multi-MB buffers page-fault on
+    # every call, which costs more than the arithmetic
+    rows_per_block = max(1, _BLOCK_PIXELS // width)
+    block_rows = np.arange(0, height, rows_per_block)
+    first_run = np.searchsorted(runs.start, block_rows * width)  # a run starts at every row start
+    last_run = np.append(first_run[1:], runs.start.size)
+    ramp = np.arange(min(rows_per_block, height) * width)
+    for row0, a, b in zip(block_rows.tolist(), first_run.tolist(), last_run.tolist(), strict=True):
+        p0, p1 = row0 * width, min(row0 + rows_per_block, height) * width
+        offset[0, p0:p1] = np.repeat(dy[a:b], runs.length[a:b])
+        index = np.repeat(shift[a:b] + p0, runs.length[a:b])
+        index += ramp[: p1 - p0]
+        np.take(table, index, out=offset[1, p0:p1], mode="clip")
     return offset.reshape(2, height, width)
 
 

@@ -1,0 +1,170 @@
+"""Target-map speed: ``center_targets`` vs Panoptic-DeepLab's per-instance loop, and vs a per-pixel Python loop.
+
+Run: ``python -m pytest benchmarks/test_bench_targets.py --benchmark-only --benchmark-columns=mean,stddev,rounds``
+(the number in parentheses after each mean is its ratio to the fastest in the group: the speedup). Goal:
+≥ 10x over the Panoptic-DeepLab loop at 512x512 with 20 instances, one core. Without ``--benchmark-only``
+the plain ``test_*_agree`` checks run too: same inputs, identical outputs, no timing.
+
+Groups:
+* ``targets-512x512-20``: 20 overlapping ellipses (about a third of the pixels), sigma 8, stride 1;
+* ``targets-real-800x600``: the 18 real sample rasters;
+* ``targets-python-loop``: a 64x64 mask with 3 instances, the per-pixel Python loops users had before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastload.coco import load_coco
+from fastload.raster import rasterize_image
+from fastload.targets import center_targets
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def ellipses(height: int, width: int, n: int, seed: int) -> np.ndarray:
+    """int32 (H, W) with ids 1..n, every one visible."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:height, :width]
+    while True:
+        mask = np.zeros((height, width), dtype=np.int32)
+        for inst_id in range(1, n + 1):
+            cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+            ry, rx = rng.uniform(0.03, 0.14, 2) * (height, width)
+            mask[((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 <= 1] = inst_id
+        if np.unique(mask).size == n + 1:
+            return mask
+
+
+def panoptic_deeplab_loop(panoptic: np.ndarray, segment_ids, sigma: int = 8):
+    """Panoptic-DeepLab's generator as written: for each segment, np.where over the image, mean, paste, assign."""
+    height, width = panoptic.shape
+    size = 6 * sigma + 3
+    x = np.arange(0, size, 1, float)
+    y = x[:, np.newaxis]
+    x0, y0 = 3 * sigma + 1, 3 * sigma + 1
+    g = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2))
+    center = np.zeros((height, width), dtype=np.float32)
+    offset = np.zeros((2, height, width), dtype=np.float32)
+    y_coord, x_coord = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+    for seg_id in segment_ids:
+        mask_index = np.where(panoptic == seg_id)
+        if len(mask_index[0]) == 0:
+            continue
+        center_y, center_x = np.mean(mask_index[0]), np.mean(mask_index[1])
+        py, px = int(round(center_y)), int(round(center_x))
+        ul = int(np.round(px - 3 * sigma - 1)), int(np.round(py - 3 * sigma - 1))
+        br = int(np.round(px + 3 * sigma + 2)), int(np.round(py + 3 * sigma + 2))
+        gx0, gx1 = max(0, -ul[0]), min(br[0], width) - ul[0]
+        gy0, gy1 = max(0, -ul[1]), min(br[1], height) - ul[1]
+        cx0, cx1 = max(0, ul[0]), min(br[0], width)
+        cy0, cy1 = max(0, ul[1]), min(br[1], height)
+        center[cy0:cy1, cx0:cx1] = np.maximum(center[cy0:cy1, cx0:cx1], g[gy0:gy1, gx0:gx1])
+        offset[0][mask_index] = center_y - y_coord[mask_index]
+        offset[1][mask_index] = center_x - x_coord[mask_index]
+    return center, offset
+
+
+def python_loop_targets(mask: np.ndarray, sigma: float = 8.0):
+    """Per pixel in Python: sums for the centres, then every pixel against every instance's Gaussian."""
+    height, width = mask.shape
+    sums: dict[int, list[float]] = {}
+    for i in range(height):
+        for j in range(width):
+            k = int(mask[i, j])
+            if k:
+                s = sums.setdefault(k, [0.0, 0.0, 0.0])
+                s[0] += i
+                s[1] += j
+                s[2] += 1
+    centres = {k: (s[0] / s[2], s[1] / s[2]) for k, s in sums.items()}
+    radius = round(3 * sigma + 1)
+    heat = np.zeros((height, width), dtype=np.float32)
+    offset = np.zeros((2, height, width), dtype=np.float32)
+    for i in range(height):
+        for j in range(width):
+            for cy, cx in centres.values():
+                py, px = round(cy), round(cx)
+                if abs(i - py) <= radius and abs(j - px) <= radius:
+                    value = np.exp(-((i - py) ** 2 + (j - px) ** 2) / (2 * sigma**2))
+                    heat[i, j] = max(heat[i, j], value)
+            k = int(mask[i, j])
+            if k:
+                offset[0, i, j] = centres[k][0] - i
+                offset[1, i, j] = centres[k][1] - j
+    return heat, offset
+
+
+@pytest.fixture(scope="module")
+def mask512() -> np.ndarray:
+    return ellipses(512, 512, 20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def real_masks(sample_coco: Path) -> list[np.ndarray]:
+    return [rasterize_image(record).instance for record in load_coco(sample_coco).images]
+
+
+@pytest.mark.benchmark(group="targets-512x512-20")
+def test_center_targets_512(benchmark, mask512):
+    benchmark(center_targets, mask512)
+
+
+@pytest.mark.benchmark(group="targets-512x512-20")
+def test_panoptic_deeplab_loop_512(benchmark, mask512):
+    benchmark(panoptic_deeplab_loop, mask512, range(1, 21))
+
+
+@pytest.mark.benchmark(group="targets-512x512-20")
+def test_center_targets_512_stride4(benchmark, mask512):
+    benchmark(center_targets, mask512, stride=4)
+
+
+def each(fn, masks) -> None:
+    # results are dropped one by one, as the cache builder does after encoding: keeping all 18 alive
+    # would mostly measure the kernel handing out fresh pages
+    for mask in masks:
+        fn(mask)
+
+
+@pytest.mark.benchmark(group="targets-real-800x600")
+def test_center_targets_real(benchmark, real_masks):
+    benchmark(each, center_targets, real_masks)
+
+
+@pytest.mark.benchmark(group="targets-real-800x600")
+def test_panoptic_deeplab_loop_real(benchmark, real_masks):
+    benchmark(each, lambda m: panoptic_deeplab_loop(m, range(1, int(m.max()) + 1)), real_masks)
+
+
+@pytest.fixture(scope="module")
+def mask64() -> np.ndarray:
+    return ellipses(64, 64, 3, seed=1)
+
+
+@pytest.mark.benchmark(group="targets-python-loop")
+def test_python_loop_targets(benchmark, mask64):
+    benchmark.pedantic(python_loop_targets, args=(mask64,), rounds=3, iterations=1)
+
+
+@pytest.mark.benchmark(group="targets-python-loop")
+def test_center_targets_small(benchmark, mask64):
+    benchmark(center_targets, mask64)
+
+
+# ------------------------------------------------------------------------------ quick, no timing
+
+
+def test_512_workload_agrees(mask512):
+    for ours, theirs in zip(center_targets(mask512), panoptic_deeplab_loop(mask512, range(1, 21)), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_small_workload_agrees(mask64):
+    heat, offset = center_targets(mask64)
+    loop_heat, loop_offset = python_loop_targets(mask64)
+    np.testing.assert_array_equal(heat, loop_heat)
+    np.testing.assert_allclose(offset, loop_offset, atol=1e-5)  # float sums in a different order
