@@ -152,7 +152,9 @@ def part_rings(part: np.ndarray) -> list[np.ndarray]:
     list of float64 (K_r, 2) arrays, open rings (the first point is not repeated).
     """
     part = np.asarray(part, dtype=np.float64)
-    gaps = np.flatnonzero(np.isnan(part[:, 0]))
+    if part.ndim != 2 or part.shape[1] != 2:
+        raise ValueError(f"a polygon part must be a (K, 2) array of (x, y), got shape {part.shape}")
+    gaps = np.flatnonzero(np.isnan(part).all(axis=1))
     if gaps.size == 0:
         return [part]
     pieces = np.split(part, gaps)

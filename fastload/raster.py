@@ -185,6 +185,12 @@ def _polygons_patch(polygons: Sequence[np.ndarray], height: int, width: int) -> 
 
 def _part_patch(rings: Sequence[np.ndarray], height: int, width: int) -> Patch | None:
     """Even-odd fill of one part's rings over its bounding box."""
+    for ring in rings:
+        if ring.ndim != 2 or ring.shape[1] != 2 or not np.isfinite(ring).all():
+            raise ValueError(
+                f"polygon rings must be finite float (K, 2) arrays (NaN rows only as ring separators), "
+                f"got shape {ring.shape} with non-finite values: {not np.isfinite(ring).all()}"
+            )
     rows, cols = _crossings(rings, height, width)
     if rows.size == 0:
         return None

@@ -19,6 +19,7 @@ Only ``batch_tables`` needs torch, and imports it when called: this module is Nu
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -183,7 +184,7 @@ def _check_mask(instance_mask: np.ndarray) -> np.ndarray:
 
 
 def _check_params(sigma: float, stride: int) -> tuple[float, int]:
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+    if isinstance(sigma, bool) or not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0):
         raise ConfigError(f"sigma must be a positive number of map pixels, got {sigma!r}")
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ConfigError(f"stride must be an integer >= 1, got {stride!r}")
@@ -217,6 +218,8 @@ def _row_runs(mask: np.ndarray) -> _Runs:
     # checked on the runs (few) rather than on the pixels: every id value starts at least one run
     if label.dtype.kind == "i" and label.min() < 0:
         raise ValueError(f"instance_mask has negative ids (min {label.min()}); ids are 0 or positive")
+    if label.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"instance_mask has ids above the int32 range (max {label.max()})")
     return _Runs(start, np.diff(start, append=flat.size), label)
 
 

@@ -262,3 +262,16 @@ def test_non_crowd_rle_is_an_instance(tmp_path: Path):
     result = rasterize_image(record)
     np.testing.assert_array_equal(result.instance == 1, mask)
     assert result.instances == record.instances
+
+
+@pytest.mark.parametrize(
+    "part, message",
+    [
+        (np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), r"\(K, 2\) array of \(x, y\), got shape \(6,\)"),
+        (np.array([(0, 0), (4, np.inf), (4, 4)]), "must be finite"),
+        (np.array([(0, 0), (4, np.nan), (4, 4)]), "must be finite"),  # half a NaN row is no separator
+    ],
+)
+def test_malformed_parts_are_refused(part, message):
+    with pytest.raises(ValueError, match=message):
+        rasterize_polygons([part], 8, 8)

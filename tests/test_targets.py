@@ -275,3 +275,14 @@ def test_targets_module_does_not_import_torch():
     code = "import sys, fastload.targets, fastload.raster, fastload.coco; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_numpy_scalars_are_fine_parameters():
+    mask = random_mask(1)
+    for a, b in zip(center_targets(mask, np.float32(3.0), stride=np.int64(2)), center_targets(mask, 3.0, stride=2), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ids_beyond_int32_are_refused():
+    with pytest.raises(ValueError, match="above the int32 range"):
+        instance_centres(np.full((2, 2), 2**31, dtype=np.int64))
