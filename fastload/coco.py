@@ -498,12 +498,15 @@ def _repair_polygon(coords: np.ndarray, height: int, width: int) -> list[np.ndar
     if not np.isfinite(coords).all():
         raise _Bad("non-finite coordinate (NaN or inf)")
     geom = shapely.Polygon(coords)
-    if not geom.is_valid:
+    valid = geom.is_valid
+    inside = coords.min() >= 0 and coords[:, 0].max() <= width and coords[:, 1].max() <= height
+    if valid and inside and geom.area > 0:
+        return [coords]  # the common case: kept exactly as drawn
+    if not valid:
         geom = shapely.make_valid(geom)
     if geom.area <= 0:
         raise _Bad("zero area")
-    xmin, ymin, xmax, ymax = geom.bounds
-    if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
+    if not inside:
         geom = shapely.intersection(geom, shapely.box(0, 0, width, height))
         if geom.area <= 0:
             raise _Bad(f"outside the image ({width} x {height})")

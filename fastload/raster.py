@@ -120,7 +120,7 @@ def rasterize_image(record: ImageRecord) -> RasterResult:
     for _, k, patch in sorted(things, key=lambda t: (-t[0], t[1])):
         _paint(instance, patch, k + 1)
         _paint(semantic, patch, candidates[k].train_id)
-    visible = [k for _, k, patch in sorted(things, key=lambda t: t[1]) if _shows(instance, patch, k + 1)]
+    visible = [k for _, k, patch in things if _shows(instance, patch, k + 1)]  # `things` is in annotation order
     if len(visible) < len(candidates):
         instance = _renumber(instance, visible, len(candidates))
     return RasterResult(instance, semantic, tuple(candidates[k] for k in visible))

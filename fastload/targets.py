@@ -28,13 +28,14 @@ import numpy as np
 
 from fastload.errors import ConfigError
 
-# pixels per block of rows in _offsets: temporaries of ~256 kB stay in the allocator's cache
-_BLOCK_PIXELS = 1 << 15
-
 if TYPE_CHECKING:
     import torch
 
     from fastload.raster import RasterResult
+
+# pixels per block of rows in _offsets: temporaries of ~256 kB stay in the allocator's cache
+_BLOCK_PIXELS = 1 << 15
+
 
 def instance_centres(instance_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ids, pixel counts and centres of the instances present in a mask.
