@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import cv2
@@ -284,6 +286,35 @@ def test_an_abandoned_pass_leaks_no_stale_batch_into_the_next(prefetch):
     del dropped
 
 
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "fastload-reader"]
+
+
+def test_reader_threads_end_with_their_pass():
+    be = backend(prefetch=1)
+    for _ in range(3):
+        it = be.iterate(iter([plan([0, 1, 2])] * 20))
+        next(it)
+        it.close()  # abandoned with many plans left: its reader thread must not linger
+    list(be.iterate(iter([plan([3])])))
+    be.close()
+    deadline = time.monotonic() + 5.0
+    while reader_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reader_threads() == []
+
+
+def test_errors_in_the_plans_surface_in_order():
+    def plans():
+        yield plan([0])
+        raise ValueError("the shell could not make plan 2")
+
+    it = backend().iterate(plans())
+    assert next(it)["index"].tolist() == [0]
+    with pytest.raises(ValueError, match="plan 2"):
+        next(it)
+
+
 def test_a_superseded_iterator_stops_instead_of_stealing_batches():
     be = backend()
     old = be.iterate(iter([plan([0]), plan([1]), plan([2])]))
@@ -327,10 +358,12 @@ def test_a_corrupt_member_names_the_shard_and_samples():
     assert [b["index"].tolist() for b in be.iterate(iter([plan([5, 6])]))] == [[5, 6]]
 
 
-def test_a_cache_read_error_surfaces_as_is():
+def test_a_cache_read_error_surfaces_as_is_after_the_batches_before_it():
     be = backend(MemCache(unreadable=(2,)))
+    it = be.iterate(iter([plan([0]), plan([1]), plan([2]), plan([3])]))
+    assert [next(it)["index"].tolist() for _ in range(2)] == [[0], [1]]
     with pytest.raises(CacheError, match="CRC-32") as info:
-        list(be.iterate(iter([plan([0]), plan([1]), plan([2]), plan([3])])))
+        next(it)
     assert "00000002" in str(info.value)
     assert [b["index"].tolist() for b in be.iterate(iter([plan([0, 1])]))] == [[0, 1]]
 

@@ -27,6 +27,8 @@ parameters through both. DALI is imported lazily, here only: ``import fastload``
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -399,28 +401,68 @@ def build_pipeline(
 
 
 class _PlanFeed:
-    """DALI's input callback for one pass: pulls plans, reads them, remembers in order what comes out.
+    """DALI's input callback for one pass, fed by a reader thread; remembers in order what comes out.
 
-    Each call returns the next non-empty plan's columns. Every plan pulled is appended to `pending` as
+    A daemon thread pulls plans and reads their members from the cache (``read``) up to ``depth`` plans
+    ahead, so a slow disk overlaps the training step instead of stalling the caller's thread inside DALI's
+    callback. Each call returns the next non-empty plan's columns; every plan is appended to `pending` as
     ``(plan, names)``: the samples' ``shard:key`` names for a plan sent to DALI, ``None`` for an empty plan
-    (N = 0), which never reaches DALI; the consumer yields it itself, in its place.
+    (N = 0), which never reaches DALI (the consumer yields it itself, in its place). An error while
+    reading (a CacheError from a CRC check, or one from the plans themselves) ends DALI's epoch and is kept
+    in `failure`: the consumer raises it, as is, after the batches before it.
     """
 
-    def __init__(self, plans: Iterator[BatchPlan], read) -> None:
-        self._plans = plans
-        self._read = read
+    _END = object()
+
+    def __init__(self, plans: Iterator[BatchPlan], read, depth: int) -> None:
         self.pending: deque[tuple[BatchPlan, list[str] | None]] = deque()
+        self.failure: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._work, args=(plans, read), name="fastload-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self, plans: Iterator[BatchPlan], read) -> None:
+        try:
+            for plan in plans:
+                if len(plan.indices) == 0:
+                    item = (plan, None, None)
+                else:
+                    with nvtx_range("fastload/read"):
+                        item = (plan, *read(plan))
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there in order
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():  # wake up now and then: an abandoned pass must let the thread end
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def __call__(self):
-        for plan in self._plans:
-            if len(plan.indices) == 0:
-                self.pending.append((plan, None))
-                continue
-            with nvtx_range("fastload/read"):
-                columns, names = self._read(plan)
+        while True:
+            item = self._queue.get()
+            if item is self._END or isinstance(item, BaseException):
+                if item is not self._END:
+                    self.failure = item
+                self._queue.put(self._END)  # DALI may ask again (drain); keep answering "the end"
+                raise StopIteration
+            plan, columns, names = item
             self.pending.append((plan, names))
-            return columns
-        raise StopIteration
+            if columns is not None:
+                return columns
+
+    def stop(self) -> None:
+        """Let the reader thread end (after the read in progress, if any); never blocks."""
+        self._stop.set()
 
 
 class _Switch:
@@ -497,6 +539,8 @@ class DaliBackend:
 
     def close(self) -> None:
         """Free the pipeline (threads, buffers). Iterating again builds a new one."""
+        if self._switch.feed is not None:
+            self._switch.feed.stop()
         self._switch.feed = None
         self._pipe = None
         self._dirty = False
@@ -504,22 +548,27 @@ class DaliBackend:
     # --- one pass -----------------------------------------------------------------------------------------
     def _pass(self, plans: Iterator[BatchPlan], generation: int) -> Iterator[dict[str, torch.Tensor]]:
         pipe = self._ready_pipeline()
-        feed = _PlanFeed(plans, self._read_batch)
+        feed = _PlanFeed(plans, self._read_batch, depth=self.prefetch)
         self._switch.feed = feed
         self._dirty = True
-        pipe.schedule_run()  # the first call reads and queues `prefetch` plans
-        while feed.pending:
-            if generation != self._generation:
-                raise RuntimeError("this DaliBackend iterator was superseded by a later iterate() call")
-            plan, names = feed.pending.popleft()
-            if names is None:
-                yield self._empty_batch()
-                continue
-            batch = self._collect(pipe, plan, names)
-            pipe.schedule_run()  # reads and queues the next plan while the caller uses this batch
-            yield batch
-        pipe.reset()  # the plans ran out and every batch was consumed: reusable without draining
-        self._dirty = False
+        try:
+            pipe.schedule_run()  # the first call queues `prefetch` plans
+            while feed.pending:
+                if generation != self._generation:
+                    raise RuntimeError("this DaliBackend iterator was superseded by a later iterate() call")
+                plan, names = feed.pending.popleft()
+                if names is None:
+                    yield self._empty_batch()
+                    continue
+                batch = self._collect(pipe, plan, names)
+                pipe.schedule_run()  # queues the next plan while the caller uses this batch
+                yield batch
+            if feed.failure is not None:
+                raise feed.failure  # after every batch before the plan that failed
+            pipe.reset()  # the plans ran out and every batch was consumed: reusable without draining
+            self._dirty = False
+        finally:
+            feed.stop()  # finished, failed or abandoned: the reader thread ends
 
     def _collect(self, pipe, plan: BatchPlan, names: list[str]) -> dict[str, torch.Tensor]:
         """Wait for one batch, make torch tensors of it, hand DALI its buffers back."""
@@ -615,6 +664,8 @@ class DaliBackend:
 
 def _drain(pipe, switch: _Switch) -> None:
     """Consume what an abandoned pass left queued, then end DALI's epoch so the next pass prefetches anew."""
+    if switch.feed is not None:
+        switch.feed.stop()  # a superseded pass may still be suspended, its reader thread alive
     switch.feed = None
     while not pipe.empty():
         pipe.share_outputs()
