@@ -1,0 +1,205 @@
+"""The CPU backend (torch DataLoader workers + reference kernels): batch layout, worker counts, empty
+batches, errors from workers, abandoned epochs and clean shutdown. Runs on a tiny in-memory cache."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from fastload.augment.config import AugmentConfig
+from fastload.augment.params import draw_params, sample_rng
+from fastload.augment.reference import augment_sample
+from fastload.errors import CacheError
+from fastload.pipeline.cpu import TorchBackend
+from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.targets import center_targets
+
+OUT = (32, 48)
+CFG = AugmentConfig.default()
+
+
+class TinyCache:
+    """A stand-in for ``open_cache``: ``cache[i]`` gives decoded arrays, a corrupt sample raises CacheError."""
+
+    def __init__(self, n: int = 7, *, stride: int = 2, corrupt: tuple[int, ...] = ()) -> None:
+        self.n, self.corrupt = n, corrupt
+        self.manifest = SimpleNamespace(stride=stride)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return (24 + 2 * i, 40)
+
+    def __getitem__(self, i: int) -> dict:
+        if i in self.corrupt:
+            raise CacheError(f"shard-00000.tar, sample {i:08d}: CRC-32 mismatch in {i:08d}.sem.png; rebuild the cache")
+        h, w = self.image_size(i)
+        rng = np.random.default_rng(i)
+        instance = np.zeros((h, w), dtype=np.int32)
+        instance[4:12, 5:15] = 1
+        instance[10:20, 22:35] = 2
+        heat, off = center_targets(instance, stride=self.manifest.stride)
+        return {
+            "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+            "semantic": np.where(instance > 0, instance + 3, 0).astype(np.uint8),
+            "instance": instance,
+            "heatmap": heat,
+            "offset": off,
+            "meta": {"image_id": i},
+        }
+
+
+def plan(indices, epoch: int = 0) -> BatchPlan:
+    idx = np.asarray(indices, dtype=np.int64)
+    return BatchPlan(indices=idx, params=tuple(draw_params(sample_rng(0, epoch, int(i)), CFG) for i in idx))
+
+
+def backend(cache=None, *, workers: int = 0, batch_size: int = 3) -> TorchBackend:
+    return TorchBackend(
+        cache=cache or TinyCache(),
+        out_size=OUT,
+        augment=CFG,
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        num_workers=workers,
+        prefetch=2,
+    )
+
+
+EXPECTED = {
+    "image": (torch.float32, (3, *OUT)),
+    "semantic": (torch.int64, OUT),
+    "instance": (torch.int32, OUT),
+    "heatmap": (torch.float32, (1, OUT[0] // 2, OUT[1] // 2)),
+    "offset": (torch.float32, (2, OUT[0] // 2, OUT[1] // 2)),
+    "index": (torch.int64, ()),
+}
+
+
+def check_layout(batch: dict, n: int) -> None:
+    assert tuple(batch) == BATCH_KEYS
+    for key, (dtype, shape) in EXPECTED.items():
+        assert batch[key].dtype == dtype, (key, batch[key].dtype)
+        assert tuple(batch[key].shape) == (n, *shape), (key, tuple(batch[key].shape))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_have_the_declared_keys_dtypes_and_shapes(workers):
+    plans = [plan([0, 1, 2]), plan([5, 3, 4]), plan([6])]
+    be = backend(workers=workers)
+    try:
+        batches = list(be.iterate(iter(plans)))
+    finally:
+        be.close()
+    assert [len(b["index"]) for b in batches] == [3, 3, 1]
+    for b, p in zip(batches, plans, strict=True):
+        check_layout(b, len(p.indices))
+        assert b["index"].tolist() == p.indices.tolist()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_equal_the_reference_applied_per_sample(workers):
+    cache = TinyCache()
+    p = plan([4, 0, 6], epoch=3)
+    be = backend(cache, workers=workers)
+    try:
+        (batch,) = list(be.iterate(iter([p])))
+    finally:
+        be.close()
+    for row, (i, params) in enumerate(zip(p.indices.tolist(), p.params, strict=True)):
+        ref = augment_sample(cache[i], params, CFG, out_hw=OUT, stride=2)
+        for key in ("image", "semantic", "instance", "heatmap", "offset"):
+            np.testing.assert_array_equal(batch[key][row].numpy(), ref[key], err_msg=key)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_empty_plan_gives_empty_tensors_of_the_right_shape(workers):
+    be = backend(workers=workers)
+    try:
+        batches = list(be.iterate(iter([plan([1, 2]), plan([])])))
+    finally:
+        be.close()
+    check_layout(batches[0], 2)
+    check_layout(batches[1], 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_worker_errors_name_the_shard_and_sample(workers):
+    be = backend(TinyCache(corrupt=(5,)), workers=workers)
+    try:
+        with pytest.raises(CacheError, match=r"shard-00000.tar, sample 00000005: CRC-32 mismatch"):
+            list(be.iterate(iter([plan([0, 1]), plan([5, 2])])))
+    finally:
+        be.close()
+
+
+def test_other_errors_name_the_cache_index():
+    class Broken(TinyCache):
+        def __getitem__(self, i):
+            sample = super().__getitem__(i)
+            sample["semantic"] = sample["semantic"][:3]  # wrong shape
+            return sample
+
+    be = backend(Broken(), workers=0)
+    with pytest.raises(ValueError, match="semantic has shape") as info:
+        list(be.iterate(iter([plan([2])])))
+    assert "while loading cache sample 2" in "".join(getattr(info.value, "__notes__", []))
+
+
+def _workers() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_workers_persist_across_epochs_and_stop_on_close():
+    before = _workers()
+    be = backend(workers=2)
+    first = [b["index"].tolist() for b in be.iterate(iter([plan([0, 1, 2]), plan([3])]))]
+    started = _workers() - before
+    assert len(started) == 2
+    second = [b["index"].tolist() for b in be.iterate(iter([plan([6, 5], epoch=1)]))]
+    assert _workers() - before == started  # the same processes served the second epoch
+    assert first == [[0, 1, 2], [3]] and second == [[6, 5]]
+    be.close()
+    be.close()  # idempotent
+    assert not (_workers() & started)
+    with pytest.raises(RuntimeError, match="after close"):
+        next(be.iterate(iter([plan([0])])))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_abandoned_pass_does_not_leak_into_the_next(workers):
+    be = backend(workers=workers)
+    try:
+        old = be.iterate(iter([plan([i]) for i in range(7)]))
+        assert next(old)["index"].tolist() == [0]  # abandon after one batch, batches still in flight
+        new = [b["index"].tolist() for b in be.iterate(iter([plan([6, 5]), plan([4])], ))]
+        assert new == [[6, 5], [4]]
+        assert list(old) == []  # the abandoned pass stops; it cannot steal a newer pass's batches
+        again = [b["index"].tolist() for b in be.iterate(iter([plan([1, 2])]))]
+        assert again == [[1, 2]]
+    finally:
+        be.close()
+
+
+@pytest.mark.cuda
+def test_batches_land_on_the_gpu():
+    be = TorchBackend(
+        cache=TinyCache(),
+        out_size=OUT,
+        augment=CFG,
+        device=torch.device("cuda"),
+        batch_size=2,
+        num_workers=1,
+        prefetch=2,
+    )
+    try:
+        (batch,) = list(be.iterate(iter([plan([0, 1])])))
+    finally:
+        be.close()
+    assert all(v.device.type == "cuda" for v in batch.values())
+    check_layout(batch, 2)
