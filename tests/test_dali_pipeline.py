@@ -319,11 +319,15 @@ def test_a_superseded_iterator_stops_instead_of_stealing_batches():
     be = backend()
     old = be.iterate(iter([plan([0]), plan([1]), plan([2])]))
     next(old)
-    new = be.iterate(iter([plan([4]), plan([5])]))
+    new = be.iterate(iter([plan([4]), plan([5]), plan([6])]))
     assert next(new)["index"].tolist() == [4]
     with pytest.raises(RuntimeError, match="superseded"):
         next(old)
     assert next(new)["index"].tolist() == [5]
+    be.close()  # close() ends open iterators too, and the backend can run again
+    with pytest.raises(RuntimeError, match="close"):
+        next(new)
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([6])]))] == [[6]]
 
 
 def test_results_do_not_change_when_later_batches_arrive():

@@ -538,7 +538,8 @@ class DaliBackend:
         return self._pass(iter(batches), self._generation)
 
     def close(self) -> None:
-        """Free the pipeline (threads, buffers). Iterating again builds a new one."""
+        """Free the pipeline (threads, buffers). Iterating again builds a new one; open iterators end."""
+        self._generation += 1
         if self._switch.feed is not None:
             self._switch.feed.stop()
         self._switch.feed = None
@@ -555,7 +556,9 @@ class DaliBackend:
             pipe.schedule_run()  # the first call queues `prefetch` plans
             while feed.pending:
                 if generation != self._generation:
-                    raise RuntimeError("this DaliBackend iterator was superseded by a later iterate() call")
+                    raise RuntimeError(
+                        "this DaliBackend iterator was superseded by a later iterate() call or close()"
+                    )
                 plan, names = feed.pending.popleft()
                 if names is None:
                     yield self._empty_batch()
