@@ -203,3 +203,73 @@ def test_batches_land_on_the_gpu():
         be.close()
     assert all(v.device.type == "cuda" for v in batch.values())
     check_layout(batch, 2)
+
+
+# ------------------------------------------------------------------------------------------ real caches
+
+
+def _real_backend(cache, *, workers: int, size=(64, 96)) -> TorchBackend:
+    return TorchBackend(
+        cache=cache,
+        out_size=size,
+        augment=CFG,
+        device=torch.device("cpu"),
+        batch_size=4,
+        num_workers=workers,
+        prefetch=2,
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_real_cache_batches_equal_the_reference(synth_cache, workers):
+    from fastload.cache.reader import open_cache
+
+    cache = open_cache(synth_cache)
+    plans = [plan([3, 17, 8, 0], epoch=2), plan([23, 9])]
+    be = _real_backend(cache, workers=workers)
+    try:
+        batches = list(be.iterate(iter(plans)))
+    finally:
+        be.close()
+    stride = cache.manifest.stride
+    for batch, p in zip(batches, plans, strict=True):
+        check_layout_sized(batch, len(p.indices), (64, 96), stride)
+        for row, (i, params) in enumerate(zip(p.indices.tolist(), p.params, strict=True)):
+            ref = augment_sample(cache[i], params, CFG, out_hw=(64, 96), stride=stride)
+            for key in ("image", "semantic", "instance", "heatmap", "offset"):
+                np.testing.assert_array_equal(batch[key][row].numpy(), ref[key], err_msg=f"{key} of sample {i}")
+
+
+def check_layout_sized(batch: dict, n: int, out_hw, stride: int) -> None:
+    mhw = (out_hw[0] // stride, out_hw[1] // stride)
+    shapes = {"image": (3, *out_hw), "semantic": out_hw, "instance": out_hw, "heatmap": (1, *mhw), "offset": (2, *mhw)}
+    assert tuple(batch) == BATCH_KEYS
+    for key, shape in shapes.items():
+        assert tuple(batch[key].shape) == (n, *shape), key
+        assert batch[key].dtype == EXPECTED[key][0], key
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_member_in_a_worker_names_shard_and_sample(synth_cache, tmp_path, workers):
+    import json
+    import shutil
+
+    from fastload.cache.reader import open_cache
+
+    root = tmp_path / "cache"
+    shutil.copytree(synth_cache, root)
+    cache = open_cache(root)
+    shard, key = cache.read_members(10).shard, cache.key(10)
+    entry = json.loads((root / shard.replace(".tar", ".json")).read_text())
+    [sample] = [s for s in entry["samples"] if s["key"] == key]
+    [member] = [m for m in sample["members"] if m["kind"] == "sem"]
+    data = bytearray((root / shard).read_bytes())
+    data[member["offset"] + member["size"] // 2] ^= 0x01
+    (root / shard).write_bytes(bytes(data))
+
+    be = _real_backend(open_cache(root), workers=workers)
+    try:
+        with pytest.raises(CacheError, match=rf"{shard}, sample {key}.*CRC-32"):
+            list(be.iterate(iter([plan([0, 1]), plan([2, 10])])))
+    finally:
+        be.close()
