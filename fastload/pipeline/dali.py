@@ -449,7 +449,7 @@ class _PlanFeed:
 
     def __call__(self):
         while True:
-            item = self._queue.get()
+            item = self._get()
             if item is self._END or isinstance(item, BaseException):
                 if item is not self._END:
                     self.failure = item
@@ -459,6 +459,18 @@ class _PlanFeed:
             self.pending.append((plan, names))
             if columns is not None:
                 return columns
+
+    def _get(self):
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                # a stopped feed, or a reader that ended without a word, has nothing more: never wait forever
+                if self._stop.is_set() or not self._thread.is_alive():
+                    try:  # the reader may have put its last items between the timeout and the check
+                        return self._queue.get_nowait()
+                    except queue.Empty:
+                        return self._END
 
     def stop(self) -> None:
         """Let the reader thread end (after the read in progress, if any); never blocks."""
