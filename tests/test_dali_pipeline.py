@@ -372,6 +372,21 @@ def test_a_cache_read_error_surfaces_as_is_after_the_batches_before_it():
     assert [b["index"].tolist() for b in be.iterate(iter([plan([0, 1])]))] == [[0, 1]]
 
 
+def test_only_decoder_failures_become_cache_errors():
+    from fastload.pipeline.dali import _named_failure
+
+    decoder = RuntimeError(
+        "Error in MIXED operator `nvidia.dali.fn.decoders.image`,\nencountered:\n\nbad JPEG\n"
+    )
+    failure = _named_failure(["shard-00001.tar:00000007 (cache index 7)"], decoder)
+    assert isinstance(failure, CacheError) and "00000007" in str(failure) and "bad JPEG" in str(failure)
+    other = RuntimeError(
+        "Error in GPU operator `nvidia.dali.fn.warp_affine`,\nencountered:\n\nout of memory\n"
+    )
+    assert _named_failure(["s:k (cache index 3)"], other) is other  # not blamed on the data
+    assert "cache index 3" in " ".join(other.__notes__)
+
+
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="device must be one of"):
         DaliBackend(

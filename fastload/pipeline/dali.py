@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import queue
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -594,7 +595,10 @@ class DaliBackend:
                 outputs = pipe.share_outputs(stream) if stream is not None else pipe.share_outputs()
         except RuntimeError as exc:
             self._pipe = None  # never reuse a pipeline that failed
-            raise CacheError(_decode_failure(names, exc)) from exc
+            failure = _named_failure(names, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         with nvtx_range("fastload/h2d" if stream is not None else "fastload/to_torch"):
             batch = {
                 key: self._to_torch(out, dtype, stream)
@@ -695,11 +699,16 @@ def _checked(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor
 
 
-def _decode_failure(names: list[str], exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if "rror" in line), lines[0] if lines else type(exc).__name__)
-    return (
-        f"DALI failed on the batch of samples {', '.join(names)}: {detail}. A member of one of them does not "
-        "decode: run `fastload cache verify` on the cache to find it, and rebuild its shard with "
-        "`fastload cache build ... --resume`"
+def _named_failure(names: list[str], exc: RuntimeError) -> Exception:
+    """A DALI error for a batch: a decoder's becomes a CacheError naming the samples; others get a note."""
+    text = str(exc)
+    op = re.search(r"rror in \w+ operator `([^`]+)`", text)
+    if op is None or "decoders" not in op.group(1):
+        exc.add_note(f"fastload: DALI was processing the samples {', '.join(names)}")
+        return exc
+    cause = text.split("encountered:", 1)[-1].strip().splitlines()
+    return CacheError(
+        f"{op.group(1)} failed ({cause[0] if cause else 'no detail'}) on the batch of samples "
+        f"{', '.join(names)}: a member of one of them does not decode. Run `fastload cache verify` on the "
+        "cache to find it, and rebuild its shard with `fastload cache build ... --resume`"
     )
