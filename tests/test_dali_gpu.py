@@ -116,19 +116,23 @@ def test_cuda_batches_live_on_the_device_with_the_contract_layout():
 
 
 def test_cuda_and_cpu_graphs_agree():
+    # the same graph on both devices; they may differ only at rounding ties (see the module doc)
     from test_dali_pipeline import backend as cpu_backend
 
     plans = [plan([0, 1, 2], epoch=5), plan([3, 4])]
     on_gpu = list(gpu_backend().iterate(iter(plans)))
     on_cpu = list(cpu_backend().iterate(iter(plans)))
+    std = torch.tensor(AugmentConfig.default().normalize.std)[:, None, None]
     for g, c in zip(on_gpu, on_cpu, strict=True):
-        for key in ("semantic", "instance", "index"):
+        assert torch.equal(g["index"].cpu(), c["index"])
+        for key in ("semantic", "instance"):
             agree = (g[key].cpu() == c[key]).float().mean().item()
             assert agree >= 0.99, f"{key}: only {agree:.4f} of values agree"
-        grey = (g["image"].cpu() - c["image"]).abs() * 255 * 0.229
+        grey = (g["image"].cpu() - c["image"]).abs() * 255 * std
         assert (grey > 1.01).float().mean().item() < 0.01
-        torch.testing.assert_close(g["offset"].cpu(), c["offset"], atol=1.0, rtol=0)
-        torch.testing.assert_close(g["heatmap"].cpu(), c["heatmap"], atol=0.01, rtol=0)
+        close = ((g["offset"].cpu() - c["offset"]).abs() <= 1e-3).float().mean().item()
+        assert close >= 0.99, f"offsets: only {close:.4f} agree"
+        assert (g["heatmap"].cpu() - c["heatmap"]).abs().max().item() <= 0.01
 
 
 def test_cuda_outputs_are_ordered_on_a_side_stream():
