@@ -73,14 +73,13 @@ def _convert(hint: Any, value: Any, *, where: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, where=where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} fits none of {hint}")
     if origin is tuple:
         args = typing.get_args(hint)
@@ -90,7 +89,7 @@ def _convert(hint: Any, value: Any, *, where: str) -> Any:
             return tuple(_convert(args[0], v, where=f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_convert(a, v, where=f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_convert(a, v, where=f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
