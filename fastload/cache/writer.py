@@ -236,7 +236,7 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
     files = None
     if index_entries:
         index = {"schema_version": SCHEMA_VERSION, "shard": f"{stem}.tar", "samples": index_entries}
-        index_bytes = pretty_json(index)
+        index_bytes = dumps_canonical(index)  # compact: opening a cache parses every shard index
         idx_bytes = dali_index_text(dali_entries).encode("ascii")
         write_atomic(out / f"{stem}.json", index_bytes)
         write_atomic(out / f"{stem}.idx", idx_bytes)
