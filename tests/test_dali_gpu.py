@@ -65,7 +65,8 @@ def cache(sample_cache):
 
 @pytest.fixture(scope="module")
 def cuda_pairs(cache):
-    return run_pairs(cache, {**GEOMETRY, **PHOTOMETRIC}, device="cuda", device_id=_device_id())
+    pairs = run_pairs(cache, GEOMETRY, device="cuda", device_id=_device_id())
+    return {**pairs, **run_pairs(cache, PHOTOMETRIC, device="cuda", device_id=_device_id(), step=2)}
 
 
 # ------------------------------------------------------------------------------------------- fidelity
