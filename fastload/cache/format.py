@@ -113,12 +113,17 @@ def decode_image(data: bytes) -> np.ndarray:
 # slowest to undo). Measured on the 18 sample photos at level 6: flat label maps compress best unfiltered,
 # the smooth offset ramps with "up"; both smaller *and* faster than the heuristic (offsets: encode 34 → 19 ms,
 # decode 12 → 9 ms per 800x600 sample). Any PNG decoder reads them; only the encoder's choice differs.
-_FILTER_NONE = cv2.IMWRITE_PNG_FILTER_NONE
-_FILTER_UP = cv2.IMWRITE_PNG_FILTER_UP
+# OpenCV < 4.12 has no IMWRITE_PNG_FILTER: it then keeps libpng's heuristic (valid PNGs, somewhat larger).
+# Shards are byte-identical for one environment; another OpenCV/zlib build may compress differently.
+_PNG_FILTER = getattr(cv2, "IMWRITE_PNG_FILTER", None)
+_FILTER_NONE = getattr(cv2, "IMWRITE_PNG_FILTER_NONE", 8)
+_FILTER_UP = getattr(cv2, "IMWRITE_PNG_FILTER_UP", 32)
 
 
 def _encode_png(array: np.ndarray, level: int, row_filter: int = _FILTER_NONE) -> bytes:
-    params = [cv2.IMWRITE_PNG_COMPRESSION, int(level), cv2.IMWRITE_PNG_FILTER, row_filter]
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(level)]
+    if _PNG_FILTER is not None:
+        params += [_PNG_FILTER, row_filter]
     ok, buf = cv2.imencode(".png", array, params)
     if not ok:
         raise CacheError(f"PNG encoding failed for an array of shape {array.shape} dtype {array.dtype}")
