@@ -82,10 +82,14 @@ class _LoaderShell:
     def set_epoch(self, epoch: int) -> None:
         """Use the order and augmentation of ``epoch`` for the next iteration (as DistributedSampler does).
 
-        Without calls to set_epoch, each completed pass advances the epoch by one by itself.
+        Without calls to set_epoch, each completed pass advances the epoch by one by itself. After
+        `load_state_dict`, ``set_epoch`` of the state's own epoch keeps the resume position (a DDP loop calls
+        it before every pass, the resumed one too); another epoch starts that epoch from its first batch.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        if self._resume is not None and int(epoch) == self._epoch:
+            return
         self._epoch, self._yielded, self._resume = int(epoch), 0, None
 
     @property
