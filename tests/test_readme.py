@@ -1,0 +1,62 @@
+"""The README is executable documentation: its quickstart is CI's script, its Python example runs, and every
+`fastload ...` command it shows parses with the real command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastload.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def _code_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_ci_runs_the_readme_quickstart_word_for_word():
+    quickstart = _code_blocks("bash")[0].strip().splitlines()
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert len(quickstart) == 2, "the quickstart is two commands: install+demo, then the tests"
+    for line in quickstart:
+        assert line in ci, f"README quickstart line not in .ci/run: {line}"
+
+
+def test_every_documented_fastload_command_parses():
+    parser = build_parser()
+    commands = []
+    for block in _code_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            for part in re.split(r"&&|;", line):
+                words = shlex.split(part)
+                if words and words[0] == "fastload":
+                    commands.append(words[1:])
+    assert len(commands) >= 8, "the README documents the CLI"
+    for words in commands:
+        try:
+            parser.parse_args(words)
+        except SystemExit as exc:  # argparse exits on an unknown flag or a missing argument
+            pytest.fail(f"README command does not parse: fastload {' '.join(words)} (exit {exc.code})")
+
+
+def test_python_example_runs(tmp_path, sample_root):
+    (example,) = [b for b in _code_blocks("python") if "fastload.Loader(" in b]
+    # the example reads the sample data from ../shared like the tests do; point it at the real location
+    code = re.sub(r'DATA = "[^"]*"', f"DATA = {str(sample_root)!r}", example)
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
