@@ -124,10 +124,11 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
     )
 
 
-def num_classes_of(cache: str) -> int:
-    from fastload.cache import open_cache
+def foreground_classes(cache: str) -> int:
+    """K, the cache's foreground classes (the manifest's ``num_classes`` counts background too)."""
+    from fastload.cache.reader import open_cache
 
-    return int(open_cache(cache).manifest.num_classes)
+    return int(open_cache(cache).manifest.num_classes) - 1
 
 
 def run_bench(
@@ -142,7 +143,7 @@ def run_bench(
     from fastload.bench.model import TrainStep
 
     if cfg.model == "segnet" and num_classes is None:
-        num_classes = num_classes_of(cfg.cache)
+        num_classes = foreground_classes(cfg.cache)
     results = []
     for batch_size in cfg.batch_sizes:
         for name in cfg.loaders:
