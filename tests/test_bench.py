@@ -211,3 +211,49 @@ def test_bench_config_refuses_bad_values(tmp_path):
 def test_validate_report_names_missing_keys():
     with pytest.raises(ValueError, match="machine"):
         validate_report({"results": []})
+
+
+# ---- the CLI on a real (tiny, synthetic) cache, both loaders ---------------------------------------------
+
+
+def test_bench_cli_both_loaders_with_segnet(synth_cache, tmp_path, capsys):
+    from fastload.cli import main
+
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    argv = ["bench", "--cache", str(synth_cache), "--loaders", "cpu,dali", "--batch-size", "4"]
+    argv += ["--size", "64", "64", "--steps", "3", "--warmup", "1", "--workers", "1", "--device", "cpu"]
+    argv += ["--model", "segnet", "--width", "4", "--out", str(out), "--plot", str(png)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    validate_report(report)
+    assert [r["loader"] for r in report["results"]] == ["cpu", "dali"]
+    for r in report["results"]:
+        assert r["device"] == "cpu" and r["batch_size"] == 4 and r["samples"] == 12
+        assert 0.0 <= r["stall_pct"] <= 100.0
+        assert r["gpu_mem_peak_mb"] is None
+    assert report["config"]["model"] == "segnet" and report["config"]["size"] == [64, 64]
+    assert png.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "samples/s" in printed and "DALI ran on the CPU" in printed
+
+
+def test_bench_cli_sweep_without_a_model(synth_cache, tmp_path):
+    from fastload.cli import main
+
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    argv = ["bench", "--cache", str(synth_cache), "--loaders", "dali", "--batch-size", "4", "--sweep", "2,4"]
+    argv += ["--size", "32", "32", "--steps", "2", "--warmup", "0", "--workers", "1", "--device", "cpu"]
+    argv += ["--model", "none", "--out", str(out), "--plot", str(png)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [(r["loader"], r["batch_size"]) for r in report["results"]] == [("dali", 2), ("dali", 4)]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_cli_refuses_an_unknown_loader_and_a_missing_cache(tmp_path, capsys):
+    from fastload.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--cache", str(tmp_path), "--loaders", "cpu,gpu"])
+    assert main(["bench", "--cache", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err

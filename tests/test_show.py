@@ -1,0 +1,72 @@
+"""`fastload show`: the picture grid, its exact size, and the colour codings it relies on."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from fastload.show import (
+    COLUMNS,
+    grid_size,
+    offset_wheel,
+    semantic_overlay,
+    show,
+)
+
+
+def _read(path):
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, f"{path} is not a readable image"
+    return img
+
+
+def test_show_both_loaders_writes_a_png_of_the_expected_size(synth_cache, tmp_path):
+    path = show(synth_cache, tmp_path / "grid.png", n=2, loader="both", size=(64, 96), tile=48, device="cpu")
+    assert _read(path).shape == (*grid_size(4, (64, 96), 48), 3)
+    h, w = grid_size(4, (64, 96), 48)
+    assert w == 112 + len(COLUMNS) * 48
+
+
+def test_show_cli_on_the_real_sample_photos(sample_cache, tmp_path, capsys):
+    from fastload.cli import main
+
+    out = tmp_path / "g.png"
+    argv = ["show", "--cache", str(sample_cache), "--n", "2", "--out", str(out), "--loader", "cpu"]
+    argv += ["--size", "96", "128", "--tile", "64", "--device", "cpu", "--seed", "3"]
+    assert main(argv) == 0
+    assert _read(out).shape == (*grid_size(2, (96, 128), 64), 3)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_show_refuses_an_unknown_loader(synth_cache, tmp_path):
+    with pytest.raises(ValueError, match="cpu, dali, both"):
+        show(synth_cache, tmp_path / "g.png", loader="gpu")
+
+
+def test_offset_wheel_codes_direction_as_hue_and_length_as_brightness():
+    off = np.zeros((2, 1, 4), np.float32)
+    off[:, 0, 0] = (0.0, 4.0)  # pointing right (+x)
+    off[:, 0, 1] = (4.0, 0.0)  # pointing down (+y, rows grow downwards)
+    off[:, 0, 2] = (0.0, -2.0)  # pointing left, half as long
+    rgb = offset_wheel(off, max_magnitude=4.0)[0].astype(int)
+    assert tuple(rgb[3]) == (0, 0, 0)  # no offset: black
+    assert rgb[0, 0] == 255 and rgb[0, 1] < 10 and rgb[0, 2] < 10  # right: red
+    hsv = cv2.cvtColor(offset_wheel(off, max_magnitude=4.0), cv2.COLOR_RGB2HSV)[0].astype(int)
+    assert abs(hsv[1, 0] - 45) <= 1  # down: 90 degrees (OpenCV hue is degrees / 2)
+    assert abs(hsv[2, 0] - 90) <= 1  # left: 180 degrees
+    assert hsv[2, 2] < hsv[0, 2]  # shorter: darker
+
+
+def test_semantic_overlay_shows_ignore_distinctly_from_background_and_classes():
+    rgb = np.full((16, 16, 3), 100, np.uint8)
+    sem = np.zeros((16, 16), np.uint8)
+    sem[:, 8:12] = 1
+    sem[:, 12:] = 255
+    inst = np.zeros((16, 16), np.int32)
+    inst[:, 8:12] = 1
+    out = semantic_overlay(rgb, sem, inst).astype(int)
+    background, cls, ignore = out[:, :6], out[:, 9:11], out[:, 13:]  # 7, 12: outline
+    assert len({tuple(p) for p in ignore.reshape(-1, 3)}) == 2  # two-tone stripes
+    assert not np.array_equal(cls[0, 0], background[0, 0])
+    assert (out[:, 8] == 255).all()  # the instance's outline is white
