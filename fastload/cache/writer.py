@@ -16,10 +16,13 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import re
+import signal
 import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -368,21 +371,52 @@ def _run_tasks(tasks: list[ShardTask], workers: int, bar: Any) -> None:
             build_shard(task, progress=bar.update)
         return
     # spawn, not fork: the parent may hold threads (torch, DALI, OpenCV) that a forked child would inherit
-    # in an undefined state; a pool's terminate() on error stops the other shards at once
+    # in an undefined state. A process pool executor, not multiprocessing.Pool: when a worker is killed
+    # (SIGKILL, the out-of-memory killer) a Pool loses its shard and waits forever, and may deadlock in
+    # terminate() on a queue lock the dead worker held; the executor reports it (BrokenProcessPool).
     ctx = mp.get_context("spawn")
     progress_queue = ctx.Queue()
-    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(progress_queue,)) as pool:
-        pending = [pool.apply_async(_build_in_worker, (task,)) for task in tasks]
+    before = set(mp.active_children())
+    executor = ProcessPoolExecutor(
+        min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+    )
+    failed = True
+    try:
+        pending = {executor.submit(_build_in_worker, task): task.shard for task in tasks}
+        started = [p for p in mp.active_children() if p not in before]  # the executor's workers
         while pending:
             _drain(progress_queue, bar, timeout=0.1)
-            still = []
-            for result in pending:
-                if result.ready():
-                    result.get()  # re-raises the worker's ImageError / AnnotationError
-                else:
-                    still.append(result)
-            pending = still
+            for future in [f for f in pending if f.done()]:
+                shard = pending.pop(future)
+                try:
+                    future.result()  # re-raises the worker's ImageError / AnnotationError
+                except BrokenProcessPool:
+                    raise _worker_died(started, [shard, *pending.values()]) from None
         _drain(progress_queue, bar, timeout=0)
+        failed = False
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        if failed:  # stop the shards still being built at once: the build has failed anyway
+            for proc in mp.active_children():
+                if proc not in before:
+                    proc.kill()
+        executor.shutdown(wait=True)
+
+
+def _worker_died(started: list[Any], unfinished: list[int]) -> CacheError:
+    """The error for a build whose worker died: names the dead workers' signals and the unfinished shards."""
+    codes = {p.pid: p.exitcode for p in started if p.exitcode not in (None, 0)}
+    # the executor SIGTERMs the other workers once one died: name the cause first
+    killed = {pid: code for pid, code in codes.items() if code != -signal.SIGTERM} or codes
+    how = ", ".join(
+        f"pid {pid}: signal {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"pid {pid}: exit code {code}"
+        for pid, code in killed.items()
+    )
+    return CacheError(
+        f"a build worker process died ({how or 'killed'}), killed from outside (the out-of-memory killer?), "
+        f"before shard(s) {sorted(unfinished)[:10]} reported back; the shards finished are kept: rerun with "
+        "--resume (with fewer --workers if memory is short)"
+    )
 
 
 def _drain(progress_queue: Any, bar: Any, *, timeout: float) -> None:
