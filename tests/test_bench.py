@@ -257,3 +257,25 @@ def test_bench_cli_refuses_an_unknown_loader_and_a_missing_cache(tmp_path, capsy
         main(["bench", "--cache", str(tmp_path), "--loaders", "cpu,gpu"])
     assert main(["bench", "--cache", str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_results_table_prints_markdown_rows_from_reports(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results_table.py"
+    spec = importlib.util.spec_from_file_location("results_table", path)
+    results_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_table)
+
+    cfg = BenchConfig(cache=str(tmp_path), size=(32, 32), steps=2, warmup=0, workers=1, model="none")
+    report = run_bench(cfg, loader_factory=_fake_factory, log=lambda m: None)
+    write_json(tmp_path / "a.json", report)
+    (tmp_path / "other.json").write_text('{"not": "a report"}')
+    assert results_table.main([str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert lines[0].startswith("| machine | loader | device | batch | samples/s | stall % |")
+    assert len(lines) == 2 + 2  # header, rule, cpu and dali rows
+    assert "| cpu | cpu | 48 |" in lines[2] and "`fastload bench --cache" in lines[2]
+    assert "skipping" in out.err
