@@ -225,6 +225,8 @@ class CacheDataset(Sequence):
         start, length = (int(v) for v in self._span[i])
         try:
             buf = os.pread(self._fd(s), length, start)
+        except CacheError as exc:  # the shard file is gone (opened lazily, so this is where it shows)
+            raise CacheError(f"{self._where(i)}: {exc}") from None
         except OSError as exc:
             raise CacheError(f"{self._where(i)}: read failed ({exc}); " + _FIX.format(root=self._root)) from exc
         if len(buf) != length:
