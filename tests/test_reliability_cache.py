@@ -1,7 +1,8 @@
 """Damaged caches at read time: both loaders and ``open_cache(...)[i]`` raise, quickly, naming shard and sample.
 
 Every damage is one a disk, a copy or a network file system can do: a flipped byte in an image member or in
-a label member, a shard cut short or deleted (before the loader opens the cache, or while it runs). The contract: the loader raises a `CacheError` (a `ValueError` naming the
+a label member, a shard cut short or deleted (before the loader opens the cache, or while it runs), a shard
+index edited into other valid JSON. The contract: the loader raises a `CacheError` (a `ValueError` naming the
 ``cache`` argument when it is found at construction) whose message names the shard file and, once reading,
 the sample; it never hangs (each iteration runs under a deadline) and every batch it yields before the error
 is bit-identical to the batch of an undamaged cache (never a silently wrong sample).
@@ -167,6 +168,17 @@ def test_open_cache_item_of_a_shard_deleted_after_opening_names_the_sample(cache
     ds[0]  # other shards still read
 
 
+def test_an_edited_shard_index_is_refused_at_open(cache):
+    # valid JSON, valid schema, plausible values: only the manifest's sha256 of the index can tell; without
+    # the check the DALI loader would warp sample 5 with an affine made for the wrong image size
+    index = cache / BAD_SHARD.replace(".tar", ".json")
+    text = index.read_text()
+    assert text.count('"height":48') == 4
+    index.write_text(text.replace('"height":48', '"height":47', 1))
+    with pytest.raises(CacheError, match=r"shard index shard-00001\.json .*sha256"):
+        open_cache(cache)
+
+
 # ----------------------------------------------------------------------------------------------- loaders
 
 
@@ -187,16 +199,20 @@ def test_loader_on_a_flipped_byte_in_the_other_members(kind, member, cache, refe
 
 
 @pytest.mark.parametrize("kind", LOADER_KINDS)
-@pytest.mark.parametrize("damage", ["truncated", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", "missing", "index-edited"])
 def test_loader_refuses_a_damaged_cache_at_construction_naming_the_file(kind, damage, cache):
     if damage == "truncated":
         truncate_shard_at_sample(cache, BAD)
-    else:
+    elif damage == "missing":
         (cache / BAD_SHARD).unlink()
+    else:
+        index = cache / BAD_SHARD.replace(".tar", ".json")
+        index.write_text(index.read_text().replace('"height":48', '"height":47', 1))
     _, error = within_deadline(lambda: make_loader(kind, cache, **LOADER_ARGS))
     # found at construction: a ValueError about the `cache` argument, caused by the CacheError
     assert isinstance(error, ValueError) and isinstance(error.__cause__, CacheError), repr(error)
-    assert str(error).startswith("cache: ") and BAD_SHARD in str(error), str(error)
+    name = BAD_SHARD if damage != "index-edited" else BAD_SHARD.replace(".tar", ".json")
+    assert str(error).startswith("cache: ") and name in str(error), str(error)
 
 
 @pytest.mark.parametrize(("kind", "extra"), KIND_SETUPS)

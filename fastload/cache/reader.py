@@ -7,6 +7,8 @@ never pickled, so a `CacheDataset` can be handed to torch DataLoader workers (fo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 import os
 import zlib
@@ -30,7 +32,7 @@ from fastload.cache.format import (
     decode_semantic,
     map_shape,
 )
-from fastload.cache.manifest import Manifest, ShardInfo, load_manifest, read_json
+from fastload.cache.manifest import Manifest, ShardInfo, load_manifest
 from fastload.errors import CacheError
 
 _FIX = "run `fastload cache verify {root}` and rebuild with `fastload cache build ... --resume`"
@@ -97,9 +99,20 @@ class CacheDataset(Sequence):
     def _read_index(self, shard: ShardInfo) -> list[dict[str, Any]]:
         path = self._root / shard.index_file
         try:
-            index = read_json(path, what="shard index")
+            data = path.read_bytes()
         except FileNotFoundError:
             raise CacheError(f"shard index {shard.index_file} is missing; " + _FIX.format(root=self._root)) from None
+        # an edited or damaged index can still be valid JSON with plausible offsets and sizes, which the
+        # members' CRC-32s do not cover (a wrong height/width would warp the sample wrongly): check its hash
+        if hashlib.sha256(data).hexdigest() != shard.index_sha256:
+            raise CacheError(
+                f"shard index {shard.index_file} of {shard.file}: sha256 differs from the manifest (damaged or "
+                "edited); " + _FIX.format(root=self._root)
+            )
+        try:
+            index = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CacheError(f"shard index {shard.index_file} is not JSON ({exc}); " + _FIX.format(root=self._root)) from exc
         if not isinstance(index, dict) or index.get("schema_version") != SCHEMA_VERSION:
             raise CacheError(f"shard index {shard.index_file} has an unknown schema; " + _FIX.format(root=self._root))
         samples = index.get("samples")
