@@ -78,10 +78,25 @@ def _build(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if num_nodes is None:
-        print(f"wrote {path}")
+        from fastload.cache.manifest import load_manifest
+
+        manifest = load_manifest(args.out)
+        print(
+            f"wrote {path}: {manifest.samples} samples of {manifest.images} images in {len(manifest.shards)} shard(s), "
+            f"{len(manifest.skips)} skipped"
+        )
+        _print_skips(manifest, args.out)
     else:
         print(f"wrote {path}; when all {num_nodes} nodes are done run `fastload cache merge {args.out}`")
     return 0
+
+
+def _print_skips(m: Manifest, root: str | Path, *, limit: int = 10) -> None:
+    """The build's summary of what was left out, on stderr: the first ``limit`` skips with their reasons."""
+    for skip in m.skips[:limit]:
+        print(f"skipped: image {skip.image_id} annotation {skip.annotation_id} ({skip.file_name}): {skip.reason}", file=sys.stderr)
+    if len(m.skips) > limit:
+        print(f"... and {len(m.skips) - limit} more: `fastload cache info {root}` lists every skip", file=sys.stderr)
 
 
 def _merge(args: argparse.Namespace) -> int:
