@@ -166,8 +166,10 @@ def part_rings(part: np.ndarray) -> list[np.ndarray]:
 def resolve_image_path(image_root: str | Path, record: ImageRecord) -> Path:
     """The path of ``record``'s image under ``image_root``.
 
-    The check is lexical: absolute names (``/x``, ``\\x``, ``C:x``) and names whose ``..`` parts climb
-    above the root are refused; ``a/../b.jpg`` is fine. Symlinks inside the root are followed as usual.
+    Absolute names (``/x``, ``\\x``, ``C:x``) and names whose ``..`` parts climb above the root are refused
+    (lexically, as at load time); ``a/../b.jpg`` is fine. Symlinks are followed, but the file they lead to
+    must lie inside the (resolved) root: a link in the image folder cannot feed a file from elsewhere on the
+    machine into the cache. The root itself may be a link.
 
     Raises
     ------
@@ -180,7 +182,16 @@ def resolve_image_path(image_root: str | Path, record: ImageRecord) -> Path:
             f"image {record.image_id} (file_name {record.file_name!r}): {reason}; "
             "file names must be relative to the image root; " + FIX_HINT
         )
-    return Path(image_root) / record.file_name
+    root = Path(image_root)
+    path = root / record.file_name
+    real_root, real = root.resolve(), path.resolve()  # a missing file resolves as far as it exists
+    if not real.is_relative_to(real_root):
+        raise AnnotationError(
+            f"image {record.image_id} (file_name {record.file_name!r}): a symlink leads outside the image root "
+            f"(to {str(real)!r}); copy the file into the root, or pass the folder that holds it as the image "
+            "root; " + FIX_HINT
+        )
+    return path
 
 
 def _unsafe_file_name_reason(name: str) -> str | None:
