@@ -7,11 +7,16 @@
 - A COCO ``file_name`` cannot reach outside the image root: not by ``..`` or an absolute path (checked
   lexically, tests/test_coco.py) and not through a symlink inside the root that points outside it (the
   resolved path must stay inside the resolved root). A symlink that stays inside the root is fine.
+- ``manifest.json`` is validated on open: a missing key or a value of the wrong type is a CacheError naming
+  the key, and shard file names cannot point outside the cache folder.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +27,7 @@ from fastload.cache.manifest import load_manifest
 from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
 from fastload.coco import ImageRecord, resolve_image_path
-from fastload.errors import AnnotationError, ImageError
+from fastload.errors import AnnotationError, CacheError, ImageError
 from fastload.synth import synth_coco
 
 PACKAGE = Path(fastload.__file__).parent
@@ -185,3 +190,93 @@ def test_images_errors_are_image_errors_not_path_errors(tmp_path):
     (data / "images" / "000000.jpg").unlink()
     with pytest.raises(ImageError, match="file not found"):
         build_cache(coco=data / "annotations.json", images=data / "images", out=tmp_path / "c", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- manifest
+
+
+@pytest.fixture
+def cache_copy(synth_cache: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "cache"
+    shutil.copytree(synth_cache, out)
+    return out
+
+
+def _edit_manifest(cache: Path, edit) -> None:
+    path = cache / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _delete(path: str):
+    def edit(data):
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[int(key)] if key.isdigit() else data[key]
+        del data[int(last) if last.isdigit() else last]
+
+    return edit
+
+
+def _set(path: str, value):
+    def edit(data):
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[int(key)] if key.isdigit() else data[key]
+        data[int(last) if last.isdigit() else last] = value
+
+    return edit
+
+
+MISSING = ["config", "config.stride", "counts.samples", "categories.0.name", "shards.1.sha256", "bytes.members.off", "source"]
+WRONG_TYPES = [
+    ("config.stride", 1.5),  # int("1.5"-ish) used to become 1 silently
+    ("config.sigma", "8"),
+    ("config.offset_scale", 0),
+    ("counts.samples", "24"),
+    ("shards.0.samples", "8"),  # used to escape as a TypeError from open_cache
+    ("shards.0.file", 5),
+    ("shards.0.bytes", None),
+    ("categories.0.train_id", True),
+    ("categories", {"a": 1}),
+    ("skips", None),
+    ("num_classes", [5]),
+]
+
+
+@pytest.mark.parametrize("key", MISSING)
+def test_manifest_missing_key_is_named(cache_copy, key):
+    _edit_manifest(cache_copy, _delete(key))
+    with pytest.raises(CacheError, match="malformed manifest") as info:
+        open_cache(cache_copy)
+    assert _shown(key) in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "value"), WRONG_TYPES)
+def test_manifest_wrong_type_is_named(cache_copy, key, value):
+    _edit_manifest(cache_copy, _set(key, value))
+    with pytest.raises(CacheError, match="malformed manifest") as info:
+        open_cache(cache_copy)
+    assert _shown(key) in str(info.value)
+
+
+def _shown(key: str) -> str:
+    """How the error spells a key path: shards.0.file → shards[0].file."""
+    out = []
+    for part in key.split("."):
+        out.append(f"[{part}]" if part.isdigit() else (f".{part}" if out else part))
+    return "".join(out)
+
+
+@pytest.mark.parametrize("field", ["file", "index_file", "dali_index"])
+@pytest.mark.parametrize("name", ["../outside.tar", "/etc/passwd", "sub/shard-00000.tar", ".."])
+def test_manifest_shard_files_cannot_point_outside_the_cache(cache_copy, field, name):
+    _edit_manifest(cache_copy, _set(f"shards.0.{field}", name))
+    with pytest.raises(CacheError, match=rf"shards\[0\]\.{field}.*plain file name"):
+        open_cache(cache_copy)
+
+
+def test_valid_manifest_still_opens(synth_cache):
+    assert len(open_cache(synth_cache)) == 24
+    assert os.path.basename(load_manifest(synth_cache).shards[0].file) == "shard-00000.tar"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -202,7 +203,11 @@ class Manifest:
 
 
 def parse_manifest(data: Any, *, where: str) -> Manifest:
-    """Validate a manifest dict (schema version first) and turn it into a `Manifest`."""
+    """Validate a manifest dict (schema version first) and turn it into a `Manifest`.
+
+    Every key is checked for presence and type (a CacheError names it, e.g. ``shards[2].samples``), counts
+    for range, and shard file names must be plain names inside the cache folder.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("schema_version"), int):
         raise CacheError(f"{where}: not a fastload cache manifest (no integer schema_version)")
     version = data["schema_version"]
@@ -215,30 +220,120 @@ def parse_manifest(data: Any, *, where: str) -> Manifest:
     if version < 1:
         raise CacheError(f"{where}: invalid schema_version {version}")
     try:
-        cfg, counts = data["config"], data["counts"]
-        return Manifest(
-            schema_version=version,
-            fastload_version=str(data["fastload_version"]),
-            sigma=float(cfg["sigma"]),
-            stride=int(cfg["stride"]),
-            samples_per_shard=int(cfg["samples_per_shard"]),
-            png_compression=int(cfg["png_compression"]),
-            offset_scale=int(cfg["offset_scale"]),
-            heat_scale=int(cfg["heat_scale"]),
-            categories=tuple(CategoryInfo(**c) for c in data["categories"]),
-            num_classes=int(data["num_classes"]),
-            coco_sha256=str(data["source"]["coco_sha256"]),
-            images=int(counts["images"]),
-            samples=int(counts["samples"]),
-            instances=int(counts["instances"]),
-            offset_clipped_pixels=int(counts["offset_clipped_pixels"]),
-            skips=tuple(SkipInfo(**s) for s in data["skips"]),
-            shards=tuple(ShardInfo(**s) for s in data["shards"]),
-            total_bytes=int(data["bytes"]["total"]),
-            member_bytes=MemberBytes(**data["bytes"]["members"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CacheError(f"{where}: malformed manifest ({type(exc).__name__}: {exc}); rebuild the cache") from exc
+        return _parse_v1(_Node(data, ""), version)
+    except _Malformed as exc:
+        raise CacheError(f"{where}: malformed manifest ({exc}); rebuild the cache") from None
+
+
+class _Malformed(Exception):
+    """Internal: a manifest key is missing or has the wrong type; the message names the key path."""
+
+
+class _Node:
+    """A JSON object inside the manifest and its key path, with typed reads that name the key on failure."""
+
+    def __init__(self, value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise _Malformed(f"{path or 'the manifest'} must be an object, got {_show(value)}")
+        self.value, self.path = value, path
+
+    def _get(self, key: str) -> tuple[Any, str]:
+        path = f"{self.path}.{key}" if self.path else key
+        if key not in self.value:
+            raise _Malformed(f"missing key {path}")
+        return self.value[key], path
+
+    def integer(self, key: str, *, minimum: int = 0, maximum: int | None = None, optional: bool = False) -> Any:
+        value, path = self._get(key)
+        if optional and value is None:
+            return None
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        if not ok or (maximum is not None and value > maximum):
+            bound = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+            raise _Malformed(f"{path} must be an integer {bound}{' or null' if optional else ''}, got {_show(value)}")
+        return value
+
+    def number(self, key: str) -> float:
+        value, path = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise _Malformed(f"{path} must be a positive number, got {_show(value)}")
+        return float(value)
+
+    def text(self, key: str, *, optional: bool = False) -> Any:
+        value, path = self._get(key)
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise _Malformed(f"{path} must be a string{' or null' if optional else ''}, got {_show(value)}")
+        return value
+
+    def file_name(self, key: str) -> str:
+        name = self.text(key)
+        if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise _Malformed(f"{self.path}.{key} must be a plain file name inside the cache folder, got {name!r}")
+        return name
+
+    def node(self, key: str) -> _Node:
+        value, path = self._get(key)
+        return _Node(value, path)
+
+    def nodes(self, key: str) -> list[_Node]:
+        value, path = self._get(key)
+        if not isinstance(value, list):
+            raise _Malformed(f"{path} must be a list, got {_show(value)}")
+        return [_Node(item, f"{path}[{k}]") for k, item in enumerate(value)]
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _parse_v1(m: _Node, version: int) -> Manifest:
+    cfg, counts, members = m.node("config"), m.node("counts"), m.node("bytes").node("members")
+    return Manifest(
+        schema_version=version,
+        fastload_version=m.text("fastload_version"),
+        sigma=cfg.number("sigma"),
+        stride=cfg.integer("stride", minimum=1),
+        samples_per_shard=cfg.integer("samples_per_shard", minimum=1),
+        png_compression=cfg.integer("png_compression", maximum=9),
+        offset_scale=cfg.integer("offset_scale", minimum=1),
+        heat_scale=cfg.integer("heat_scale", minimum=1),
+        categories=tuple(
+            CategoryInfo(coco_id=c.integer("coco_id"), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
+            for c in m.nodes("categories")
+        ),
+        num_classes=m.integer("num_classes", minimum=1),
+        coco_sha256=m.node("source").text("coco_sha256"),
+        images=counts.integer("images"),
+        samples=counts.integer("samples"),
+        instances=counts.integer("instances"),
+        offset_clipped_pixels=counts.integer("offset_clipped_pixels"),
+        skips=tuple(
+            SkipInfo(
+                image_id=s.integer("image_id", minimum=-(2**63), optional=True),
+                annotation_id=s.integer("annotation_id", minimum=-(2**63), optional=True),
+                file_name=s.text("file_name", optional=True),
+                reason=s.text("reason"),
+            )
+            for s in m.nodes("skips")
+        ),
+        shards=tuple(
+            ShardInfo(
+                index=s.integer("index"),
+                file=s.file_name("file"),
+                samples=s.integer("samples", minimum=1),
+                bytes=s.integer("bytes"),
+                sha256=s.text("sha256"),
+                index_file=s.file_name("index_file"),
+                index_sha256=s.text("index_sha256"),
+                dali_index=s.file_name("dali_index"),
+                dali_index_sha256=s.text("dali_index_sha256"),
+            )
+            for s in m.nodes("shards")
+        ),
+        total_bytes=m.node("bytes").integer("total"),
+        member_bytes=MemberBytes(**{kind: members.integer(kind) for kind in BYTE_KINDS}),
+    )
 
 
 def load_manifest(cache_dir: str | Path) -> Manifest:
