@@ -84,7 +84,6 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    workers = s.workers if s.workers is not None else None
 
     t = time.perf_counter()
     if coco is None:
@@ -114,7 +113,7 @@ def run_demo(
         size=s.size,
         steps=s.steps,
         warmup=s.warmup,
-        workers=workers,
+        workers=s.workers,
         device=s.device,
         model="segnet",
         precision="bf16",

@@ -16,6 +16,8 @@ Timing rules (what is synchronised, and why):
   Σ gap(end_{i-1} → start_i) / (end_last − start_0). The host never waits for the GPU inside the loop (the loss is
   not read back); ``torch.cuda.synchronize()`` is called once after the warm-up and once after the last step, so
   that the wall time and the events are complete. ``stall_method`` in the result says which rule was used.
+* Without a step (``--model none``) there is nothing to stall: ``stall_pct`` is None and only throughput and
+  waits are meaningful (``host_stall_pct`` is still reported, and is ~100 %).
 
 Resources are sampled by a background thread over the whole process tree (the loop's process and every
 descendant, e.g. DataLoader workers): CPU time (user + system) and the sum of resident set sizes (which counts
@@ -238,8 +240,12 @@ def measure(
         idle = sum(events[i - 1][1].elapsed_time(events[i][0]) for i in range(1, steps))
         stall, method = (100.0 * idle / span if span > 0 else float("nan")), "gpu_idle_cuda_events"
         step_ms = float(np.mean([a.elapsed_time(b) for a, b in events]))
-    else:
+    elif step is not None:
         stall, method = host_stall, "host_wall_clock"
+        step_ms = 1e3 * float(np.mean(compute))
+    else:
+        # no compute: the loop only waits, a stall of 100 % by definition, which says nothing about the loader
+        stall, method = None, None
         step_ms = 1e3 * float(np.mean(compute))
 
     from fastload.bench.sysinfo import usable_cores

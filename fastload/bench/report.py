@@ -106,6 +106,7 @@ def plot(path: str | Path, report: dict[str, Any], *, batch_size: int | None = N
     """Write a PNG: samples/s and stall % per loader (at ``batch_size``), and samples/s vs batch size when the
     report holds several batch sizes."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -128,13 +129,24 @@ def plot(path: str | Path, report: dict[str, Any], *, batch_size: int | None = N
     ax.set_title(f"throughput, batch {bs}")
 
     ax = axes[1]
-    values = [r["stall_pct"] if r.get("stall_pct") is not None else 0.0 for r in at_bs]
-    bars = ax.bar(labels, values, color=bar_colours)
-    ax.bar_label(bars, fmt="%.1f%%")
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("data stall, % of step time")
-    model = report.get("config", {}).get("model", "?")
-    ax.set_title(f"stall (model: {model})")
+    if any(r.get("stall_pct") is not None for r in at_bs):
+        values = [r["stall_pct"] if r.get("stall_pct") is not None else 0.0 for r in at_bs]
+        bars = ax.bar(labels, values, color=bar_colours)
+        ax.bar_label(bars, fmt="%.1f%%")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("data stall, % of step time")
+        model = report.get("config", {}).get("model", "?")
+        ax.set_title(f"stall under the training step (model: {model})")
+    else:
+        # no model: nothing stalls; show how long the loop waits for each batch instead
+        x = np.arange(len(at_bs))
+        for k, (key, name, alpha) in enumerate((("wait_p50_ms", "p50", 1.0), ("wait_p95_ms", "p95", 0.5))):
+            values = [r.get(key) or 0.0 for r in at_bs]
+            bars = ax.bar(x + (k - 0.5) * 0.38, values, 0.38, color=bar_colours, alpha=alpha, label=name)
+            ax.bar_label(bars, fmt="%.0f")
+        ax.set_xticks(x, labels)
+        ax.set_ylabel("wait for the next batch, ms")
+        ax.set_title("wait per batch (no model): p50, p95 light")
 
     if sweep:
         ax = axes[2]
