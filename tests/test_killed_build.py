@@ -211,3 +211,32 @@ def test_a_worker_killed_mid_shard_fails_the_build_instead_of_hanging(tmp_path):
     subprocess.run(_build_cmd(data, out, config, "--resume"), check=True, capture_output=True, timeout=120)
     subprocess.run(_build_cmd(data, tmp_path / "reference", config), check=True, capture_output=True, timeout=120)
     assert _files(out) == _files(tmp_path / "reference")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda r: r["files"]["tar"].pop("name"), id="key-missing"),
+        pytest.param(lambda r: r.__setitem__("files", ["shard-00001.tar"]), id="files-a-list"),
+        pytest.param(lambda r: r["files"]["json"].__setitem__("name", "../shard-00001.json"), id="name-escapes"),
+        pytest.param(lambda r: r["files"].pop("idx"), id="file-kind-missing"),
+    ],
+)
+def test_resume_rebuilds_a_shard_whose_completion_record_is_misshapen(synth_root, synth_cache, tmp_path, damage):
+    # valid JSON of another shape (a damaged disk, a hand edit) made --resume crash with a KeyError
+    import shutil
+
+    from fastload.cache.writer import build_cache
+
+    out = tmp_path / "cache"
+    shutil.copytree(synth_cache, out)
+    record_path = out / "shard-00001.done.json"
+    record = json.loads(record_path.read_text())
+    damage(record)
+    record_path.write_text(json.dumps(record))
+    (out / "manifest.json").unlink()
+    build_cache(
+        coco=synth_root / "annotations.json", images=synth_root / "images", out=out,
+        config={"samples_per_shard": 8}, resume=True, progress=False,
+    )  # fmt: skip
+    assert _files(out) == _files(synth_cache)

@@ -289,10 +289,16 @@ def check_done_record(out: Path, shard: int, fingerprint: str, on_error: OnError
     files = record.get("files")
     if files is None:
         return record if record.get("samples") == 0 else None
-    for entry in files.values():
-        path = out / entry["name"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-            return None
+    try:
+        for kind in ("tar", "json", "idx"):
+            entry = files[kind]
+            path = out / entry["name"]
+            if path.name != entry["name"] or not path.is_file():
+                return None
+            if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+                return None
+    except (KeyError, TypeError, AttributeError):  # valid JSON of another shape (damaged, edited): rebuild
+        return None
     return record
 
 
