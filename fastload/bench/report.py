@@ -4,7 +4,7 @@ JSON schema (``SCHEMA_VERSION`` 1)::
 
     {
       "schema": 1,
-      "machine": {"cpu", "cores_logical", "cores_physical", "cores_usable", "memory_gb", "gpu" (null),
+      "machine": {"cpu", "cpu_native_bf16", "cores_logical", "cores_physical", "cores_usable", "memory_gb", "gpu" (null),
                   "gpu_count", "cuda", "os", "python", "torch", "dali", "numpy", "opencv", "date"},
       "command": "the exact argv, shell-quoted",
       "date": ISO 8601 with time zone,

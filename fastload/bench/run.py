@@ -154,6 +154,8 @@ def run_bench(
             try:
                 device = torch.device(loader.device)
                 step = None
+                if cfg.model == "segnet" and device.type == "cpu" and cfg.precision == "bf16":
+                    _warn_cpu_bf16(log)
                 if cfg.model == "segnet":
                     step = TrainStep(
                         num_classes, device, width=cfg.width, precision=cfg.precision, seed=cfg.seed
@@ -183,6 +185,22 @@ def run_bench(
         "config": cfg.to_json(),
         "results": results,
     }
+
+
+_warned: set[str] = set()
+
+
+def _warn_cpu_bf16(log: Callable[[str], None]) -> None:
+    from fastload.bench.sysinfo import cpu_has_native_bf16
+
+    if "bf16" in _warned or cpu_has_native_bf16():
+        return
+    _warned.add("bf16")
+    log(
+        "bench: note: this CPU has no bf16 hardware (AVX512-BF16/AMX), so SegNet under bf16 autocast runs "
+        "emulated, ~10x slower than fp32; the stall measured against it is lower than a GPU would show. "
+        "--precision fp32 or --model none measure the loaders with less compute."
+    )
 
 
 def dali_device_sentence(report: dict[str, Any]) -> str | None:

@@ -22,6 +22,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX); else torch emulates it, slowly."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -62,6 +75,7 @@ def machine_info() -> dict[str, Any]:
         affinity = os.cpu_count()
     return {
         "cpu": cpu_model(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
         "cores_usable": affinity,
