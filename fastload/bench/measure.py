@@ -184,54 +184,61 @@ def measure(
     cuda = device.type == "cuda"
     it = iter(batches) if batches is not None else endless(loader)
     sampler = ProcessTreeSampler().start()
-
-    t_first = time.perf_counter()
-    for i in range(warmup):
-        batch = to_device(next(it), device)
-        if i == 0:
-            first_batch_s = time.perf_counter() - t_first
-        if step is not None:
-            step(batch)
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-    events = (
-        [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
-        if cuda
-        else []
-    )
-    wait, h2d, compute = [], [], []
-    samples = 0
-    cpu0 = sampler.cpu_seconds()
-    t_start = time.perf_counter()
-    for i in range(steps):
-        t0 = time.perf_counter()
-        with nvtx_range(WAIT):
-            batch = next(it)
-        t1 = time.perf_counter()
-        if warmup == 0 and i == 0:
-            first_batch_s = t1 - t_first
-        with nvtx_range(H2D):
-            batch = to_device(batch, device)
-        t2 = time.perf_counter()
-        with nvtx_range(STEP):
-            if cuda:
-                events[i][0].record()
+    try:
+        t_first = time.perf_counter()
+        for i in range(warmup):
+            batch = to_device(next(it), device)
+            if i == 0:
+                first_batch_s = time.perf_counter() - t_first
             if step is not None:
                 step(batch)
-            if cuda:
-                events[i][1].record()
-        t3 = time.perf_counter()
-        wait.append(t1 - t0)
-        h2d.append(t2 - t1)
-        compute.append(t3 - t2)
-        samples += _batch_len(batch)
-    if cuda:
-        torch.cuda.synchronize(device)
-    wall = time.perf_counter() - t_start
-    cpu_s = sampler.cpu_seconds() - cpu0
-    sampler.stop()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+        events = (
+            [
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                for _ in range(steps)
+            ]
+            if cuda
+            else []
+        )
+        wait, h2d, compute = [], [], []
+        samples = 0
+        cpu0 = sampler.cpu_seconds()
+        t_start = time.perf_counter()
+        for i in range(steps):
+            t0 = time.perf_counter()
+            with nvtx_range(WAIT):
+                batch = next(it)
+            t1 = time.perf_counter()
+            if warmup == 0 and i == 0:
+                first_batch_s = t1 - t_first
+            with nvtx_range(H2D):
+                batch = to_device(batch, device)
+            t2 = time.perf_counter()
+            with nvtx_range(STEP):
+                if cuda:
+                    events[i][0].record()
+                if step is not None:
+                    step(batch)
+                if cuda:
+                    events[i][1].record()
+            t3 = time.perf_counter()
+            wait.append(t1 - t0)
+            h2d.append(t2 - t1)
+            compute.append(t3 - t2)
+            samples += _batch_len(batch)
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t_start
+        cpu_s = sampler.cpu_seconds() - cpu0
+    finally:
+        sampler.stop()
+        close = getattr(it, "close", None)  # end the loader's pass now, not whenever the generator is collected
+        if close is not None:
+            close()
 
     host_total = sum(wait) + sum(h2d) + sum(compute)
     host_stall = 100.0 * (sum(wait) + sum(h2d)) / host_total if host_total > 0 else float("nan")
