@@ -21,3 +21,13 @@ class ImageError(FastloadError):
 
 class CacheError(FastloadError):
     """A cache is missing, corrupt, or written by a newer fastload. The message names the shard and sample."""
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` (PEP 678 notes on Python >= 3.11; appended to the message on 3.10)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    elif exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]}\n{note}", *exc.args[1:])
+    else:
+        exc.args = (*exc.args, note)

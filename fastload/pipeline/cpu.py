@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import SampleParams, map_hw
 from fastload.augment.reference import augment_sample
-from fastload.errors import FastloadError
+from fastload.errors import FastloadError, add_note
+from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BatchPlan
 
 # dtype and shape (without N) of every batch entry, in BATCH_KEYS order (a test checks the keys); hw is the
@@ -55,13 +56,15 @@ class _AugmentedSamples(Dataset):
     def __getitem__(self, item: tuple[int, SampleParams]) -> dict[str, Any]:
         index, params = item
         try:
-            sample = self.cache[index]
-            out = augment_sample(sample, params, self.augment, out_hw=self.out_hw, stride=self.stride)
+            with nvtx_range("fastload/read_decode"):
+                sample = self.cache[index]
+            with nvtx_range("fastload/augment"):
+                out = augment_sample(sample, params, self.augment, out_hw=self.out_hw, stride=self.stride)
         except Exception as exc:
             # CacheError already names shard and sample; every error gets the cache index, which survives
             # torch's re-raise in the main process (it formats the worker's traceback, notes included)
             if not isinstance(exc, FastloadError) or str(index) not in str(exc):
-                exc.add_note(f"while loading cache sample {index} in the CPU backend")
+                add_note(exc, f"while loading cache sample {index} in the CPU backend")
             raise
         out["index"] = np.int64(index)
         return out

@@ -47,7 +47,7 @@ from fastload.augment.params import (
     offset_linear,
     shadow_band,
 )
-from fastload.errors import CacheError
+from fastload.errors import CacheError, add_note
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
 
@@ -704,7 +704,7 @@ def _named_failure(names: list[str], exc: RuntimeError) -> Exception:
     text = str(exc)
     op = re.search(r"rror in \w+ operator `([^`]+)`", text)
     if op is None or "decoders" not in op.group(1):
-        exc.add_note(f"fastload: DALI was processing the samples {', '.join(names)}")
+        add_note(exc, f"fastload: DALI was processing the samples {', '.join(names)}")
         return exc
     cause = text.split("encountered:", 1)[-1].strip().splitlines()
     return CacheError(
