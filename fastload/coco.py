@@ -14,7 +14,8 @@ Images
     ``file_name`` is relative to the image root and may contain subfolders and any Unicode; absolute
     names and names whose ``..`` climbs above the root are refused (:func:`resolve_image_path`, checked
     lexically at load time). Images without annotations are kept (all background). Integral floats
-    (``600.0``) are accepted where an integer is expected.
+    (``600.0``) are accepted where an integer is expected. Height and width are at most 2^20 each and
+    2^30 pixels together (OpenCV's decoding limits: a larger image could not be cached).
 
 Annotations
     Polygons (one or several parts) or RLE (compressed ``counts`` string or uncompressed list; stored
@@ -71,6 +72,10 @@ OnError = Literal["fail", "skip"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("fail", "skip")
 BACKGROUND_NAME = "_background_"
 MAX_TRAIN_ID = 254  # 0 = background, 255 = ignore
+# OpenCV's default decoding limits (CV_IO_MAX_IMAGE_WIDTH/HEIGHT, CV_IO_MAX_IMAGE_PIXELS): the cache builder
+# cannot decode a larger image, and its masks alone would take 5 bytes per pixel
+MAX_IMAGE_SIDE = 1 << 20
+MAX_IMAGE_PIXELS = 1 << 30
 FIX_HINT = "fix the annotation or pass --on-error skip"
 
 
@@ -361,6 +366,11 @@ def _parse_image(img: Any) -> tuple[int, str, int, int]:
     width = _as_int(img.get("width"), "width")
     if height <= 0 or width <= 0:
         raise _Bad(f"height and width must be positive, got {height} x {width}")
+    if max(height, width) > MAX_IMAGE_SIDE or height * width > MAX_IMAGE_PIXELS:
+        raise _Bad(
+            f"height x width {height} x {width} is beyond what can be decoded and rasterised (at most "
+            f"{MAX_IMAGE_SIDE} per side and {MAX_IMAGE_PIXELS} pixels)"
+        )
     reason = _unsafe_file_name_reason(name)
     if reason is not None:
         raise _Bad(f"{reason} (file_name {name!r}); file names must be relative to the image root")
