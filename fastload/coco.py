@@ -485,9 +485,15 @@ def _parse_polygons(seg: list, height: int, width: int) -> tuple[tuple[np.ndarra
 
 
 def _polygon_coords(part: Any, k: int) -> np.ndarray:
-    # np.asarray without a dtype keeps strings and None visible (dtype 'U' / object) instead of converting
-    values = np.asarray(part) if isinstance(part, list) else None
-    if values is None or values.ndim != 1 or values.dtype.kind not in "iuf":
+    # element types first: NumPy raises a bare ValueError on a nested list ([1, [2, 3], ...]) and would turn
+    # true/false into 1.0/0.0; JSON gives exact ints and floats (an int past float64's range is refused too)
+    values = None
+    if isinstance(part, list) and all(type(v) in (int, float) for v in part):
+        try:
+            values = np.asarray(part, dtype=np.float64)
+        except OverflowError:
+            values = None
+    if values is None or values.ndim != 1:
         raise _Bad(f"polygon part {k + 1} must be a flat list of numbers [x1, y1, x2, y2, ...]")
     if values.size % 2:
         raise _Bad(f"polygon part {k + 1} has an odd number of coordinates ({values.size})")

@@ -381,3 +381,19 @@ def test_absurd_image_sizes_are_refused_by_name(tmp_path, height, width):
     with pytest.raises(AnnotationError, match=r"image 1: height x width .* is beyond what can be decoded"):
         load_coco(path)
     assert load_coco(path, on_error="skip").images == ()
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        pytest.param([1.0, 2.0, [1, 2], 3.0, 4.0, 5.0], id="nested-list"),  # NumPy: bare ValueError, even under skip
+        pytest.param([True, 1.0, 5.0, 1.0, 5.0, 5.0], id="bool"),  # was read as 1.0
+        pytest.param([0, 0, 10, 0, 10, 10**400], id="int-beyond-float64"),
+    ],
+)
+def test_polygon_coordinates_that_are_not_plain_numbers_are_named(tmp_path, part):
+    path = _one_annotation(tmp_path, segmentation=[part])
+    with pytest.raises(AnnotationError, match=r"image 1, annotation 1: polygon part 1 must be a flat list of numbers"):
+        load_coco(path)
+    dataset = load_coco(path, on_error="skip")
+    assert dataset.images[0].instances == () and "flat list of numbers" in dataset.skips[0].reason
