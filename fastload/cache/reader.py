@@ -11,7 +11,9 @@ import hashlib
 import json
 import operator
 import os
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ from fastload.cache.manifest import Manifest, ShardInfo, load_manifest
 from fastload.errors import CacheError
 
 _FIX = "run `fastload cache verify {root}` and rebuild with `fastload cache build ... --resume`"
+# shard files a process keeps open (least recently used closed first): a shuffled epoch reads every shard,
+# and a cache of more shards than the common soft limit of 1024 descriptors would otherwise hit EMFILE
+MAX_OPEN_SHARDS = 64
 
 
 class CacheDataset(Sequence):
@@ -58,7 +63,8 @@ class CacheDataset(Sequence):
         self._root = Path(root)
         self._manifest = load_manifest(self._root)
         self._load_indexes()
-        self._fds: dict[int, int] = {}
+        self._fds: OrderedDict[int, int] = OrderedDict()  # shard → descriptor, least recently used first
+        self._lock = threading.Lock()  # an evicted descriptor must not be closed under another thread's read
         self._pid = os.getpid()
 
     # ------------------------------------------------------------------------------------------ opening
@@ -146,32 +152,43 @@ class CacheDataset(Sequence):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_fds"] = {}  # descriptors are per process; the new owner opens its own
+        state["_fds"] = OrderedDict()  # descriptors are per process; the new owner opens its own
+        del state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _fd(self, s: int) -> int:
-        if self._pid != os.getpid():  # forked: the parent's descriptors are not ours to share
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(s)
-        if fd is None:
-            shard = self._manifest.shards[s]
-            try:
-                fd = os.open(self._root / shard.file, os.O_RDONLY)
-            except FileNotFoundError:
-                raise CacheError(f"shard {shard.file} is missing from {self._root}; rebuild it with --resume") from None
-            self._fds[s] = fd
-        return fd
+    def _pread(self, s: int, length: int, start: int) -> bytes:
+        """``length`` bytes of shard ``s`` from ``start``, through this process's (bounded) set of open files."""
+        if self._pid != os.getpid():  # forked: the parent's descriptors and lock are not ours to share
+            self._fds, self._lock, self._pid = OrderedDict(), threading.Lock(), os.getpid()
+        with self._lock:
+            fd = self._fds.get(s)
+            if fd is None:
+                shard = self._manifest.shards[s]
+                try:
+                    fd = os.open(self._root / shard.file, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise CacheError(f"shard {shard.file} is missing from {self._root}; rebuild it with --resume") from None
+                self._fds[s] = fd
+                if len(self._fds) > MAX_OPEN_SHARDS:
+                    os.close(self._fds.popitem(last=False)[1])
+            else:
+                self._fds.move_to_end(s)
+            return os.pread(fd, length, start)
 
     def close(self) -> None:
         """Close this process's shard files (they reopen on the next read)."""
-        if self._pid == os.getpid():
+        if self._pid != os.getpid():
+            self._fds = OrderedDict()
+            return
+        with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
-        self._fds = {}
+            self._fds = OrderedDict()
 
     def __enter__(self) -> CacheDataset:
         return self
@@ -237,7 +254,7 @@ class CacheDataset(Sequence):
         s = int(self._shard_of[i])
         start, length = (int(v) for v in self._span[i])
         try:
-            buf = os.pread(self._fd(s), length, start)
+            buf = self._pread(s, length, start)
         except CacheError as exc:  # the shard file is gone (opened lazily, so this is where it shows)
             raise CacheError(f"{self._where(i)}: {exc}") from None
         except OSError as exc:
