@@ -56,6 +56,7 @@ class _LoaderShell:
         world_size: int | None = None,
     ) -> None:
         self.cache = _open(cache)
+        self._owns_cache = self.cache is not cache  # opened here from a path: close() closes its files too
         self.batch_size = _positive_int("batch_size", batch_size)
         self.size = _size(size, stride=self.cache.manifest.stride)
         self.augment: AugmentConfig = _augment(augment)
@@ -177,10 +178,13 @@ class _LoaderShell:
         return self._backend
 
     def close(self) -> None:
-        """Stop worker threads/processes and free the pipeline. The loader can be iterated again afterwards."""
+        """Stop worker threads/processes, free the pipeline, and close the shard files of a cache this loader
+        opened (from a path). The loader can be iterated again afterwards (the files reopen on demand)."""
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        if getattr(self, "_owns_cache", False):
+            self.cache.close()
 
     def __enter__(self):
         return self

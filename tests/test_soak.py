@@ -112,6 +112,21 @@ def test_twenty_epochs_hold_memory_descriptors_threads_and_processes(kind, soak_
     assert not _fastload_threads() and threading.active_count() <= threads_before
 
 
+@pytest.mark.parametrize("kind", LOADER_KINDS)
+def test_close_releases_the_shard_files_of_a_cache_the_loader_opened(kind, soak_cache):
+    gc.collect()
+    before = open_fds()
+    loader = make_loader(kind, soak_cache, batch_size=16, shuffle=False, num_threads=2)  # opens the cache itself
+    for batch in loader:
+        del batch
+    loader.close()
+    gc.collect()
+    shards = {fd: t for fd, t in open_fds().items() if before.get(fd) != t and t.endswith(".tar")}
+    assert not shards, f"shard files still open after close(): {sorted(shards.values())}"
+    assert len(list(loader)) == len(loader)  # usable again: the files reopen on demand
+    loader.close()
+
+
 def test_a_cache_of_many_shards_stays_within_a_low_descriptor_limit(tmp_path):
     # one descriptor per shard ever read used to stay open: a shuffled pass over a cache of more shards than
     # the soft RLIMIT_NOFILE (often 1024) failed with EMFILE ("Too many open files") in the DALI reader or a
