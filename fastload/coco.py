@@ -76,6 +76,9 @@ MAX_TRAIN_ID = 254  # 0 = background, 255 = ignore
 # cannot decode a larger image, and its masks alone would take 5 bytes per pixel
 MAX_IMAGE_SIDE = 1 << 20
 MAX_IMAGE_PIXELS = 1 << 30
+# |x|, |y| beyond this (px) is a bad part: far outside any image, and far below where shapely's repair and
+# clipping overflow (around 1e150, silently returning wrong shapes)
+MAX_COORDINATE = 1e9
 FIX_HINT = "fix the annotation or pass --on-error skip"
 
 
@@ -518,12 +521,14 @@ def _repair_polygon(coords: np.ndarray, height: int, width: int) -> list[np.ndar
     Raises
     ------
     _Bad
-        Fewer than 3 points, a non-finite coordinate, zero area, or wholly outside the image.
+        Fewer than 3 points, a non-finite or absurdly large coordinate, zero area, or wholly outside the image.
     """
     if coords.shape[0] < 3:
         raise _Bad(f"fewer than 3 points ({coords.shape[0]})")
     if not np.isfinite(coords).all():
         raise _Bad("non-finite coordinate (NaN or inf)")
+    if np.abs(coords).max() > MAX_COORDINATE:
+        raise _Bad(f"coordinate out of range (|x| or |y| > {MAX_COORDINATE:g} px)")
     geom = shapely.Polygon(coords)
     valid = geom.is_valid
     inside = coords.min() >= 0 and coords[:, 0].max() <= width and coords[:, 1].max() <= height

@@ -29,6 +29,7 @@ import json
 import math
 import signal
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -256,7 +257,10 @@ def _same_records(a, b) -> bool:
 def check_document(document: dict) -> None:
     path = _write(document)
     try:
-        with time_bound():
+        with time_bound(), warnings.catch_warnings():
+            # shapely warns of overflow when its repair or clipping went wrong (the shape it returns is not
+            # the clipped polygon): that must be refused as a bad part before, never reach the masks
+            warnings.filterwarnings("error", category=RuntimeWarning, module="shapely")
             strict, error = _load(path, "fail")
             lenient, lenient_error = _load(path, "skip")
             if error is not None:
@@ -397,3 +401,23 @@ def test_polygon_coordinates_that_are_not_plain_numbers_are_named(tmp_path, part
         load_coco(path)
     dataset = load_coco(path, on_error="skip")
     assert dataset.images[0].instances == () and "flat list of numbers" in dataset.skips[0].reason
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        pytest.param([0, 0, 1e300, 0, 0, 10], id="wide-triangle"),  # was clipped to the wrong triangle
+        pytest.param([0, 0, 1e300, 1e300, 0, 10], id="diagonal"),
+        pytest.param([5, 5, -2e9, 15, 15, 15], id="beyond-1e9"),
+    ],
+)
+def test_coordinates_where_shapely_overflows_are_a_bad_part(tmp_path, part):
+    # found by the fuzz: shapely's clipping overflows on coordinates near 1e300 (warning only) and returns
+    # a wrong shape, e.g. the triangle (0,0) (1e300,0) (0,10) clipped to 20 x 20 came back as (0,0) (0,10)
+    # (20,0), half the true area, and was rasterised as such
+    path = _one_annotation(tmp_path, segmentation=[part, [1, 1, 9, 1, 9, 9]])
+    with pytest.raises(AnnotationError, match=r"polygon part 1 of 2: coordinate out of range"):
+        load_coco(path)
+    [record] = load_coco(path, on_error="skip").images
+    assert len(record.instances[0].polygons) == 1  # the sane part is kept
+    assert np.array_equal(record.instances[0].polygons[0], np.array([[1, 1], [9, 1], [9, 9]], float))
