@@ -306,15 +306,23 @@ def test_fuzzed_coco_loads_to_valid_masks_or_raises_a_named_error_long(document)
 
 @st.composite
 def simple_polygons(draw):
-    """A star-shaped (hence simple) polygon inside an image, small or large."""
-    size = draw(st.sampled_from([16, 48, 256]))
-    height, width = size, draw(st.integers(size // 2, size))
-    radius = draw(st.floats(1.0, min(height, width) / 2 - 0.01))
+    """A star-shaped (hence simple) polygon inside an image: small and jagged, or large and round."""
+    if draw(st.integers(0, 3)) == 0:  # large and round, like the real fruit polygons: the IoU >= 0.99 case
+        height = width = 512
+        radius = draw(st.floats(150, 250))
+        n, low = draw(st.integers(8, 14)), 0.85
+    else:
+        height = draw(st.sampled_from([16, 48, 256]))
+        width = draw(st.integers(height // 2, height))
+        radius = draw(st.floats(1.0, min(height, width) / 2 - 0.01))
+        n, low = draw(st.integers(3, 14)), 0.3
     cx = draw(st.floats(radius, width - radius))
     cy = draw(st.floats(radius, height - radius))
-    n = draw(st.integers(3, 14))
-    angles = sorted(draw(st.lists(st.floats(0, 2 * math.pi, exclude_max=True), min_size=n, max_size=n, unique=True)))
-    radii = draw(st.lists(st.floats(0.3 * radius, radius), min_size=n, max_size=n))
+    if low > 0.5:  # round: evenly spread angles, jittered
+        angles = [(k + draw(st.floats(-0.3, 0.3))) * 2 * math.pi / n for k in range(n)]
+    else:
+        angles = sorted(draw(st.lists(st.floats(0, 2 * math.pi, exclude_max=True), min_size=n, max_size=n, unique=True)))
+    radii = draw(st.lists(st.floats(low * radius, radius), min_size=n, max_size=n))
     points = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a, r in zip(angles, radii, strict=True)]
     return height, width, points
 

