@@ -21,7 +21,7 @@ from fastload.augment.config import load_augment
 from fastload.augment.params import draw_params, sample_rng
 from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
-from fastload.loader import usable_cores
+from fastload.cores import usable_cores
 from fastload.pipeline.plan import BatchPlan
 from fastload.synth import synth_coco
 

@@ -99,7 +99,7 @@ def run_demo(
     cache = out / "cache"
     _clear_cache_dir(cache)
     log(f"demo: building the cache {cache}")
-    from fastload.bench.sysinfo import usable_cores
+    from fastload.cores import usable_cores
 
     build_cache(coco=coco, images=images, out=cache, workers=min(2, usable_cores()), progress=False)
     seconds["cache"] = time.perf_counter() - t

@@ -17,6 +17,7 @@ import torch
 
 from fastload.augment.config import AugmentConfig, load_augment
 from fastload.augment.params import draw_params, sample_rng
+from fastload.cores import usable_cores
 from fastload.errors import CacheError, ConfigError
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BatchPlan
@@ -24,14 +25,6 @@ from fastload.sampling import epoch_order, num_batches, rank_batches
 
 DEVICES = ("auto", "cuda", "cpu")
 STATE_VERSION = 1
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (respects taskset / container CPU sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class _LoaderShell:
@@ -156,8 +149,9 @@ class _LoaderShell:
         """Continue from ``state``; the next iteration starts at its batch. Mismatched setups are errors."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"state must be a dict from state_dict() with version {STATE_VERSION}, got {state!r}")
+        current = self.state_dict()
         for key in ("seed", "shuffle", "drop_last", "batch_size", "rank", "world_size", "num_samples"):
-            mine = self.state_dict()[key]
+            mine = current[key]
             if state.get(key) != mine:
                 raise ValueError(
                     f"load_state_dict: {key} was {state.get(key)!r} when the state was saved but is {mine!r} now; "

@@ -255,7 +255,7 @@ def measure(
         stall, method = None, None
         step_ms = 1e3 * float(np.mean(compute))
 
-    from fastload.bench.sysinfo import usable_cores
+    from fastload.cores import usable_cores
 
     cores = cpu_s / wall if wall > 0 else float("nan")
     return {

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from fastload.bench.measure import measure
-from fastload.bench.sysinfo import machine_info, now_iso, usable_cores
+from fastload.bench.sysinfo import machine_info, now_iso
+from fastload.cores import usable_cores
 
 LOADERS = ("cpu", "dali")
 MODELS = ("none", "segnet")

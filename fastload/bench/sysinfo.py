@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import platform
 import sys
 from importlib import metadata
 from typing import Any
+
+from fastload.cores import usable_cores
 
 
 def cpu_model() -> str:
@@ -69,16 +70,12 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         gpu_count = torch.cuda.device_count()
         gpu = torch.cuda.get_device_name(0)
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
     return {
         "cpu": cpu_model(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
-        "cores_usable": affinity,
+        "cores_usable": usable_cores(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": gpu,
         "gpu_count": gpu_count,
@@ -96,9 +93,3 @@ def machine_info() -> dict[str, Any]:
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
