@@ -282,14 +282,6 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mean, std) -> 
     return sem, float(np.mean(np.abs(da - db)))
 
 
-def _manifest(cache: Any):
-    if isinstance(cache, (str, Path)):
-        from fastload.cache.reader import open_cache
-
-        return open_cache(cache).manifest
-    return cache.manifest
-
-
 def show(
     cache: Any,
     out: str | Path,
@@ -317,10 +309,21 @@ def show(
         raise ValueError(f"show: need n >= 1 and tile >= 16, got n={n} tile={tile}")
     cfg = load_augment(augment)
     names = ("cpu", "dali") if loader == "both" else (loader,)
-    got = {
-        name: first_batch(cache, name, n=n, size=size, augment=cfg, seed=seed, epoch=epoch, device=device)
-        for name in names
-    }
+    # open a cache given by path once, for both loaders and the class names
+    opened = isinstance(cache, (str, Path))
+    if opened:
+        from fastload.cache.reader import open_cache
+
+        cache = open_cache(cache)
+    try:
+        got = {
+            name: first_batch(cache, name, n=n, size=size, augment=cfg, seed=seed, epoch=epoch, device=device)
+            for name in names
+        }
+        class_names = [c.name for c in cache.manifest.categories]
+    finally:
+        if opened:
+            cache.close()
     rows = []
     for i in range(len(got[names[0]])):
         for name in names:
@@ -330,9 +333,8 @@ def show(
                 sem, img = agreement(got["cpu"][i], s, cfg.normalize.mean, cfg.normalize.std)
                 label += ["vs cpu:", f"sem {sem:.1f}% same", f"img |d| {img:.2f}"]
             rows.append({"sample": s, "label": label})
-    names = [c.name for c in _manifest(cache).categories]
     grid = render_grid(
-        rows, out_hw=tuple(size), tile=tile, mean=cfg.normalize.mean, std=cfg.normalize.std, class_names=names
+        rows, out_hw=tuple(size), tile=tile, mean=cfg.normalize.mean, std=cfg.normalize.std, class_names=class_names
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
