@@ -387,40 +387,21 @@ def test_only_decoder_failures_become_cache_errors():
     assert "cache index 3" in " ".join(other.__notes__)
 
 
-def test_arguments_are_checked():
-    with pytest.raises(ValueError, match="device must be one of"):
-        DaliBackend(
-            cache=MemCache(),
-            out_size=OUT,
-            augment=NONE,
-            device="tpu",
-            device_id=None,
-            batch_size=1,
-            num_threads=1,
-            prefetch=1,
-        )
-    with pytest.raises(ValueError, match="prefetch"):
-        DaliBackend(
-            cache=MemCache(),
-            out_size=OUT,
-            augment=NONE,
-            device="cpu",
-            device_id=None,
-            batch_size=1,
-            num_threads=1,
-            prefetch=0,
-        )
-    with pytest.raises(ValueError, match="divisible"):
-        DaliBackend(
-            cache=MemCache(stride=4),
-            out_size=(30, 48),
-            augment=NONE,
-            device="cpu",
-            device_id=None,
-            batch_size=1,
-            num_threads=1,
-            prefetch=1,
-        )
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"device": "tpu"}, "device must be one of"),
+        ({"prefetch": 0}, "prefetch"),
+        ({"cache": MemCache(stride=4), "out_size": (30, 48)}, "divisible"),
+    ],
+)
+def test_arguments_are_checked(overrides, message):
+    kwargs = dict(
+        cache=MemCache(), out_size=OUT, augment=NONE, device="cpu", device_id=None, batch_size=1, num_threads=1,
+        prefetch=1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        DaliBackend(**{**kwargs, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------ imports
