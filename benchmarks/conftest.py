@@ -1,4 +1,4 @@
-"""Shared benchmark fixtures: the real sample data beside the checkout (as in tests/conftest.py)."""
+"""Shared benchmark fixtures: the real sample data fastload ships (as in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+
+def sample_root_path() -> Path:
+    """The bundled fruits_nuts_coco folder (``fastload.sample_data()``), or ``$FASTLOAD_SAMPLE_DATA`` when set."""
+    from fastload.sample import sample_data
+
+    env = os.environ.get("FASTLOAD_SAMPLE_DATA")
+    return Path(env) if env else sample_data()
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    """The fruits_nuts_coco folder: 18 real 800x600 photos, 165 polygons (MIT)."""
+    return sample_root_path()
 
 
 @pytest.fixture(scope="session")
 def sample_coco() -> Path:
     """fruits_nuts_coco's annotations.json: 18 real 800x600 photos, 165 polygons (MIT)."""
-    env = os.environ.get("FASTLOAD_SAMPLE_DATA")
-    root = Path(env) if env else REPO.parent / "shared" / "data" / "fruits_nuts_coco"
-    if not (root / "annotations.json").is_file():
-        raise FileNotFoundError(
-            f"sample data not found at {root}; check out the project with ../shared beside it "
-            "or set FASTLOAD_SAMPLE_DATA to the fruits_nuts_coco folder"
-        )
-    return root / "annotations.json"
+    return sample_root_path() / "annotations.json"

@@ -2,13 +2,10 @@
 
 Run: ``pytest benchmarks/test_bench_cache.py --benchmark-only`` (``--benchmark-columns=mean,ops``).
 ``extra_info["samples_per_s"]`` holds the throughput of the whole-cache passes. Data: the real 800x600
-sample photos (``FASTLOAD_SAMPLE_DATA`` or ``../shared/data/fruits_nuts_coco``) and 32 synthetic 512x512 images.
+sample photos (``fastload.sample_data()``, or ``FASTLOAD_SAMPLE_DATA``) and 32 synthetic 512x512 images.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 
@@ -17,21 +14,12 @@ from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
 from fastload.synth import synth_coco
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _sample_root() -> Path:
-    env = os.environ.get("FASTLOAD_SAMPLE_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "fruits_nuts_coco"
-
 
 @pytest.fixture(scope="module", params=["real-800x600", "synth-512x512"])
-def cache(request, tmp_path_factory):
+def cache(request, tmp_path_factory, sample_root):
     root = tmp_path_factory.mktemp(request.param)
     if request.param.startswith("real"):
-        data = _sample_root()
-        if not (data / "annotations.json").is_file():
-            pytest.skip(f"sample data not found at {data}")
+        data = sample_root
     else:
         data = root / "data"
         synth_coco(out=data, n=32, size=(512, 512), instances=(3, 12), seed=0)

@@ -1,6 +1,6 @@
 """fastload: GPU data loading for segmentation training.
 
-Public names: ``build_cache``, ``open_cache``, ``Loader``, ``CpuLoader``, ``AugmentConfig``. Importing
+Public names: ``build_cache``, ``open_cache``, ``Loader``, ``CpuLoader``, ``AugmentConfig``, ``sample_data``. Importing
 fastload never imports DALI; only the DALI pipeline module does, when a ``Loader`` is built.
 """
 
@@ -14,6 +14,7 @@ _LAZY = {
     "Loader": ("fastload.loader", "Loader"),
     "CpuLoader": ("fastload.loader", "CpuLoader"),
     "AugmentConfig": ("fastload.augment.config", "AugmentConfig"),
+    "sample_data": ("fastload.sample", "sample_data"),
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

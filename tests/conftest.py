@@ -1,4 +1,4 @@
-"""Shared fixtures: the real sample data beside the checkout, and small caches built once per session."""
+"""Shared fixtures: the real sample data fastload ships, and small caches built once per session."""
 
 from __future__ import annotations
 
@@ -10,22 +10,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sample_root() -> Path:
-    # CI clones the repo with ../shared beside it; FASTLOAD_SAMPLE_DATA points elsewhere when needed
+def sample_root_path() -> Path:
+    """The bundled fruits_nuts_coco folder (``fastload.sample_data()``), or ``$FASTLOAD_SAMPLE_DATA`` when set."""
+    from fastload.sample import sample_data
+
     env = os.environ.get("FASTLOAD_SAMPLE_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "fruits_nuts_coco"
+    root = Path(env) if env else sample_data()
+    if not (root / "annotations.json").is_file():
+        raise FileNotFoundError(f"FASTLOAD_SAMPLE_DATA={env!r} holds no annotations.json; unset it to use the bundled copy")
+    return root
 
 
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
     """The fruits_nuts_coco folder: 18 real 800x600 photos, 165 real polygons (MIT)."""
-    root = _sample_root()
-    if not (root / "annotations.json").is_file():
-        raise FileNotFoundError(
-            f"sample data not found at {root}; check out the project with ../shared beside it "
-            "or set FASTLOAD_SAMPLE_DATA to the fruits_nuts_coco folder"
-        )
-    return root
+    return sample_root_path()
 
 
 @pytest.fixture(scope="session")

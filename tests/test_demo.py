@@ -30,6 +30,23 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert main(argv) == 0
 
 
+def test_demo_on_the_bundled_real_photos(tmp_path, capsys):
+    from fastload.cli import main
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--data", "sample", "--out", str(out), "--size", "32", "32", "--batch-size", "2"]
+    argv += ["--steps", "1", "--warmup", "1", "--width", "4", "--show-n", "2", "--show-size", "32", "48"]
+    argv += ["--workers", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    assert not (out / "data").exists(), "the sample data is read where fastload ships it, not copied"
+    report = json.loads((out / "bench.json").read_text())
+    assert report["config"]["cache"] == str(out / "cache")
+    from fastload.cache.reader import open_cache
+
+    assert len(open_cache(out / "cache")) == 18  # the 18 real photos
+    assert "fruits_nuts_coco" in capsys.readouterr().out
+
+
 def test_demo_wants_both_coco_and_images(tmp_path):
     from fastload.demo import run_demo
 
