@@ -13,6 +13,9 @@ Stride (``docs/design.md``): with ``stride = s`` the maps are ``(ceil(H/s), ceil
 full resolution and expressed in map pixels as ``(c + 0.5)/s − 0.5``; offsets and σ are in map pixels.
 Every instance of the mask gets its Gaussian, also one too small to be hit by the sampling grid.
 
+Semantic weights (Panoptic-DeepLab): ``float32 (H, W)``, ``small_instance_weight`` (3) on the pixels of an
+instance with fewer than ``small_instance_area`` (4096) visible pixels in the mask, 1 elsewhere.
+
 Only ``batch_tables`` needs torch, and imports it when called: this module is NumPy-only at import.
 """
 
@@ -99,6 +102,37 @@ def center_targets(
     heatmap = _heatmap(centres, mask.shape, sigma)
     offset = _offsets(mask, runs, stats)
     return heatmap, offset
+
+
+def semantic_weights(
+    instance_mask: np.ndarray, *, small_instance_area: int = 4096, small_instance_weight: float = 3.0
+) -> np.ndarray:
+    """Panoptic-DeepLab's per-pixel semantic loss weights: small instances weigh more.
+
+    Parameters
+    ----------
+    instance_mask : integer (H, W)
+        Instance ids, 0 = background.
+    small_instance_area : int
+        An instance whose visible pixel count in this mask (full resolution) is below this is small (≥ 0).
+    small_instance_weight : float
+        Weight of a small instance's pixels (finite, ≥ 0).
+
+    Returns
+    -------
+    float32 (H, W)
+        ``small_instance_weight`` on the pixels of small instances, 1 elsewhere (background included).
+    """
+    mask = _check_mask(instance_mask)
+    area, weight = _check_weight_params(small_instance_area, small_instance_weight)
+    runs = _row_runs(mask)
+    stats = _instance_stats(runs, mask.shape[1])
+    fg = stats.slot >= 0
+    small = np.zeros(runs.start.size, dtype=bool)
+    small[fg] = stats.counts[stats.slot[fg]] < area
+    # the runs tile the mask in raster order: one weight per run, repeated out
+    run_weight = np.where(small, np.float32(weight), np.float32(1))
+    return np.repeat(run_weight, runs.length).reshape(mask.shape)
 
 
 def instance_table(raster: RasterResult) -> list[dict]:
@@ -190,6 +224,14 @@ def _check_params(sigma: float, stride: int) -> tuple[float, int]:
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ConfigError(f"stride must be an integer >= 1, got {stride!r}")
     return float(sigma), int(stride)
+
+
+def _check_weight_params(area: int, weight: float) -> tuple[int, float]:
+    if isinstance(area, bool) or not isinstance(area, (int, np.integer)) or area < 0:
+        raise ConfigError(f"small_instance_area must be an integer >= 0 (pixels), got {area!r}")
+    if isinstance(weight, bool) or not (isinstance(weight, numbers.Real) and math.isfinite(weight) and weight >= 0):
+        raise ConfigError(f"small_instance_weight must be a finite number >= 0, got {weight!r}")
+    return int(area), float(weight)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from fastload.targets import (
     center_targets_per_instance,
     instance_centres,
     instance_table,
+    semantic_weights,
 )
 
 # pycocotools' decode trips NumPy 2's __array__(copy=...) deprecation; not ours to fix
@@ -171,6 +172,47 @@ def test_bad_parameters_are_named(kwargs, error, message):
 def test_bad_masks_are_refused_with_expected_vs_actual(mask, message):
     with pytest.raises(ValueError, match=message):
         center_targets(mask)
+
+
+# ---------------------------------------------------------------------------------- semantic weights
+
+
+def test_semantic_weights_mark_instances_below_the_area_only():
+    mask = np.zeros((20, 30), dtype=np.int32)
+    mask[0:3, 0:5] = 1  # 15 pixels: below 16, weighted
+    mask[5:9, 0:4] = 2  # 16 pixels: at the threshold, not small
+    mask[10:13, 0:5] = 3
+    mask[13, 0:2] = 3  # 17 pixels in two pieces: above
+    mask[19, 29] = 4  # 1 pixel in the corner: weighted
+    weights = semantic_weights(mask, small_instance_area=16, small_instance_weight=2.5)
+    expected = np.ones((20, 30), dtype=np.float32)
+    expected[(mask == 1) | (mask == 4)] = 2.5
+    assert weights.dtype == np.float32
+    np.testing.assert_array_equal(weights, expected)
+
+
+def test_semantic_weights_defaults_are_panoptic_deeplabs():
+    mask = np.zeros((100, 100), dtype=np.int32)
+    mask[:64, :64] = 1  # 4096 pixels: not small
+    mask[70:80, 70:80] = 2  # 100 pixels: small, weight 3
+    weights = semantic_weights(mask)
+    assert weights[0, 0] == 1 and weights[75, 75] == 3 and weights[99, 0] == 1
+    assert (semantic_weights(np.zeros((4, 4), dtype=np.uint8)) == 1).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"small_instance_area": -1}, "small_instance_area must be an integer >= 0"),
+        ({"small_instance_area": 10.5}, "small_instance_area must be an integer >= 0"),
+        ({"small_instance_area": True}, "small_instance_area must be an integer >= 0"),
+        ({"small_instance_weight": float("inf")}, "small_instance_weight must be a finite number >= 0"),
+        ({"small_instance_weight": -2.0}, "small_instance_weight must be a finite number >= 0"),
+    ],
+)
+def test_bad_semantic_weight_parameters_are_named(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        semantic_weights(np.zeros((4, 4), dtype=np.int32), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- tables
