@@ -1,4 +1,5 @@
-"""Target maps vs slow, obviously-correct per-instance loops; instance tables; batching tables."""
+"""Target maps vs slow, obviously-correct per-instance loops; semantic weights; the batched torch twin vs the
+NumPy definition; instance tables; batching tables."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from fastload.augment.config import AugmentConfig, GeometryConfig, RandomRange, Translation
+from fastload.augment.params import affine_matrix, draw_params, sample_rng
+from fastload.augment.reference import warp_mask
 from fastload.coco import load_coco
 from fastload.errors import ConfigError
 from fastload.raster import rasterize_image
@@ -20,6 +24,7 @@ from fastload.targets import (
     center_targets_per_instance,
     instance_centres,
     instance_table,
+    render_targets,
     semantic_weights,
 )
 
@@ -189,6 +194,8 @@ def test_semantic_weights_mark_instances_below_the_area_only():
     expected[(mask == 1) | (mask == 4)] = 2.5
     assert weights.dtype == np.float32
     np.testing.assert_array_equal(weights, expected)
+    twin = render_targets(torch.from_numpy(mask[None]), small_instance_area=16, small_instance_weight=2.5)
+    np.testing.assert_array_equal(twin["semantic_weight"][0].numpy(), expected)
 
 
 def test_semantic_weights_defaults_are_panoptic_deeplabs():
@@ -213,6 +220,203 @@ def test_semantic_weights_defaults_are_panoptic_deeplabs():
 def test_bad_semantic_weight_parameters_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         semantic_weights(np.zeros((4, 4), dtype=np.int32), **kwargs)
+    with pytest.raises(ConfigError, match=message):
+        render_targets(torch.zeros((1, 4, 4), dtype=torch.int32), **kwargs)
+
+
+# ------------------------------------------------------------------------------ the batched torch twin
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def definition(masks: np.ndarray, *, sigma=8.0, stride=1, small_instance_area=4096, small_instance_weight=3.0):
+    """``center_targets`` + ``semantic_weights`` on each mask of an (N, H, W) stack, stacked as the twin's dict."""
+    out_h, out_w = math.ceil(masks.shape[1] / stride), math.ceil(masks.shape[2] / stride)
+    heat = np.zeros((len(masks), 1, out_h, out_w), dtype=np.float32)
+    offset = np.zeros((len(masks), 2, out_h, out_w), dtype=np.float32)
+    weight = np.zeros(masks.shape, dtype=np.float32)
+    for n, mask in enumerate(masks):
+        heat[n, 0], offset[n] = center_targets(mask, sigma, stride=stride)
+        weight[n] = semantic_weights(
+            mask, small_instance_area=small_instance_area, small_instance_weight=small_instance_weight
+        )
+    return {"heatmap": heat, "offset": offset, "semantic_weight": weight}
+
+
+def assert_twin_equals_definition(masks: np.ndarray, device: str = "cpu", *, dtype=torch.int32, max_id=None, **kw):
+    """The twin on ``device`` equals the NumPy definition bit for bit (float32 bits, so even 0.0 vs -0.0)."""
+    out = render_targets(torch.from_numpy(masks).to(device=device, dtype=dtype), max_id=max_id, **kw)
+    expected = definition(masks, **kw)
+    assert sorted(out) == sorted(expected)
+    for key, want in expected.items():
+        got = out[key]
+        assert got.device.type == device and got.dtype == torch.float32, key
+        assert tuple(got.shape) == want.shape, key
+        np.testing.assert_array_equal(got.cpu().numpy().view(np.int32), want.view(np.int32), err_msg=key)
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo_masks(sample_coco: Path) -> np.ndarray:
+    """The 18 real sample photos rasterised: int32 (18, 600, 800)."""
+    return np.stack([rasterize_image(record).instance for record in load_coco(sample_coco).images])
+
+
+ZOOM = AugmentConfig.default().replace(
+    geometry=GeometryConfig(
+        fit="cover",
+        flip_x=0.5,
+        rotation=RandomRange(0.5, (-30.0, 30.0)),
+        scale=RandomRange(1.0, (1.5, 2.5)),
+        translation=Translation(1.0, 0.25),
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def warped_masks(photo_masks: np.ndarray) -> np.ndarray:
+    """The photos' masks warped as the loaders will (default augmentation, and a zoomed crop that cuts
+    instances and loses some), into 256x256: int32 (36, 256, 256)."""
+    warped = []
+    for epoch, cfg in enumerate([AugmentConfig.default(), ZOOM]):
+        for i, mask in enumerate(photo_masks):
+            params = draw_params(sample_rng(7, epoch, i), cfg)
+            matrix = affine_matrix(params, mask.shape, (256, 256), fit=cfg.geometry.fit)
+            warped.append(warp_mask(mask, matrix, (256, 256), fill=0))
+    before = np.concatenate([photo_masks, photo_masks])
+    vanished = sum(np.unique(a).size - np.unique(b).size for a, b in zip(before, warped, strict=True))
+    assert vanished > 10  # the zoomed crops lose instances, as the test means them to
+    return np.stack(warped)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_twin_equals_the_definition_on_the_real_photos(photo_masks: np.ndarray, stride: int):
+    assert_twin_equals_definition(photo_masks, stride=stride)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2, 4])
+@pytest.mark.parametrize("max_id", [None, 13])
+def test_twin_equals_the_definition_on_augmented_real_masks(warped_masks, device: str, stride: int, max_id):
+    # ids of the photos run up to 13; 2.5 is a non-integer sigma, 300 px splits instances into small/large
+    assert_twin_equals_definition(
+        warped_masks, device, stride=stride, max_id=max_id, sigma=2.5, small_instance_area=300
+    )
+    assert_twin_equals_definition(warped_masks[:6], device, stride=stride, max_id=max_id)
+
+
+def synthetic_batch(height: int, width: int) -> np.ndarray:
+    """int32 (8, H, W), ids up to 12: overlapping shapes cut by the borders, an empty mask, one-pixel
+    instances off the stride grids, instances touching all four borders, sparse ids, one instance
+    covering everything."""
+    masks = [random_mask(seed, height, width, n=3 + seed) for seed in range(4)]
+    masks.append(np.zeros((height, width), dtype=np.int32))
+    one_pixel = np.zeros((height, width), dtype=np.int32)
+    one_pixel[5, 5] = 9  # stride 2 samples rows 1, 3, 5...: hit; stride 4 samples 2, 6, ...: missed
+    one_pixel[4, 4] = 3  # hit by no stride > 1 grid
+    masks.append(one_pixel)
+    borders = np.zeros((height, width), dtype=np.int32)
+    borders[0, :], borders[-1, :], borders[1:-1, 0], borders[1:-1, -1] = 1, 2, 3, 4
+    borders[height // 2, width // 2] = 5
+    masks.append(borders)
+    masks.append(np.full((height, width), 12, dtype=np.int32))
+    return np.stack(masks)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+@pytest.mark.parametrize("sigma", [8.0, 2.5, 0.7])
+def test_twin_equals_the_definition_on_synthetic_masks(device: str, stride: int, sigma: float):
+    masks = synthetic_batch(67, 93)  # neither side divisible by 2, 3 or 4
+    for max_id in (None, 12, 40):  # 40: more slots than ids, the spare ones render nothing
+        assert_twin_equals_definition(masks, device, stride=stride, sigma=sigma, small_instance_area=200, max_id=max_id)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 4])
+def test_twin_takes_huge_sparse_ids(device: str, stride: int):
+    sparse = np.array([0, 65535, 40000, 7, 1, 300, 2, 3, 4], dtype=np.int32)
+    masks = np.stack([sparse[random_mask(21, 67, 93, n=8)], np.full((67, 93), 65535, dtype=np.int32)])
+    # max_id=65535 gives 2·65536 slots, each with a window: fine at a small sigma (memory ∝ slots·(2r+1)²)
+    for max_id in (None, 65535):
+        assert_twin_equals_definition(masks, device, stride=stride, sigma=0.7, max_id=max_id)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_twin_takes_every_integer_dtype(device: str, dtype):
+    masks = np.stack([random_mask(seed, 40, 50, n=6) for seed in range(3)])
+    for max_id in (None, 6, 100):  # exact and larger than needed: same maps
+        assert_twin_equals_definition(masks, device, dtype=dtype, stride=2, sigma=3.0, max_id=max_id)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("max_id", [None, 4])
+def test_twin_on_an_empty_batch_gives_empty_maps(device: str, max_id):
+    out = render_targets(torch.zeros((0, 10, 13), dtype=torch.int16, device=device), stride=4, max_id=max_id)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "heatmap": (0, 1, 3, 4),
+        "offset": (0, 2, 3, 4),
+        "semantic_weight": (0, 10, 13),
+    }
+    assert all(v.dtype == torch.float32 and v.device.type == device for v in out.values())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_twin_is_deterministic(device: str, warped_masks):
+    batch = torch.from_numpy(warped_masks).to(device)
+    for max_id in (None, 13):
+        first = render_targets(batch, max_id=max_id, stride=2)
+        second = render_targets(batch, max_id=max_id, stride=2)
+        for key in first:
+            assert torch.equal(first[key].view(torch.int32), second[key].view(torch.int32)), key
+
+
+def test_twin_with_max_id_reads_nothing_back():
+    # the meta device has shapes but no data: .item(), nonzero() or a boolean mask would raise here
+    batch = torch.from_numpy(synthetic_batch(67, 93)).to("meta")
+    out = render_targets(batch, max_id=12, stride=4, sigma=2.0)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "heatmap": (8, 1, 17, 24),
+        "offset": (8, 2, 17, 24),
+        "semantic_weight": (8, 67, 93),
+    }
+
+
+@pytest.mark.cuda
+def test_twin_with_max_id_does_not_synchronise_on_cuda(warped_masks):
+    batch = torch.from_numpy(warped_masks).to("cuda")
+    render_targets(batch, max_id=13, stride=4)  # first call: pinned host memory, kernels loaded
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = render_targets(batch, max_id=13, stride=4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = definition(warped_masks, stride=4)
+    for key, want in expected.items():
+        np.testing.assert_array_equal(out[key].cpu().numpy(), want, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "instance, kwargs, error, message",
+    [
+        (np.zeros((1, 4, 4), dtype=np.int32), {}, TypeError, "must be a torch.Tensor"),
+        (torch.zeros((1, 4, 4)), {}, ValueError, r"uint8, int16, int32 or int64, got torch.float32 \(1, 4, 4\)"),
+        (torch.zeros((4, 4), dtype=torch.int32), {}, ValueError, r"integer \(N, H, W\) tensor.*\(4, 4\)"),
+        (torch.zeros((2, 0, 4), dtype=torch.int32), {}, ValueError, "empty image size"),
+        (torch.full((1, 4, 4), -1, dtype=torch.int16), {}, ValueError, "negative ids"),
+        (torch.full((1, 4, 4), -1, dtype=torch.int16), {"max_id": 3}, ValueError, "negative ids"),
+        (torch.full((1, 4, 4), 9, dtype=torch.int32), {"max_id": 8}, ValueError, "ids up to 9, above max_id = 8"),
+        (torch.full((1, 4, 4), 2**31, dtype=torch.int64), {}, ValueError, "above the int32 range"),
+        (torch.zeros((1, 4, 4), dtype=torch.int32), {"max_id": -1}, ConfigError, "max_id must be an integer >= 0"),
+        (torch.zeros((1, 4, 4), dtype=torch.int32), {"max_id": 2.0}, ConfigError, "max_id must be an integer >= 0"),
+        (torch.zeros((1, 4, 4), dtype=torch.int32), {"sigma": -1}, ConfigError, "sigma must be a positive"),
+        (torch.zeros((1, 4, 4), dtype=torch.int32), {"stride": 0}, ConfigError, "stride must be an integer >= 1"),
+    ],
+)
+def test_bad_twin_inputs_are_named(instance, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        render_targets(instance, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- tables
