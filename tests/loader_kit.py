@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from fastload import CpuLoader, Loader
@@ -55,3 +56,35 @@ def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
         assert x.keys() == y.keys()
         for key in x:
             assert torch.equal(x[key], y[key]), f"batch key {key!r} differs"
+
+
+# multiprocessing's own helpers: one fork server (CpuLoader workers start from it) and one resource tracker per
+# Python process, started with the first CpuLoader and kept for the process's life (Python 3.14's default too)
+_MP_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def is_mp_helper(proc: psutil.Process) -> bool:
+    try:
+        return any(helper in " ".join(proc.cmdline()) for helper in _MP_HELPERS)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def loader_processes() -> set[int]:
+    """PIDs of this process's descendants that a loader started: its workers, never multiprocessing's helpers.
+
+    The helpers are direct children; workers are forked by the fork server (and so carry its command line).
+    """
+    me = psutil.Process()
+    helpers = {p.pid for p in me.children() if is_mp_helper(p)}
+    return {p.pid for p in me.children(recursive=True) if p.pid not in helpers}
+
+
+def start_mp_helpers() -> None:
+    """Start the fork server now, so that tests counting processes and descriptors see it before they count."""
+    import multiprocessing.forkserver
+
+    from fastload.pipeline.cpu import START_METHOD
+
+    assert START_METHOD == "forkserver"
+    multiprocessing.forkserver.ensure_running()

@@ -39,7 +39,7 @@ def test_build_verify_info_from_the_command_line(synth_root, synth_cache, tmp_pa
     info = capsys.readouterr().out
     assert "samples 24" in info and "shards 3" in info
     assert "green_blob" in info and "coco_id" in info and "per sample" in info
-    for kind in ("image", "sem", "ins", "off", "heat", "meta"):
+    for kind in ("image", "sem", "ins", "meta"):
         assert f"  {kind} " in info
 
 
@@ -50,12 +50,12 @@ def test_verify_clean_cache(synth_cache):
 
 def test_verify_names_the_shard_and_sample_of_a_flipped_byte(cache_copy, capsys):
     index = json.loads((cache_copy / "shard-00001.json").read_text())
-    member = index["samples"][3]["members"][1]  # sample 00000011's semantic PNG
+    member = index["samples"][3]["members"][1]  # sample 00000011's semantic mask
     _flip(cache_copy / "shard-00001.tar", member["offset"] + 10)
     assert main(["cache", "verify", str(cache_copy), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "shard-00001.tar: sha256 differs" in err
-    assert "shard-00001.tar sample 00000011: member 00000011.sem.png: CRC-32 mismatch" in err
+    assert "shard-00001.tar sample 00000011: member 00000011.sem.lz4: CRC-32 mismatch" in err
     assert "shard-00000" not in err and "shard-00002" not in err
 
 
@@ -64,7 +64,7 @@ def test_verify_catches_a_damaged_tar_header_and_dali_index(cache_copy):
     _flip(cache_copy / "shard-00002.tar", index["samples"][0]["members"][2]["offset"] - 512 + 1)  # a header's name
     (cache_copy / "shard-00000.idx").write_text("v1.2 0\n")
     problems = "\n".join(verify_cache(cache_copy).problems)
-    assert "shard-00002.tar sample 00000016: member 00000016.ins.png: its tar header is corrupt" in problems
+    assert "shard-00002.tar sample 00000016: member 00000016.ins.lz4: its tar header is corrupt" in problems
     assert "shard-00000.idx: does not match shard-00000.json" in problems
 
 

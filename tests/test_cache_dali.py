@@ -14,7 +14,7 @@ dali = pytest.importorskip("nvidia.dali")
 def _read_shard_with_dali(tar, idx, samples: int) -> list[list[bytes]]:
     from nvidia.dali import fn, pipeline_def
 
-    exts = [DALI_IMAGE_EXT] + [LABEL_EXTENSIONS[k] for k in ("sem", "ins", "off", "heat", "meta")]
+    exts = [DALI_IMAGE_EXT] + [LABEL_EXTENSIONS[k] for k in ("sem", "ins", "meta")]
 
     @pipeline_def(batch_size=samples, num_threads=1, device_id=None, seed=0)
     def pipe():
@@ -43,7 +43,7 @@ def test_dali_webdataset_reader_gets_the_same_bytes(sample_cache):
     first = sum(s.samples for s in cache.manifest.shards[:1])
     for s, members in enumerate(got):
         m = cache.read_members(first + s)
-        assert members == [m.image, m.semantic, m.instance, m.offset, m.heatmap, encode_meta(m.meta)]
+        assert members == [m.image, m.semantic, m.instance, encode_meta(m.meta)]
 
 
 def test_our_index_equals_dali_wds2idx(sample_cache, tmp_path):

@@ -14,60 +14,75 @@ from fastload.cache.config import CacheConfig, load_cache_config
 from fastload.errors import CacheError, ConfigError
 
 
-def test_semantic_and_instance_round_trip_exactly():
+@pytest.mark.parametrize("shape", [(7, 9), (600, 800), (1, 1), (3000, 5)])
+def test_labels_round_trip_exactly(shape):
     rng = np.random.default_rng(0)
-    semantic = rng.integers(0, 256, size=(7, 9), dtype=np.uint8)
-    instance = rng.integers(0, 65536, size=(7, 9)).astype(np.int32)
-    assert np.array_equal(fmt.decode_semantic(fmt.encode_semantic(semantic)), semantic)
-    decoded = fmt.decode_instance(fmt.encode_instance(instance))
-    assert decoded.dtype == np.int32 and np.array_equal(decoded, instance)
+    semantic = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    instance = rng.integers(0, fmt.MAX_INSTANCES + 1, size=shape).astype(np.uint16)
+    for kind, array in (("sem", semantic), ("ins", instance)):
+        for level in (0, 3):
+            back = fmt.decode_label(fmt.encode_label(array, kind=kind, level=level), kind=kind)
+            assert back.dtype == fmt.LABEL_DTYPES[kind] and np.array_equal(back, array)
 
 
-def test_instance_ids_beyond_uint16_are_refused():
-    with pytest.raises(CacheError, match="0..65535"):
-        fmt.encode_instance(np.array([[70000]], np.int32))
+def test_a_label_member_is_bands_of_rows_padded_with_the_fill():
+    semantic = np.full((100, 800), 2, np.uint8)  # 800 wide: 40 rows a band (64 KiB of uint16)
+    data = fmt.encode_label(semantic, kind="sem", level=3)
+    layout = fmt.parse_label(data)
+    assert (layout.height, layout.width, layout.rows_per_band) == (100, 800, 40)
+    assert layout.band_shape == (40, 800) and layout.padded_height == 120  # 3 bands
+    assert (layout.band_offsets % 4 == 0).all(), "bands start 4-byte aligned"
+    padded = fmt.decode_label(data, kind="sem", padded=True)
+    assert padded.shape == (120, 800)
+    assert (padded[100:] == 255).all(), "the padding is what a warp reads outside the image: ignore"
+    instance = fmt.decode_label(fmt.encode_label(np.ones((100, 800), np.uint16), kind="ins", level=0), kind="ins", padded=True)
+    assert (instance[100:] == 0).all(), "instance padding is background"
 
 
-@pytest.mark.parametrize("scale", [1, 8, 64])
-def test_offsets_round_trip_within_half_a_step_and_clip_counted(scale):
-    rng = np.random.default_rng(1)
-    offset = rng.uniform(-300, 300, size=(2, 5, 6)).astype(np.float32)
-    offset[0, 0, 0] = 1e6  # beyond the range: clipped, counted once per pixel
-    offset[:, 1, 1] = -1e6  # both components of one pixel: still one pixel
-    data, clipped = fmt.encode_offset(offset, offset_scale=scale)
-    assert clipped == 2
-    back = fmt.decode_offset(data, offset_scale=scale)
-    assert back.dtype == np.float32 and back.shape == offset.shape
-    assert np.array_equal(back, fmt.dequantize_offset(fmt.quantize_offset(offset, scale)[0], scale))
-    keep = np.ones(offset.shape[1:], bool)
-    keep[0, 0] = keep[1, 1] = False
-    assert np.abs(back - offset)[:, keep].max() <= 0.5 / scale + 1e-6
-    assert back[0, 0, 0] == pytest.approx(32767 / scale)
+def test_each_band_is_a_plain_lz4_block():
+    # what fn.decoders.inflate does on the GPU: decompress every band at its offset, stack, reshape
+    import lz4.block
+
+    instance = np.arange(90 * 500, dtype=np.uint16).reshape(90, 500) % 1000
+    data = fmt.encode_label(instance, kind="ins", level=3)
+    layout = fmt.parse_label(data)
+    bands = [
+        np.frombuffer(lz4.block.decompress(data[o : o + s], uncompressed_size=2 * 500 * layout.rows_per_band), np.uint16)
+        for o, s in zip(layout.band_offsets, layout.band_sizes, strict=True)
+    ]
+    stacked = np.stack(bands).reshape(layout.padded_height, 500)
+    assert np.array_equal(stacked[:90], instance)
 
 
-def test_offset_png_is_rgb16_with_dy_in_red():
-    offset = np.zeros((2, 2, 3), np.float32)
-    offset[0] = 1.0  # dy
-    offset[1] = -2.0  # dx
-    data, _ = fmt.encode_offset(offset, offset_scale=8)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert bgr.dtype == np.uint16 and bgr.shape == (2, 3, 3)
-    assert (bgr[..., 2] == 32768 + 8).all()  # red = dy
-    assert (bgr[..., 1] == 32768 - 16).all()  # green = dx
-    assert (bgr[..., 0] == 0).all()  # blue = 0
+def test_damaged_label_members_are_named_errors():
+    data = fmt.encode_label(np.ones((50, 60), np.uint8), kind="sem", level=3)
+    with pytest.raises(CacheError, match="not a fastload LZ4 label"):
+        fmt.decode_label(b"XXXX" + data[4:], kind="sem")
+    with pytest.raises(CacheError, match="holds uint8, expected uint16"):
+        fmt.decode_label(data, kind="ins")
+    with pytest.raises(CacheError, match="band table says"):
+        fmt.decode_label(data[:-4], kind="sem")
+    broken = bytearray(data)
+    broken[-8:] = b"\xff" * 8  # inside the last band's LZ4 stream
+    with pytest.raises(CacheError, match="semantic member"):
+        fmt.decode_label(bytes(broken), kind="sem")
+    with pytest.raises(CacheError, match="too short"):
+        fmt.parse_label(b"FLZ4")
 
 
-def test_heatmap_round_trip_within_half_a_step():
-    heat = np.random.default_rng(2).uniform(0, 1, size=(11, 13)).astype(np.float32)
-    back = fmt.decode_heatmap(fmt.encode_heatmap(heat))
-    assert back.dtype == np.float32 and np.abs(back - heat).max() <= 1 / 510 + 1e-6
+def test_labels_take_little_room_on_the_real_photos(sample_coco):
+    # the sample photos' masks: the budget the README states (labels <= 10 % of the JPEG bytes)
+    from fastload.coco import load_coco
+    from fastload.raster import rasterize_image
 
-
-def test_decoders_name_the_wrong_kind_of_png():
-    with pytest.raises(CacheError, match="expected uint16"):
-        fmt.decode_instance(fmt.encode_semantic(np.zeros((2, 2), np.uint8)))
-    with pytest.raises(CacheError, match="not a decodable PNG"):
-        fmt.decode_semantic(b"not a png")
+    dataset = load_coco(sample_coco)
+    image_bytes = sum((sample_coco.parent / "images" / r.file_name).stat().st_size for r in dataset.images)
+    label_bytes = 0
+    for record in dataset.images:
+        raster = rasterize_image(record)
+        label_bytes += len(fmt.encode_label(raster.semantic, kind="sem", level=3))
+        label_bytes += len(fmt.encode_label(raster.instance, kind="ins", level=3))
+    assert label_bytes / image_bytes < 0.10
 
 
 def test_meta_json_is_canonical_and_accepts_numpy_scalars():
@@ -126,15 +141,10 @@ def test_tar_writer_is_deterministic_and_standard():
 
 
 def test_dali_index_text_format():
-    text = fmt.dali_index_text([[("jpg", 512, 10, "00000000.jpg"), ("sem.png", 1536, 4, "00000000.sem.png")]])
-    assert text == "v1.2 1\njpg 512 10 00000000.jpg sem.png 1536 4 00000000.sem.png\n"
+    text = fmt.dali_index_text([[("jpg", 512, 10, "00000000.jpg"), ("sem.lz4", 1536, 4, "00000000.sem.lz4")]])
+    assert text == "v1.2 1\njpg 512 10 00000000.jpg sem.lz4 1536 4 00000000.sem.lz4\n"
     with pytest.raises(CacheError):
         fmt.dali_index_text([])
-
-
-def test_map_shape_rounds_up():
-    assert fmt.map_shape(600, 800, 1) == (600, 800)
-    assert fmt.map_shape(97, 130, 4) == (25, 33)
 
 
 def test_shipped_cache_yaml_is_the_defaults(tmp_path):
@@ -145,14 +155,19 @@ def test_shipped_cache_yaml_is_the_defaults(tmp_path):
 
 def test_cache_config_yaml_is_strict(tmp_path):
     path = tmp_path / "cache.yaml"
-    path.write_text("sigma: 4\nstride: 2\n")
-    assert load_cache_config(path) == CacheConfig(sigma=4.0, stride=2)
-    path.write_text("sigma: 4\nsigmaa: 5\n")
+    path.write_text("samples_per_shard: 4\nlabel_compression: 9\n")
+    assert load_cache_config(path) == CacheConfig(samples_per_shard=4, label_compression=9)
+    path.write_text("samples_per_shard: 4\nsamples_per_shards: 5\n")
     with pytest.raises(ConfigError, match="unknown key"):
         load_cache_config(path)
-    path.write_text("stride: 0\n")
-    with pytest.raises(ConfigError, match="stride"):
+    path.write_text("label_compression: 13\n")
+    with pytest.raises(ConfigError, match="label_compression"):
         load_cache_config(path)
-    path.write_text("png_compression: 12\n")
-    with pytest.raises(ConfigError, match="png_compression"):
+
+
+@pytest.mark.parametrize(("key", "hint"), [("sigma", "targets"), ("stride", "targets"), ("png_compression", "label_compression"), ("offset_scale", "no longer stored")])
+def test_schema_1_cache_config_keys_say_where_they_went(tmp_path, key, hint):
+    path = tmp_path / "cache.yaml"
+    path.write_text(f"{key}: 2\n")
+    with pytest.raises(ConfigError, match=hint):
         load_cache_config(path)

@@ -71,7 +71,7 @@ def test_manifest_and_image_size_need_no_tar_read(cache_copy):
         tar.unlink()
     assert ds.image_size(3) == (96, 128) and ds.image_id(3) == 4
     m = ds.manifest
-    assert (m.stride, m.sigma, m.offset_scale, m.num_classes) == (1, 8.0, 8, 5)
+    assert (m.samples_per_shard, m.label_format, m.num_classes) == (8, "FLZ4 v1", 5)
     assert [c.coco_id for c in m.categories] == [3, 8, 21, 42]
 
 
@@ -85,13 +85,13 @@ def test_missing_manifest_says_the_build_did_not_finish(tmp_path):
 
 def test_newer_schema_asks_to_upgrade(cache_copy):
     path = cache_copy / "manifest.json"
-    path.write_text(path.read_text().replace('"schema_version": 1', '"schema_version": 2'))
-    with pytest.raises(CacheError, match="schema_version 2 .*newer fastload.*upgrade fastload"):
+    path.write_text(path.read_text().replace('"schema_version": 2', '"schema_version": 3'))
+    with pytest.raises(CacheError, match="schema_version 3 .*newer fastload.*upgrade fastload"):
         open_cache(cache_copy)
 
 
 def test_malformed_manifest_is_a_cache_error(cache_copy):
-    (cache_copy / "manifest.json").write_text('{"schema_version": 1}')
+    (cache_copy / "manifest.json").write_text('{"schema_version": 2}')
     with pytest.raises(CacheError, match="malformed manifest"):
         open_cache(cache_copy)
     (cache_copy / "manifest.json").write_text("{not json")
@@ -100,9 +100,9 @@ def test_malformed_manifest_is_a_cache_error(cache_copy):
 
 
 def test_crc_mismatch_names_shard_and_sample(cache_copy):
-    shard = _flip_byte_in_member(cache_copy, 10, "off")
+    shard = _flip_byte_in_member(cache_copy, 10, "ins")
     ds = open_cache(cache_copy)
-    with pytest.raises(CacheError, match=rf"{shard}, sample 00000010 \(cache index 10\).*00000010\.off\.png.*CRC-32.*verify"):
+    with pytest.raises(CacheError, match=rf"{shard}, sample 00000010 \(cache index 10\).*00000010\.ins\.lz4.*CRC-32.*verify"):
         ds.read_members(10)
     with pytest.raises(CacheError, match="00000010"):
         ds[10]

@@ -3,55 +3,86 @@ batches, errors from workers, abandoned epochs and clean shutdown. Runs on a tin
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+import cv2
 import numpy as np
-import psutil
 import pytest
 import torch
+from loader_kit import loader_processes
 
-from fastload.augment.config import AugmentConfig
+from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import draw_params, sample_rng
-from fastload.augment.reference import augment_sample
+from fastload.augment.reference import augment_sample, normalize_image
+from fastload.cache.format import SampleMembers, encode_label
 from fastload.errors import CacheError
 from fastload.pipeline.cpu import TorchBackend
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
-from fastload.targets import center_targets
+from fastload.targets import center_targets, semantic_weights
 
 OUT = (32, 48)
-CFG = AugmentConfig.default()
+CFG = AugmentConfig.default().replace(targets=TargetsConfig(stride=2))
 
 
 class TinyCache:
-    """A stand-in for ``open_cache``: ``cache[i]`` gives decoded arrays, a corrupt sample raises CacheError."""
+    """A stand-in for ``open_cache``: members encoded like the real cache's; a corrupt sample raises CacheError.
 
-    def __init__(self, n: int = 7, *, stride: int = 2, corrupt: tuple[int, ...] = ()) -> None:
+    Defined at module level: the forkserver workers unpickle it by importing this module.
+    """
+
+    def __init__(self, n: int = 7, *, corrupt: tuple[int, ...] = ()) -> None:
         self.n, self.corrupt = n, corrupt
-        self.manifest = SimpleNamespace(stride=stride)
 
     def __len__(self) -> int:
         return self.n
 
     def image_size(self, i: int) -> tuple[int, int]:
+        return self.stored_size(i)
+
+    @staticmethod
+    def stored_size(i: int) -> tuple[int, int]:
         return (24 + 2 * i, 40)
 
-    def __getitem__(self, i: int) -> dict:
-        if i in self.corrupt:
-            raise CacheError(f"shard-00000.tar, sample {i:08d}: CRC-32 mismatch in {i:08d}.sem.png; rebuild the cache")
-        h, w = self.image_size(i)
+    def span_bytes(self, i: int) -> int:
+        return 8192
+
+    def arrays(self, i: int) -> dict:
+        h, w = self.stored_size(i)
         rng = np.random.default_rng(i)
-        instance = np.zeros((h, w), dtype=np.int32)
+        instance = np.zeros((h, w), dtype=np.uint16)
         instance[4:12, 5:15] = 1
         instance[10:20, 22:35] = 2
-        heat, off = center_targets(instance, stride=self.manifest.stride)
         return {
             "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
             "semantic": np.where(instance > 0, instance + 3, 0).astype(np.uint8),
             "instance": instance,
-            "heatmap": heat,
-            "offset": off,
-            "meta": {"image_id": i},
         }
+
+    def read_members(self, i: int) -> SampleMembers:
+        if i in self.corrupt:
+            raise CacheError(f"shard-00000.tar, sample {i:08d}: CRC-32 mismatch in {i:08d}.sem.lz4; rebuild the cache")
+        a = self.arrays(i)
+        return SampleMembers(
+            shard="shard-00000.tar",
+            key=f"{i:08d}",
+            image=cv2.imencode(".png", a["image"][..., ::-1])[1].tobytes(),
+            image_ext="png",
+            semantic=encode_label(a["semantic"], kind="sem", level=1),
+            instance=encode_label(a["instance"], kind="ins", level=1),
+            meta={"image_id": i, "instances": [{}, {}]},
+        )
+
+
+def reference_batch_row(arrays: dict, params, cfg: AugmentConfig, out_hw) -> dict:
+    """What one row of a batch must be: the reference kernels, then the definitions of normalisation and targets."""
+    ref = augment_sample(arrays, params, cfg, out_hw=out_hw)
+    heat, offset = center_targets(ref["instance"], cfg.targets.sigma, stride=cfg.targets.stride)
+    return {
+        "image": normalize_image(ref["image"], cfg.normalize.mean, cfg.normalize.std),
+        "semantic": ref["semantic"].astype(np.int64),
+        "instance": ref["instance"].astype(np.int32),
+        "heatmap": heat[None],
+        "offset": offset,
+        "semantic_weight": semantic_weights(ref["instance"]),
+    }
 
 
 def plan(indices, epoch: int = 0) -> BatchPlan:
@@ -77,6 +108,7 @@ EXPECTED = {
     "instance": (torch.int32, OUT),
     "heatmap": (torch.float32, (1, OUT[0] // 2, OUT[1] // 2)),
     "offset": (torch.float32, (2, OUT[0] // 2, OUT[1] // 2)),
+    "semantic_weight": (torch.float32, OUT),
     "index": (torch.int64, ()),
 }
 
@@ -112,9 +144,9 @@ def test_batches_equal_the_reference_applied_per_sample(workers):
     finally:
         be.close()
     for row, (i, params) in enumerate(zip(p.indices.tolist(), p.params, strict=True)):
-        ref = augment_sample(cache[i], params, CFG, out_hw=OUT, stride=2)
-        for key in ("image", "semantic", "instance", "heatmap", "offset"):
-            np.testing.assert_array_equal(batch[key][row].numpy(), ref[key], err_msg=key)
+        ref = reference_batch_row(cache.arrays(i), params, CFG, OUT)
+        for key, expected in ref.items():
+            np.testing.assert_array_equal(batch[key][row].numpy(), expected, err_msg=key)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -138,21 +170,24 @@ def test_worker_errors_name_the_shard_and_sample(workers):
         be.close()
 
 
-def test_other_errors_name_the_cache_index():
-    class Broken(TinyCache):
-        def __getitem__(self, i):
-            sample = super().__getitem__(i)
-            sample["semantic"] = sample["semantic"][:3]  # wrong shape
-            return sample
+class WrongSize(TinyCache):
+    def image_size(self, i: int) -> tuple[int, int]:
+        h, w = self.stored_size(i)
+        return h + 1, w  # the index disagrees with the members
 
-    be = backend(Broken(), workers=0)
-    with pytest.raises(ValueError, match="semantic has shape") as info:
-        list(be.iterate(iter([plan([2])])))
-    assert "while loading cache sample 2" in "".join(getattr(info.value, "__notes__", []))
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_member_that_disagrees_with_the_index_names_shard_and_sample(workers):
+    be = backend(WrongSize(), workers=workers)
+    try:
+        with pytest.raises(CacheError, match=r"shard-00000.tar, sample 00000002 \(cache index 2\): semantic mask is 28 x 40, the sample 29 x 40"):
+            list(be.iterate(iter([plan([2])])))
+    finally:
+        be.close()
 
 
 def _workers() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    return loader_processes()
 
 
 def test_workers_persist_across_epochs_and_stop_on_close():
@@ -231,18 +266,25 @@ def test_real_cache_batches_equal_the_reference(synth_cache, workers):
         batches = list(be.iterate(iter(plans)))
     finally:
         be.close()
-    stride = cache.manifest.stride
     for batch, p in zip(batches, plans, strict=True):
-        check_layout_sized(batch, len(p.indices), (64, 96), stride)
+        check_layout_sized(batch, len(p.indices), (64, 96), CFG.targets.stride)
         for row, (i, params) in enumerate(zip(p.indices.tolist(), p.params, strict=True)):
-            ref = augment_sample(cache[i], params, CFG, out_hw=(64, 96), stride=stride)
-            for key in ("image", "semantic", "instance", "heatmap", "offset"):
-                np.testing.assert_array_equal(batch[key][row].numpy(), ref[key], err_msg=f"{key} of sample {i}")
+            sample = cache[i]
+            ref = reference_batch_row(sample, params, CFG, (64, 96))
+            for key, expected in ref.items():
+                np.testing.assert_array_equal(batch[key][row].numpy(), expected, err_msg=f"{key} of sample {i}")
 
 
 def check_layout_sized(batch: dict, n: int, out_hw, stride: int) -> None:
     mhw = (out_hw[0] // stride, out_hw[1] // stride)
-    shapes = {"image": (3, *out_hw), "semantic": out_hw, "instance": out_hw, "heatmap": (1, *mhw), "offset": (2, *mhw)}
+    shapes = {
+        "image": (3, *out_hw),
+        "semantic": out_hw,
+        "instance": out_hw,
+        "heatmap": (1, *mhw),
+        "offset": (2, *mhw),
+        "semantic_weight": out_hw,
+    }
     assert tuple(batch) == BATCH_KEYS
     for key, shape in shapes.items():
         assert tuple(batch[key].shape) == (n, *shape), key

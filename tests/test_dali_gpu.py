@@ -1,6 +1,6 @@
 """The DALI graph on CUDA: the fidelity checks of test_fidelity.py with ``device="cuda"``, and what only a GPU
-shows (tensors on the device, torch's current stream, no host synchronisation in our code). Skipped without
-a GPU (tests/conftest.py).
+shows (the LZ4 labels inflated on the device, targets rendered there, tensors on the device, torch's current
+stream, no host synchronisation in our code). Skipped without a GPU (tests/conftest.py).
 
 Tolerances are test_fidelity.py's: DALI's GPU kernels round half to even where its CPU kernels round half
 away from zero and may contract multiply-adds, so images and label edges can differ from the reference at
@@ -29,8 +29,10 @@ from test_fidelity import (
 )
 
 from fastload.augment.config import AugmentConfig
+from fastload.augment.params import identity_params
 from fastload.errors import CacheError
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.targets import center_targets, semantic_weights
 
 pytest.importorskip("nvidia.dali")
 pytestmark = pytest.mark.cuda
@@ -102,6 +104,25 @@ def test_cuda_instances_follow_their_polygons(cuda_pairs, sample_coco):
 # --------------------------------------------------------------------------------------- device behaviour
 
 
+def test_cuda_labels_inflate_exactly_on_the_device():
+    # identity at the native size: the warps copy, so the outputs are the stored masks, decoded by nvCOMP
+    cache = MemCache(n=4)
+    h, w = cache.image_size(0)
+    indices = [i for i in range(4) if cache.image_size(i) == (h, w)]
+    be = gpu_backend(cache, augment=AugmentConfig.none(), out_size=(h, w), batch_size=len(indices))
+    (batch,) = be.iterate(iter([BatchPlan(np.array(indices), tuple(identity_params() for _ in indices))]))
+    for j, i in enumerate(indices):
+        a = cache.arrays(i)
+        assert np.array_equal(batch["semantic"][j].cpu().numpy(), a["semantic"])
+        assert np.array_equal(batch["instance"][j].cpu().numpy(), a["instance"])
+
+
+def test_cuda_targets_are_the_definition_of_the_devices_own_masks(cuda_pairs):
+    for p in cuda_pairs["default_draws"]:
+        heat, offset = center_targets(p.dali["instance"])
+        assert np.array_equal(p.dali["heatmap"][0], heat) and np.array_equal(p.dali["offset"], offset)
+
+
 def test_cuda_batches_live_on_the_device_with_the_contract_layout():
     be = gpu_backend()
     empty = BatchPlan(np.zeros(0, np.int64), ())
@@ -134,6 +155,8 @@ def test_cuda_and_cpu_graphs_agree():
         close = ((g["offset"].cpu() - c["offset"]).abs() <= 1e-3).float().mean().item()
         assert close >= 0.99, f"offsets: only {close:.4f} agree"
         assert (g["heatmap"].cpu() - c["heatmap"]).abs().max().item() <= 0.01
+        own = semantic_weights(g["instance"][0].cpu().numpy())
+        assert np.array_equal(g["semantic_weight"][0].cpu().numpy(), own)
 
 
 def test_cuda_outputs_are_ordered_on_a_side_stream():

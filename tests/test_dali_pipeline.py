@@ -1,6 +1,7 @@
-"""The DALI backend's mechanics on CPU: batch layout, the graph against the reference kernels, empty and
-short batches, abandoned and superseded passes, named errors, lazy import. Runs on a tiny in-memory cache of
-members encoded here (the real-data fidelity checks are in test_fidelity.py)."""
+"""The DALI backend's mechanics on CPU: batch layout, the graph against the reference kernels, targets rendered
+from the graph's own instance output, the GPU label inputs (replayed with NumPy), empty and short batches,
+abandoned and superseded passes, named errors, lazy import. Runs on a tiny in-memory cache of members encoded
+here (the real-data fidelity checks are in test_fidelity.py)."""
 
 from __future__ import annotations
 
@@ -9,44 +10,44 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from fastload.augment.config import AugmentConfig
+from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import SampleParams, draw_params, identity_params, sample_rng
-from fastload.augment.reference import augment_sample
-from fastload.cache.format import (
-    SampleMembers,
-    decode_heatmap,
-    decode_offset,
-    encode_heatmap,
-    encode_instance,
-    encode_offset,
-    encode_semantic,
-)
+from fastload.augment.reference import augment_sample, normalize_image
+from fastload.cache.format import SampleMembers, decode_label, encode_label
 from fastload.errors import CacheError
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
-from fastload.targets import center_targets
+from fastload.targets import center_targets, semantic_weights
 
 pytest.importorskip("nvidia.dali")
 
-from fastload.pipeline.dali import DaliBackend, GraphSpec, PhotometricOps, sample_inputs  # noqa: E402
+from fastload.pipeline.dali import (  # noqa: E402
+    DaliBackend,
+    GraphSpec,
+    PhotometricOps,
+    label_inputs,
+    sample_inputs,
+)
 
 OUT = (32, 48)
 DEFAULT = AugmentConfig.default()
 NONE = AugmentConfig.none()
 
 
+def strided(cfg: AugmentConfig, stride: int) -> AugmentConfig:
+    return cfg.replace(targets=TargetsConfig(stride=stride))
+
+
 class MemCache:
     """A stand-in for ``open_cache`` holding members encoded like the real cache's (PNG image: lossless)."""
 
-    def __init__(self, n: int = 7, *, stride: int = 1, corrupt: tuple[int, ...] = (), unreadable=()) -> None:
+    def __init__(self, n: int = 7, *, corrupt: tuple[int, ...] = (), unreadable=()) -> None:
         self.n, self.corrupt, self.unreadable = n, corrupt, unreadable
-        self.manifest = SimpleNamespace(stride=stride, offset_scale=8, heat_scale=255)
         self.reads = 0
 
     def __len__(self) -> int:
@@ -55,34 +56,32 @@ class MemCache:
     def image_size(self, i: int) -> tuple[int, int]:
         return (24 + 2 * (i % 4), 40)
 
+    def span_bytes(self, i: int) -> int:
+        return 4096
+
     def arrays(self, i: int) -> dict:
-        """The decoded sample, as ``open_cache(...)[i]`` gives it (maps quantised like the stored PNGs)."""
+        """The decoded sample, as ``open_cache(...).labels(i)`` and the image decoder give it."""
         h, w = self.image_size(i)
         rng = np.random.default_rng(i)
-        instance = np.zeros((h, w), dtype=np.int32)
+        instance = np.zeros((h, w), dtype=np.uint16)
         instance[4:12, 5:15] = 1
-        instance[10:20, 22:35] = 40000 + i  # ids above 255 and 32767 survive
+        instance[10:20, 22:35] = 300 + i  # ids above 255 survive (the cache allows up to 32767)
         yy, xx = np.mgrid[:h, :w]
         instance[(yy - 16) ** 2 / 25 + (xx - 8) ** 2 / 9 < 1] = 3
-        heat, off = center_targets(instance, stride=self.manifest.stride)
         image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 1.5)
         return {
             "image": image,
             "semantic": np.where(instance > 0, 1 + instance % 3, 0).astype(np.uint8),
             "instance": instance,
-            "heatmap": decode_heatmap(encode_heatmap(heat)),
-            "offset": decode_offset(encode_offset(off, offset_scale=8)[0], offset_scale=8),
-            "meta": {"image_id": i},
         }
 
     def read_members(self, i: int) -> SampleMembers:
         self.reads += 1
         if i in self.unreadable:
             raise CacheError(
-                f"shard shard-00000.tar, sample {i:08d}: member {i:08d}.sem.png fails its CRC-32 check"
+                f"shard shard-00000.tar, sample {i:08d}: member {i:08d}.sem.lz4 fails its CRC-32 check"
             )
         a = self.arrays(i)
-        offset_png, _ = encode_offset(a["offset"], offset_scale=8)
         image_png = cv2.imencode(".png", a["image"][..., ::-1])[1].tobytes()
         if i in self.corrupt:
             image_png = image_png[:40]  # a PNG cut short: DALI's decoder fails on it
@@ -91,11 +90,9 @@ class MemCache:
             key=f"{i:08d}",
             image=image_png,
             image_ext="png",
-            semantic=encode_semantic(a["semantic"]),
-            instance=encode_instance(a["instance"]),
-            offset=offset_png,
-            heatmap=encode_heatmap(a["heatmap"]),
-            meta=a["meta"],
+            semantic=encode_label(a["semantic"], kind="sem", level=1),
+            instance=encode_label(a["instance"], kind="ins", level=1),
+            meta={"image_id": i, "instances": [{}] * (300 + i)},  # as built: ids <= the instance count
         )
 
 
@@ -105,11 +102,11 @@ def plan(indices, cfg: AugmentConfig = DEFAULT, epoch: int = 0) -> BatchPlan:
 
 
 def backend(
-    cache=None, *, cfg: AugmentConfig = DEFAULT, batch_size: int = 3, prefetch: int = 2
+    cache=None, *, cfg: AugmentConfig = DEFAULT, batch_size: int = 3, prefetch: int = 2, out_size=OUT
 ) -> DaliBackend:
     return DaliBackend(
         cache=cache if cache is not None else MemCache(),
-        out_size=OUT,
+        out_size=out_size,
         augment=cfg,
         device="cpu",
         device_id=None,
@@ -127,6 +124,7 @@ def expected_layout(stride: int = 1) -> dict:
         "instance": (torch.int32, OUT),
         "heatmap": (torch.float32, (1, mh, mw)),
         "offset": (torch.float32, (2, mh, mw)),
+        "semantic_weight": (torch.float32, OUT),
         "index": (torch.int64, ()),
     }
 
@@ -144,7 +142,7 @@ def check_layout(batch: dict, n: int, stride: int = 1) -> None:
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_batches_have_the_contract_layout_and_the_plan_index(stride):
-    be = backend(MemCache(stride=stride))
+    be = backend(cfg=strided(DEFAULT, stride))
     plans = [plan([3, 0, 5]), plan([1, 2]), plan([6])]  # variable N up to batch_size
     batches = list(be.iterate(iter(plans)))
     assert len(batches) == 3
@@ -155,98 +153,119 @@ def test_batches_have_the_contract_layout_and_the_plan_index(stride):
 
 
 def test_graph_matches_the_reference_kernels_sample_by_sample():
-    # the same parameters through DALI (CPU) and augment_sample: masks and offsets exact, image and heatmap
-    # within the documented rounding (linear warp <= 1 grey level, float32 hash noise)
-    cache = MemCache(n=6, stride=2)
-    be = backend(cache, batch_size=6)
-    p = plan(range(6))
+    # the same parameters through DALI (CPU) and augment_sample: masks exact, the image within the documented
+    # rounding (linear warp <= 1 grey level); the targets are the definition applied to the batch's own masks
+    cache = MemCache(n=6)
+    cfg = strided(DEFAULT, 2)
+    be = backend(cache, batch_size=6, cfg=cfg)
+    p = plan(range(6), cfg)
     (batch,) = be.iterate(iter([p]))
     for j, i in enumerate(p.indices):
-        ref = augment_sample(cache.arrays(int(i)), p.params[j], DEFAULT, out_hw=OUT, stride=2)
+        ref = augment_sample(cache.arrays(int(i)), p.params[j], cfg, out_hw=OUT)
         assert np.array_equal(batch["semantic"][j].numpy(), ref["semantic"])
         assert np.array_equal(batch["instance"][j].numpy(), ref["instance"])
-        np.testing.assert_allclose(batch["offset"][j].numpy(), ref["offset"], atol=1e-5)
-        np.testing.assert_allclose(batch["heatmap"][j].numpy(), ref["heatmap"], atol=2e-3)
-        grey = (
-            np.abs(batch["image"][j].numpy() - ref["image"])
-            * 255
-            * np.array([0.229, 0.224, 0.225])[:, None, None]
-        )
-        assert np.mean(grey > 1.01) < 0.01, (
-            f"sample {i}: {np.mean(grey > 1.01):.4f} of values off by > 1 level"
-        )
+        grey = np.abs(batch["image"][j].numpy() - normalize_image(ref["image"], cfg.normalize.mean, cfg.normalize.std))
+        grey *= 255 * np.array([0.229, 0.224, 0.225])[:, None, None]
+        assert np.mean(grey > 1.01) < 0.01, f"sample {i}: {np.mean(grey > 1.01):.4f} of values off by > 1 level"
+        heat, offset = center_targets(batch["instance"][j].numpy(), 8.0, stride=2)
+        assert np.array_equal(batch["heatmap"][j, 0].numpy(), heat)
+        assert np.array_equal(batch["offset"][j].numpy(), offset)
+        assert np.array_equal(batch["semantic_weight"][j].numpy(), semantic_weights(batch["instance"][j].numpy()))
 
 
 def test_identity_is_a_pure_copy_when_sizes_match():
     # same size, no augmentation: the forward affine is the identity, every output equals the input
     cache = MemCache(n=1)
     h, w = cache.image_size(0)
-    be = DaliBackend(
-        cache=cache,
-        out_size=(h, w),
-        augment=NONE,
-        device="cpu",
-        device_id=None,
-        batch_size=1,
-        num_threads=1,
-        prefetch=1,
-    )
+    be = backend(cache, cfg=NONE, batch_size=1, prefetch=1, out_size=(h, w))
     (batch,) = be.iterate(iter([BatchPlan(np.array([0]), (identity_params(),))]))
     a = cache.arrays(0)
     assert np.array_equal(batch["semantic"][0].numpy(), a["semantic"])
     assert np.array_equal(batch["instance"][0].numpy(), a["instance"])
-    assert np.array_equal(batch["offset"][0].numpy(), a["offset"])
-    np.testing.assert_allclose(batch["heatmap"][0, 0].numpy(), a["heatmap"], atol=1e-6)
+    heat, offset = center_targets(a["instance"])
+    assert np.array_equal(batch["heatmap"][0, 0].numpy(), heat) and np.array_equal(batch["offset"][0].numpy(), offset)
     image = batch["image"][0].numpy() * (255 * np.array([0.229, 0.224, 0.225]))[:, None, None]
     image += (255 * np.array([0.485, 0.456, 0.406]))[:, None, None]
     np.testing.assert_allclose(image.transpose(1, 2, 0), a["image"], atol=1e-3)
 
 
-def test_flip_is_exact_for_every_label_map():
+def test_flip_is_exact_for_the_masks_and_the_targets_follow():
     cache = MemCache(n=1)
     h, w = cache.image_size(0)
     cfg = AugmentConfig.none().replace(geometry=dataclasses.replace(NONE.geometry, flip_x=1.0))
-    be = DaliBackend(
-        cache=cache,
-        out_size=(h, w),
-        augment=cfg,
-        device="cpu",
-        device_id=None,
-        batch_size=1,
-        num_threads=1,
-        prefetch=1,
-    )
+    be = backend(cache, cfg=cfg, batch_size=1, prefetch=1, out_size=(h, w))
     (batch,) = be.iterate(iter([BatchPlan(np.array([0]), (SampleParams(flip_x=True),))]))
     a = cache.arrays(0)
     assert np.array_equal(batch["semantic"][0].numpy(), a["semantic"][:, ::-1])
     assert np.array_equal(batch["instance"][0].numpy(), a["instance"][:, ::-1])
-    flipped = a["offset"][:, :, ::-1] * np.array([1.0, -1.0], np.float32)[:, None, None]
+    _, offset = center_targets(a["instance"])
+    flipped = offset[:, :, ::-1] * np.array([1.0, -1.0], np.float32)[:, None, None]  # dx changes sign
     assert np.array_equal(batch["offset"][0].numpy(), flipped)
 
 
 def test_none_config_leaves_photometric_ops_out_of_the_graph():
     assert not PhotometricOps.from_config(NONE.photometric).any
     assert PhotometricOps.from_config(DEFAULT.photometric) == PhotometricOps(True, True, True, True)
-    spec = GraphSpec.create(out_size=OUT, augment=NONE, manifest=MemCache().manifest)
-    assert "scalars" not in spec.inputs
+    spec = GraphSpec.create(out_size=OUT, augment=NONE, device="cpu")
+    assert spec.inputs == ("image", "sem", "ins", "image_affine")
     with pytest.raises(ValueError, match="noise"):
-        sample_inputs(SampleParams(noise_sigma=3.0, noise_seed=1.0), (24, 40), spec)
+        sample_inputs(SampleParams(noise_sigma=3.0, noise_offset=(1, 2)), (24, 40), spec)
 
 
-def test_parameter_tensors_are_float32_with_documented_shapes():
-    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, manifest=MemCache(stride=2).manifest)
-    params = SampleParams(
-        flip_x=True, angle=30.0, scale=1.2, shift=(0.1, -0.1), noise_sigma=2.0, noise_seed=5.0
-    )
+def test_parameter_tensors_have_documented_dtypes_and_shapes():
+    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="cpu")
+    params = SampleParams(flip_x=True, angle=30.0, scale=1.2, shift=(0.1, -0.1), noise_sigma=2.0, noise_offset=(7, 3))
     t = sample_inputs(params, (24, 40), spec)
     assert {k: (v.dtype, v.shape) for k, v in t.items()} == {
         "image_affine": (np.float32, (2, 3)),
-        "map_affine": (np.float32, (2, 3)),
-        "offset_matrix": (np.float32, (2, 3)),
-        "scalars": (np.float32, (12,)),
+        "scalars": (np.float32, (10,)),
+        "noise_anchor": (np.int32, (2,)),
     }
-    np.testing.assert_allclose(t["map_affine"][:, 2], t["image_affine"][:, 2] / 2, rtol=1e-6)
-    assert np.all(t["offset_matrix"][:, 2] == 0)
+    assert t["noise_anchor"].tolist() == [7, 3]
+
+
+def test_cpu_graph_gets_decoded_padded_labels():
+    cache = MemCache()
+    members = cache.read_members(2)
+    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="cpu")
+    got = label_inputs(members.semantic, members.instance, cache.image_size(2), spec)
+    h, _ = cache.image_size(2)
+    assert got["sem"].dtype == np.uint8 and got["ins"].dtype == np.int16 and got["sem"].shape[2] == 1
+    assert np.array_equal(got["sem"][:h, :, 0], cache.arrays(2)["semantic"])
+    assert np.array_equal(got["ins"][:h, :, 0], cache.arrays(2)["instance"].astype(np.int16))
+    assert (got["sem"][h:] == 255).all() and (got["ins"][h:] == 0).all()  # padding = the warps' fill
+
+
+def test_gpu_label_inputs_inflate_to_the_decoded_labels():
+    # fn.decoders.inflate runs on the GPU only; here its arguments are replayed with the lz4 package, as nvCOMP
+    # uses them: each chunk at its offset and size inflates to band_shape; chunks stack; label_shape reshapes
+    import lz4.block
+
+    cache = MemCache()
+    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="gpu")
+    assert spec.inputs[:9] == ("image", "sem", "ins", "band_shape", "label_shape", "sem_offsets", "sem_sizes", "ins_offsets", "ins_sizes")
+    members = cache.read_members(3)
+    got = label_inputs(members.semantic, members.instance, cache.image_size(3), spec)
+    for kind, dtype in (("sem", np.uint8), ("ins", np.int16)):
+        data = got[kind].tobytes()
+        rows, width = got["band_shape"].tolist()
+        chunks = [
+            np.frombuffer(lz4.block.decompress(data[o : o + s], uncompressed_size=rows * width * np.dtype(dtype).itemsize), dtype)
+            for o, s in zip(got[f"{kind}_offsets"].tolist(), got[f"{kind}_sizes"].tolist(), strict=True)
+        ]
+        inflated = np.stack(chunks).reshape(got["label_shape"].tolist())
+        decoded = decode_label(members.semantic if kind == "sem" else members.instance, kind=kind, padded=True)
+        assert np.array_equal(inflated[..., 0], decoded.view(dtype))
+    for name in ("band_shape", "label_shape", "sem_offsets", "sem_sizes", "ins_offsets", "ins_sizes"):
+        assert got[name].dtype == np.int32, name
+
+
+def test_a_label_header_that_disagrees_with_the_index_is_named():
+    cache = MemCache()
+    members = cache.read_members(1)
+    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="gpu")
+    with pytest.raises(CacheError, match=r"sem member is 26 x 40, the sample 30 x 40"):
+        label_inputs(members.semantic, members.instance, (30, 40), spec)
 
 
 # ----------------------------------------------------------------------------------------- plans and passes
@@ -287,7 +306,7 @@ def test_an_abandoned_pass_leaks_no_stale_batch_into_the_next(prefetch):
 
 
 def reader_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "fastload-reader"]
+    return [t for t in threading.enumerate() if t.name.startswith(("fastload-feed", "fastload-io"))]
 
 
 def test_reader_threads_end_with_their_pass():
@@ -392,7 +411,7 @@ def test_only_decoder_failures_become_cache_errors():
     [
         ({"device": "tpu"}, "device must be one of"),
         ({"prefetch": 0}, "prefetch"),
-        ({"cache": MemCache(stride=4), "out_size": (30, 48)}, "divisible"),
+        ({"augment": strided(NONE, 4), "out_size": (30, 48)}, "divisible"),
     ],
 )
 def test_arguments_are_checked(overrides, message):

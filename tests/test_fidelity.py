@@ -11,9 +11,13 @@ labels after a warp         subset of labels before ∪ {fill}                  
 flip only                   masks equal to the flipped source (native size)      exact
 image, photometric off      PSNR >= 40 dB                                        >= 64 dB
 image, photometric on       PSNR >= 40 dB                                        >= 55 dB
-offsets                     |Δ(dy, dx)| <= 1 px on >= 99 % of instance pixels    100 %
+offsets                     |Δ(dy, dx)| <= 1 px on >= 99.5 % of instance pixels  100 %
 heatmap                     max |Δ| <= 0.01                                      <= 4e-4
 ==========================  ===================================================  =========================
+
+The targets are rendered after augmentation from each path's own instance mask, so their comparison measures
+how far the two masks' centres are apart (the targets equal the definition applied to the loader's own mask
+exactly: tests/test_targets_after_augmentation.py).
 
 Against geometry, each warped instance mask is compared with its COCO polygons pushed through the same
 forward affine and re-rasterised at the output size (`fastload.raster.rasterize_image`, same overlap rule).
@@ -35,8 +39,9 @@ import pytest
 
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import SampleParams, affine_matrix, draw_params, sample_rng
-from fastload.augment.reference import augment_sample
+from fastload.augment.reference import augment_sample, normalize_image
 from fastload.pipeline.plan import BatchPlan
+from fastload.targets import center_targets
 
 pytest.importorskip("nvidia.dali")
 
@@ -60,7 +65,7 @@ PHOTOMETRIC = {
         brightness=0.9,
         contrast=1.15,
         noise_sigma=6.0,
-        noise_seed=37.5 * i,
+        noise_offset=(37 * i % 256, 101 * i % 256),
         shadow=(0.6, 0.8, 0.05, 0.08, 0.4),
     ),
 }
@@ -115,7 +120,10 @@ def run_pairs(
                     key: batch[key][j].cpu().numpy()
                     for key in ("image", "semantic", "instance", "heatmap", "offset")
                 }
-                ref = augment_sample(sources[i], params, CFG, out_hw=out, stride=cache.manifest.stride)
+                ref = augment_sample(sources[i], params, CFG, out_hw=out)
+                ref["image"] = normalize_image(ref["image"], CFG.normalize.mean, CFG.normalize.std)
+                heatmap, ref["offset"] = center_targets(ref["instance"], CFG.targets.sigma, stride=CFG.targets.stride)
+                ref["heatmap"] = heatmap[None]
                 pairs.append(Pair(i, params, sources[i], dali, ref))
         result[name] = pairs
     backend.close()
@@ -175,7 +183,7 @@ def check_image_psnr(pairs: Sequence[Pair], minimum: float = 40.0) -> float:
     return worst
 
 
-def check_offsets(pairs: Sequence[Pair], *, within: float = 1.0, share: float = 0.99) -> float:
+def check_offsets(pairs: Sequence[Pair], *, within: float = 1.0, share: float = 0.995) -> float:
     worst = 1.0
     for p in pairs:
         on = p.ref["instance"] > 0  # stride 1: map pixels are image pixels
@@ -306,7 +314,7 @@ def test_target_maps_match_the_reference(cpu_pairs, draw):
 
 def test_flip_matches_the_reference_exactly(cpu_pairs):
     for p in cpu_pairs["flip"]:
-        for key in ("semantic", "instance", "offset"):
+        for key in ("semantic", "instance", "offset", "heatmap"):
             assert np.array_equal(p.dali[key], p.ref[key]), f"sample {p.index} {key}"
 
 
@@ -339,6 +347,7 @@ def check_flip_is_exact(cache, *, device: str, device_id: int | None) -> None:
         mirror = (lambda x: x[..., ::-1, ::-1]) if flip_y else (lambda x: x[..., ::-1])
         assert np.array_equal(batch["semantic"][j].cpu().numpy(), mirror(source["semantic"]))
         assert np.array_equal(batch["instance"][j].cpu().numpy(), mirror(source["instance"]))
+        # the targets of the mirrored mask: the mirrored field with the flipped components negated
         sign = np.array([-1.0 if flip_y else 1.0, -1.0], np.float32)[:, None, None]
         assert np.array_equal(batch["offset"][j].cpu().numpy(), mirror(source["offset"]) * sign)
     backend.close()

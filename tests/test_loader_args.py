@@ -8,6 +8,10 @@ import shutil
 import pytest
 from loader_kit import LOADER_KINDS, make_loader, make_synth_cache
 
+from fastload.augment.config import AugmentConfig, TargetsConfig
+
+STRIDE_4 = AugmentConfig(targets=TargetsConfig(stride=4))
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
@@ -20,7 +24,10 @@ def cache(tmp_path_factory):
     [
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"batch_size": 2.5}, "batch_size must be a positive integer"),
-        ({"batch_size": 2, "device": "tpu"}, "device must be one of ['auto', 'cuda', 'cpu']"),
+        ({"batch_size": 2, "device": "tpu"}, "device must be one of ['auto', 'cuda', 'cuda:N', 'cpu']"),
+        ({"batch_size": 2, "device": "cuda:x"}, "device must be one of"),
+        ({"batch_size": 2, "io_threads": 0}, "io_threads must be a positive integer"),
+        ({"batch_size": 2, "size": (30, 32), "augment": STRIDE_4}, "divisible by the targets' stride 4"),
         ({"batch_size": 2, "size": (0, 32)}, "size must be two positive integers"),
         ({"batch_size": 2, "size": (32,)}, "size must be two positive integers"),
         ({"batch_size": 2, "prefetch": 0}, "prefetch must be a positive integer"),
@@ -60,3 +67,89 @@ def test_cuda_without_a_gpu_says_so(cache):
         pytest.skip("a GPU is visible")
     with pytest.raises(ValueError, match="device='cuda'"):
         make_loader("dali", cache, batch_size=2, device="cuda")
+    with pytest.raises(ValueError, match="device='cuda:1'"):
+        make_loader("cpu", cache, batch_size=2, device="cuda:1")
+
+
+# --- which GPU: torchrun gives every rank of a node all its GPUs; each must take its own -----------------------
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """torch as it looks on a 4-GPU node, without one: the device choice is pure bookkeeping."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_under_torchrun_the_default_gpu_is_local_rank(four_gpus, monkeypatch, device):
+    import torch
+
+    from fastload.loader import _device
+
+    assert _device(device) == torch.device("cuda", 0)  # no torchrun: torch's current device
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert _device(device) == torch.device("cuda", 3)
+
+
+def test_an_explicit_gpu_wins_over_local_rank(four_gpus, monkeypatch):
+    import torch
+
+    from fastload.loader import _device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert _device("cuda:1") == torch.device("cuda", 1)
+    assert _device(torch.device("cuda", 2)) == torch.device("cuda", 2)
+    assert _device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"cuda:0..cuda:3"):
+        _device("cuda:4")
+
+
+def test_one_visible_gpu_per_process_is_cuda_0_whatever_the_local_rank(four_gpus, monkeypatch):
+    import torch
+
+    from fastload.loader import _device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA_VISIBLE_DEVICES set per rank
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert _device("auto") == torch.device("cuda", 0)
+
+
+def test_a_local_rank_beyond_the_visible_gpus_is_named(four_gpus, monkeypatch):
+    from fastload.loader import _device
+
+    monkeypatch.setenv("LOCAL_RANK", "6")
+    with pytest.raises(ValueError, match="LOCAL_RANK=6 but torch sees 4"):
+        _device("auto")
+    monkeypatch.setenv("LOCAL_RANK", "one")
+    with pytest.raises(ValueError, match="LOCAL_RANK='one' is not an integer"):
+        _device("cuda")
+
+
+def test_both_loaders_hand_their_backend_the_chosen_gpu(four_gpus, monkeypatch, cache):
+    import fastload.pipeline.cpu as cpu_backend
+    import fastload.pipeline.dali as dali_backend
+
+    seen = {}
+
+    def record(name):
+        def fake(**kwargs):
+            seen[name] = kwargs
+            raise RuntimeError("stop here: no GPU to build on")
+
+        return fake
+
+    monkeypatch.setattr(dali_backend, "DaliBackend", record("dali"))
+    monkeypatch.setattr(cpu_backend, "TorchBackend", record("cpu"))
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    for kind in LOADER_KINDS:
+        loader = make_loader(kind, cache, batch_size=2, device="auto")
+        assert str(loader.device) == "cuda:2"
+        with pytest.raises(RuntimeError, match="stop here"):
+            next(iter(loader))
+    assert seen["dali"]["device_id"] == 2 and seen["dali"]["device"] == "cuda"
+    assert str(seen["cpu"]["device"]) == "cuda:2"

@@ -10,6 +10,8 @@ import pytest
 import torch
 from loader_kit import LOADER_KINDS, assert_batches_equal, epoch_indices, make_loader, make_synth_cache
 
+from fastload.pipeline.plan import BATCH_KEYS
+
 N_SAMPLES = 23  # deliberately not a multiple of any batch size or world size used below
 
 
@@ -22,13 +24,14 @@ def cache(tmp_path_factory):
 def test_batch_keys_dtypes_shapes_and_device(kind, cache):
     loader = make_loader(kind, cache, batch_size=4, size=(32, 48), augment="default")
     batch = next(iter(loader))
-    assert set(batch) == {"image", "semantic", "instance", "heatmap", "offset", "index"}
+    assert tuple(batch) == BATCH_KEYS
     expected = {
         "image": (torch.float32, (4, 3, 32, 48)),
         "semantic": (torch.int64, (4, 32, 48)),
         "instance": (torch.int32, (4, 32, 48)),
         "heatmap": (torch.float32, (4, 1, 32, 48)),
         "offset": (torch.float32, (4, 2, 32, 48)),
+        "semantic_weight": (torch.float32, (4, 32, 48)),
         "index": (torch.int64, (4,)),
     }
     for key, (dtype, shape) in expected.items():
@@ -38,6 +41,7 @@ def test_batch_keys_dtypes_shapes_and_device(kind, cache):
     labels = set(torch.unique(batch["semantic"]).tolist())
     assert labels <= set(range(0, 5)) | {255}  # synthetic data has 4 classes; 255 = ignore / outside
     assert torch.all(batch["heatmap"] >= 0) and torch.all(batch["heatmap"] <= 1.0 + 1e-6)
+    assert set(torch.unique(batch["semantic_weight"]).tolist()) <= {1.0, 3.0}  # small synthetic instances: 3
     loader.close()
 
 

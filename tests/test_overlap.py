@@ -11,30 +11,17 @@ import time
 import pytest
 from loader_kit import LOADER_KINDS, make_loader, make_synth_cache
 
-from fastload.cache.reader import open_cache
+from fastload.cache.reader import CacheDataset
 
 BATCH, STEPS, LOAD_S, STEP_S = 4, 8, 0.08, 0.08
 
 
-class SlowCache:
-    """Delegates to a real cache; every sample read sleeps LOAD_S / BATCH seconds."""
+class SlowCache(CacheDataset):
+    """A real cache whose every sample read sleeps LOAD_S / BATCH seconds (as a slow disk would)."""
 
-    def __init__(self, cache):
-        self._cache = cache
-
-    def __len__(self):
-        return len(self._cache)
-
-    def __getattr__(self, name):
-        return getattr(self._cache, name)
-
-    def __getitem__(self, i):
+    def read_bytes(self, fd, length, start):
         time.sleep(LOAD_S / BATCH)
-        return self._cache[i]
-
-    def read_members(self, i):
-        time.sleep(LOAD_S / BATCH)
-        return self._cache.read_members(i)
+        return super().read_bytes(fd, length, start)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +31,7 @@ def cache(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", LOADER_KINDS)
 def test_epoch_time_is_max_not_sum(kind, cache):
-    slow = SlowCache(open_cache(cache))
+    slow = SlowCache(cache)
     # CpuLoader: one worker process is enough to hide L behind S; the DALI loader reads ahead in a thread
     loader = make_loader(kind, slow, batch_size=BATCH, shuffle=False, prefetch=2, num_threads=1)
     batches = iter(loader)

@@ -229,11 +229,11 @@ def _set(path: str, value):
     return edit
 
 
-MISSING = ["config", "config.stride", "counts.samples", "categories.0.name", "shards.1.sha256", "bytes.members.off", "source"]
+MISSING = ["config", "config.label_format", "counts.samples", "categories.0.name", "shards.1.sha256", "bytes.members.ins", "source"]
 WRONG_TYPES = [
-    ("config.stride", 1.5),  # int("1.5"-ish) used to become 1 silently
-    ("config.sigma", "8"),
-    ("config.offset_scale", 0),
+    ("config.samples_per_shard", 1.5),  # int("1.5"-ish) used to become 1 silently
+    ("config.label_compression", "3"),
+    ("config.label_format", "FLZ4 v2"),
     ("counts.samples", "24"),
     ("shards.0.samples", "8"),  # used to escape as a TypeError from open_cache
     ("shards.0.file", 5),

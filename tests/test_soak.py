@@ -20,7 +20,7 @@ from statistics import median
 import numpy as np
 import psutil
 import pytest
-from loader_kit import LOADER_KINDS, make_loader, make_synth_cache
+from loader_kit import LOADER_KINDS, loader_processes, make_loader, make_synth_cache, start_mp_helpers
 
 from fastload.cache.reader import MAX_OPEN_SHARDS, open_cache
 
@@ -72,9 +72,10 @@ def _fastload_threads() -> list[str]:
 @pytest.mark.parametrize("kind", LOADER_KINDS)
 def test_twenty_epochs_hold_memory_descriptors_threads_and_processes(kind, soak_cache):
     me = psutil.Process()
+    start_mp_helpers()
     gc.collect()
     fds_before = open_fds()
-    children_before = {p.pid for p in me.children(recursive=True)}
+    children_before = loader_processes()
     threads_before = threading.active_count()
 
     cache = open_cache(soak_cache)
@@ -104,9 +105,9 @@ def test_twenty_epochs_hold_memory_descriptors_threads_and_processes(kind, soak_
     del loader
     gc.collect()
     deadline = time.monotonic() + 10  # worker processes are joined by close(); give the OS a moment
-    while time.monotonic() < deadline and ({p.pid for p in me.children(recursive=True)} - children_before):
+    while time.monotonic() < deadline and (loader_processes() - children_before):
         time.sleep(0.05)
-    assert not ({p.pid for p in me.children(recursive=True)} - children_before), "processes left after close()"
+    assert not (loader_processes() - children_before), "processes left after close()"
     leaked = {fd: target for fd, target in open_fds().items() if fds_before.get(fd) != target}
     assert not leaked, f"descriptors left after close(): {leaked}"
     assert not _fastload_threads() and threading.active_count() <= threads_before
@@ -150,8 +151,7 @@ def test_a_cache_of_many_shards_stays_within_a_low_descriptor_limit(tmp_path):
 
 
 def test_a_cpu_worker_killed_mid_epoch_raises_and_close_leaves_no_process(soak_cache):
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
+    before = loader_processes()
     loader = make_loader("cpu", soak_cache, num_threads=2, **SOAK_ARGS)
     error = None
     start = time.monotonic()
@@ -159,9 +159,9 @@ def test_a_cpu_worker_killed_mid_epoch_raises_and_close_leaves_no_process(soak_c
         for k, batch in enumerate(loader):
             del batch
             if k == 1:
-                workers = [p for p in me.children() if p.pid not in before]
+                workers = sorted(loader_processes() - before)
                 assert len(workers) == 2
-                workers[0].kill()  # the out-of-memory killer's way
+                psutil.Process(workers[0]).kill()  # the out-of-memory killer's way
     except RuntimeError as exc:
         error = exc
     # torch words it "exited unexpectedly" or "is killed by signal: Killed", depending on who notices first
@@ -169,6 +169,6 @@ def test_a_cpu_worker_killed_mid_epoch_raises_and_close_leaves_no_process(soak_c
     assert time.monotonic() - start < 60  # torch checks its workers every few seconds; never a hang
     loader.close()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and ({p.pid for p in me.children(recursive=True)} - before):
+    while time.monotonic() < deadline and (loader_processes() - before):
         time.sleep(0.05)
-    assert not ({p.pid for p in me.children(recursive=True)} - before)
+    assert not (loader_processes() - before)

@@ -100,6 +100,35 @@ class PhotometricConfig:
         _check_pair("photometric.shadow.half_width", self.shadow.half_width, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class TargetsConfig:
+    """The Panoptic-DeepLab targets the loaders render after augmentation, from the warped instance mask.
+
+    sigma                 : Gaussian sigma of the centre heatmap, in output (map) pixels (> 0)
+    stride                : heatmap and offsets are (H / stride, W / stride) of the output size (integer >= 1)
+    small_instance_area   : instances with fewer visible output pixels than this count as small (>= 0)
+    small_instance_weight : ``semantic_weight`` on the pixels of small instances (1 elsewhere), >= 0
+    """
+
+    sigma: float = 8.0
+    stride: int = 1
+    small_instance_area: int = 4096
+    small_instance_weight: float = 3.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not (
+            math.isfinite(self.sigma) and self.sigma > 0
+        ):
+            raise ConfigError(f"targets.sigma = {self.sigma!r}: must be a finite number > 0 (output pixels)")
+        for key, lo in (("stride", 1), ("small_instance_area", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(f"targets.{key} = {value!r}: must be an integer >= {lo}")
+        w = self.small_instance_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+            raise ConfigError(f"targets.small_instance_weight = {w!r}: must be a finite number >= 0")
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -124,11 +153,15 @@ class NormalizeConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Everything the pipelines need to know about augmentation. ``AugmentConfig()`` is no augmentation."""
+    """Everything the loaders need to know: augmentation, normalisation and the targets rendered after them.
+
+    ``AugmentConfig()`` is no augmentation (with the default targets).
+    """
 
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -156,6 +189,7 @@ class AugmentConfig:
                 shadow=Shadow(0.2, (0.2, 0.5), (0.03, 0.12)),
             ),
             normalize=NormalizeConfig(),
+            targets=TargetsConfig(),
         )
 
     @classmethod
@@ -171,7 +205,7 @@ class AugmentConfig:
             raise ConfigError(f"{path}: {msg}") from exc
 
     def replace(self, **changes) -> AugmentConfig:
-        """A copy with top-level sections replaced (``geometry=``, ``photometric=``, ``normalize=``)."""
+        """A copy with top-level sections replaced (``geometry=``, ``photometric=``, ``normalize=``, ``targets=``)."""
         return dataclasses.replace(self, **changes)
 
 

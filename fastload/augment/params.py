@@ -18,8 +18,9 @@ import numpy as np
 from fastload.augment.config import FITS, AugmentConfig
 from fastload.errors import ConfigError
 
-NOISE_SEED_MAX = 1000.0
-"""``noise_seed`` is drawn from ``[0, NOISE_SEED_MAX)``: small enough that float32 hash inputs stay precise."""
+NOISE_SHIFTS = 256
+"""``noise_offset`` is drawn from ``[0, NOISE_SHIFTS)²``: 65,536 windows of the noise texture
+(:func:`fastload.augment.reference.noise_texture`)."""
 
 SHADOW_OFFSET_MAX = 0.2
 """The shadow line passes within this many output diagonals of the output centre (see :class:`SampleParams`)."""
@@ -37,8 +38,8 @@ class SampleParams:
     saturation     : factor (DALI ``fn.hsv`` ``saturation``)
     brightness     : factor (DALI ``fn.brightness_contrast`` ``brightness``)
     contrast       : factor (DALI ``fn.brightness_contrast`` ``contrast``)
-    noise_sigma    : Gaussian-like noise sigma in 0..255 units (0 = no noise)
-    noise_seed     : float in [0, 1000): the seed of the deterministic noise hash
+    noise_sigma    : Gaussian noise sigma in 0..255 units (0 = no noise)
+    noise_offset   : (row, column) in [0, 256)²: where this sample's window starts in the fixed noise texture
     shadow         : (nx, ny, c, half_width, strength) in *normalised* output coordinates: the origin at the
                      output centre, lengths in output diagonals, ``(nx, ny)`` a unit normal. A pixel centre
                      ``(x, y)`` is in the band when ``|nx*x' + ny*y' - c| < half_width`` with
@@ -56,7 +57,7 @@ class SampleParams:
     brightness: float = 1.0
     contrast: float = 1.0
     noise_sigma: float = 0.0
-    noise_seed: float = 0.0
+    noise_offset: tuple[int, int] = (0, 0)
     shadow: tuple[float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 0.0)
 
 
@@ -96,13 +97,12 @@ def draw_params(rng: np.random.Generator, cfg: AugmentConfig) -> SampleParams:
         m = geo.translation.max_fraction
         shift = (float((2.0 * v[2] - 1.0) * m), float((2.0 * v[3] - 1.0) * m))
 
-    noise_sigma, noise_seed = 0.0, 0.0
+    noise_sigma, noise_offset = 0.0, (0, 0)
     if g[9] < pho.noise.p:
         lo, hi = pho.noise.range
         noise_sigma = float(lo + (hi - lo) * v[8])
-        noise_seed = float(v[9] * NOISE_SEED_MAX)
-        if noise_seed >= NOISE_SEED_MAX:  # float rounding of v * 1000 for v just below 1
-            noise_seed = 0.0
+        window = min(int(v[9] * NOISE_SHIFTS**2), NOISE_SHIFTS**2 - 1)  # one uniform → (row, column)
+        noise_offset = divmod(window, NOISE_SHIFTS)
 
     shadow = SampleParams.shadow
     if g[10] < pho.shadow.p:
@@ -124,7 +124,7 @@ def draw_params(rng: np.random.Generator, cfg: AugmentConfig) -> SampleParams:
         brightness=pick(7, pho.brightness, 6, 1.0),
         contrast=pick(8, pho.contrast, 7, 1.0),
         noise_sigma=noise_sigma,
-        noise_seed=noise_seed,
+        noise_offset=noise_offset,
         shadow=shadow,
     )
 
@@ -179,30 +179,12 @@ def affine_matrix(
     return (about @ fitm)[:2].copy()
 
 
-def map_affine(matrix: np.ndarray, stride: int) -> np.ndarray:
-    """The affine for target maps at ``stride``: ``S(1/s) · M · S(s)`` (same linear part, translation / s)."""
-    if int(stride) != stride or stride < 1:
-        raise ConfigError(f"stride = {stride!r}: must be a positive integer")
-    out = np.array(matrix, dtype=np.float64, copy=True)
-    out[:, 2] /= stride
-    return out
-
-
 def map_hw(out_hw: tuple[int, int], stride: int) -> tuple[int, int]:
     """The target-map size for an output size; the output size must be divisible by the stride."""
     oh, ow = out_hw
     if oh % stride or ow % stride:
         raise ConfigError(f"output size {oh}x{ow} is not divisible by stride {stride}; pick a multiple of it")
     return oh // stride, ow // stride
-
-
-def offset_linear(matrix: np.ndarray) -> np.ndarray:
-    """The forward linear part acting on ``(dy, dx)`` column vectors: float64 (2, 2).
-
-    With ``A = M[:, :2]`` acting on ``(x, y)``: ``(dy', dx') = (A11·dy + A10·dx, A01·dy + A00·dx)``.
-    """
-    a = np.asarray(matrix, dtype=np.float64)[:, :2]
-    return np.array([[a[1, 1], a[1, 0]], [a[0, 1], a[0, 0]]])
 
 
 def shadow_band(params: SampleParams, out_hw: tuple[int, int]) -> tuple[float, float, float, float, float]:

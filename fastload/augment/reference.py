@@ -8,15 +8,14 @@ kernel                            DALI operator                            agree
 ================================  =======================================  ==================================
 ``warp_image``                    ``fn.warp_affine`` linear, fill 0        OpenCV fixed-point weights: <= 1
 ``warp_mask``                     ``fn.warp_affine`` nearest               same sampling rule (see below)
-``warp_heatmap``                  ``fn.warp_affine`` linear, fill 0        OpenCV 1/32 px coordinates
-``warp_offsets``                  ``fn.warp_affine`` nearest + 2x2 matmul  as ``warp_mask``
 ``adjust_hue_saturation``         ``fn.hsv``                               exact but float32 rounding ties
 ``adjust_brightness_contrast``    ``fn.brightness_contrast``               exact but float32 rounding ties
+``apply_shadow``, ``add_noise``   arithmetic, ``fn.slice`` of the texture  float32, same order
 ================================  =======================================  ==================================
 
-Every geometric kernel takes the **forward** affine in continuous coordinates (docs/design.md,
-"Coordinates"), for the frame of the array it is given: the image matrix for images and masks,
-:func:`fastload.augment.params.map_affine` of it for heatmap and offset maps. Conversion to OpenCV's
+Only the image and the two masks are warped: heat and offset maps are rendered after augmentation from the
+warped instance mask (:mod:`fastload.targets`), so no vector field is ever warped. Every geometric kernel takes
+the **forward** affine in continuous coordinates (docs/design.md, "Coordinates"). Conversion to OpenCV's
 pixel-centre-at-integer convention happens here and nowhere else (:func:`to_opencv_matrix`).
 
 Nearest-neighbour sampling follows DALI: output pixel ``(i, j)`` takes the source pixel containing
@@ -30,6 +29,7 @@ coordinates round differently near pixel edges). It is done with NumPy indexing,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,14 +37,7 @@ import cv2
 import numpy as np
 
 from fastload.augment.config import AugmentConfig
-from fastload.augment.params import (
-    SampleParams,
-    affine_matrix,
-    map_affine,
-    map_hw,
-    offset_linear,
-    shadow_band,
-)
+from fastload.augment.params import NOISE_SHIFTS, SampleParams, affine_matrix, shadow_band
 
 SEMANTIC_FILL = 255
 """Semantic label outside the warped image: ignore."""
@@ -171,59 +164,6 @@ def warp_mask(mask: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], *, 
     return take_nearest(mask, nearest_lookup(matrix, mask.shape, out_hw), fill)
 
 
-def warp_heatmap(heatmap: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Warp a heatmap with bilinear interpolation, fill 0.
-
-    heatmap : float32 (H', W'); matrix : the *map* affine (``map_affine(M, stride)``). Returns float32.
-    """
-    _check_hw("warp_heatmap", heatmap, 2)
-    oh, ow = out_hw
-    return cv2.warpAffine(
-        np.ascontiguousarray(heatmap, dtype=np.float32),
-        to_opencv_matrix(matrix),
-        (ow, oh),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0.0,
-    )
-
-
-def transform_offsets(offset: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply the forward linear part of ``matrix`` to every ``(dy, dx)`` vector: float32 (2, H, W)."""
-    _check_hw("transform_offsets", offset, 3)
-    lin = offset_linear(matrix).astype(np.float32)
-    dy, dx = offset[0], offset[1]
-    return np.stack([lin[0, 0] * dy + lin[0, 1] * dx, lin[1, 0] * dy + lin[1, 1] * dx]).astype(np.float32)
-
-
-def warp_offsets(offset: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Warp an offset map: nearest-neighbour resampling (fill 0), then the vectors are transformed.
-
-    offset : float32 (2, H', W') in (dy, dx) order, map pixels; matrix : the *map* affine.
-    Returns float32 (2, out_h, out_w).
-    """
-    _check_hw("warp_offsets", offset, 3)
-    moved = take_nearest(offset, nearest_lookup(matrix, offset.shape[1:], out_hw), 0.0)
-    return transform_offsets(moved, matrix)
-
-
-def flip_offsets(offset: np.ndarray, *, axis: str = "x") -> np.ndarray:
-    """Mirror an offset map exactly: ``axis="x"`` reverses columns and negates dx, ``"y"`` rows and dy.
-
-    offset : float32 (2, H, W) (dy, dx). Exact because index centres mirror as ``W − 1 − c``.
-    """
-    _check_hw("flip_offsets", offset, 3)
-    if axis == "x":
-        out = offset[:, :, ::-1].copy()
-        out[1] *= -1.0
-    elif axis == "y":
-        out = offset[:, ::-1, :].copy()
-        out[0] *= -1.0
-    else:
-        raise ValueError(f"flip_offsets: axis must be 'x' or 'y', got {axis!r}")
-    return out
-
-
 # ------------------------------------------------------------------------------------------- colour
 
 # DALI's fn.hsv: RGB → YIQ, rotate the IQ plane by the hue, scale IQ by the saturation, back to RGB; one 3x3
@@ -302,44 +242,68 @@ def apply_shadow(image: np.ndarray, band: tuple[float, float, float, float, floa
     return out
 
 
-def noise_field(out_hw: tuple[int, int], seed: float, channels: int = 3) -> np.ndarray:
-    """The deterministic unit noise ``g(x, y, ch, seed)`` of docs/design.md: float32 (H, W, C).
+NOISE_TEXTURE_SEED = 0x0015E
+"""The seed of the noise texture: a constant, so the CPU reference and the DALI graph add the same noise."""
 
-    All arithmetic in float32, left to right as written; ``frac(v) = v − floor(v)``.
+
+@functools.lru_cache(maxsize=8)
+def noise_texture(out_hw: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """The fixed Gaussian noise texture for an output size: float32 (H + 256, W + 256, C), read-only.
+
+    A sample's noise is the (H, W) window at its ``noise_offset``: one of 65,536 windows of unit Gaussian
+    noise, replayable (resume, the CPU reference, the DALI graph) and cheap to apply (a slice and a
+    multiply-add, where a per-pixel hash of transcendental functions cost ~25x more).
     """
-    f32 = np.float32
+    oh, ow = (int(v) for v in out_hw)
+    rng = np.random.default_rng([NOISE_TEXTURE_SEED, oh, ow, channels])
+    texture = rng.standard_normal((oh + NOISE_SHIFTS, ow + NOISE_SHIFTS, channels), dtype=np.float32)
+    texture.flags.writeable = False
+    return texture
+
+
+def noise_window(out_hw: tuple[int, int], offset: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """The sample's unit noise: the (H, W, C) view of :func:`noise_texture` at ``offset`` = (row, column)."""
+    oy, ox = (int(v) for v in offset)
+    if not (0 <= oy < NOISE_SHIFTS and 0 <= ox < NOISE_SHIFTS):
+        raise ValueError(f"noise offset {offset} is outside [0, {NOISE_SHIFTS})²")
     oh, ow = out_hw
-    x = np.arange(ow, dtype=f32)[None, :, None]
-    y = np.arange(oh, dtype=f32)[:, None, None]
-    ch = np.arange(channels, dtype=f32)[None, None, :]
-    s = f32(seed)
-    a = x * f32(12.9898) + y * f32(78.233) + ch * f32(37.719) + s
-    b = x * f32(39.3467) + y * f32(11.135) + ch * f32(83.155) + f32(1.618) * s
-    v1 = np.sin(a) * f32(43758.5453)
-    v2 = np.sin(b) * f32(24634.6345)
-    u1 = np.maximum(v1 - np.floor(v1), f32(1e-7))
-    u2 = v2 - np.floor(v2)
-    g = np.sqrt(f32(-2.0) * np.log(u1)) * np.cos(f32(2.0 * np.pi) * u2)
-    return g.astype(f32)
+    return noise_texture((oh, ow), channels)[oy : oy + oh, ox : ox + ow]
 
 
-def add_noise(image: np.ndarray, sigma: float, seed: float) -> np.ndarray:
-    """``img + sigma·g(x, y, ch, seed)``, clamped to [0, 255]; float32 (H, W, C) → float32 (H, W, C)."""
+def add_noise(image: np.ndarray, sigma: float, offset: tuple[int, int]) -> np.ndarray:
+    """``img + sigma·noise``, clamped to [0, 255]; float32 (H, W, C) → float32 (H, W, C)."""
     _check_hw("add_noise", image, 3)
     out = image.astype(np.float32, copy=True)
     if sigma == 0.0:
         return out
-    out += np.float32(sigma) * noise_field(image.shape[:2], seed, image.shape[2])
+    out += np.float32(sigma) * noise_window(image.shape[:2], offset, image.shape[2])
     return np.clip(out, 0.0, 255.0, out=out)
 
 
+def round_to_uint8(image: np.ndarray) -> np.ndarray:
+    """float32 0..255 → uint8, rounding half away from zero (DALI CPU's cast); the augmented image is uint8."""
+    return _round_saturate_uint8(image)
+
+
 def normalize_image(image: np.ndarray, mean, std) -> np.ndarray:
-    """``(img / 255 − mean) / std`` per channel; (H, W, 3) 0..255 → float32 (3, H, W) contiguous."""
+    """``(img / 255 − mean) / std`` per channel; (H, W, 3) 0..255 → float32 (3, H, W) contiguous.
+
+    The loaders normalise whole batches on their device (`fastload.pipeline.batch`); this is the per-sample
+    definition they are checked against."""
     _check_hw("normalize_image", image, 3)
-    scale = np.float32(255.0) * np.asarray(std, dtype=np.float32)
-    shift = np.float32(255.0) * np.asarray(mean, dtype=np.float32)
-    out = (image.astype(np.float32) - shift) / scale
+    shift, inv_scale = normalize_constants(mean, std)
+    out = (image.astype(np.float32) - shift) * inv_scale
     return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def normalize_constants(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (3,) ``255·mean`` and ``1 / (255·std)``, computed in float64 and rounded once.
+
+    Normalisation is ``(x − shift) · inv_scale`` in float32 everywhere (this reference, the torch batch step),
+    so the CPU loader's images equal the reference bit for bit.
+    """
+    mean64, std64 = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    return (255.0 * mean64).astype(np.float32), (1.0 / (255.0 * std64)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- sample
@@ -351,39 +315,35 @@ def augment_sample(
     cfg: AugmentConfig,
     *,
     out_hw: tuple[int, int],
-    stride: int,
 ) -> dict[str, np.ndarray]:
-    """Apply one sample's parameters to its decoded arrays, in the canonical order of docs/design.md.
+    """Apply one sample's parameters to its decoded image and masks, in the canonical order of docs/design.md.
 
-    sample : ``image`` uint8 (H, W, 3) RGB, ``semantic`` uint8 (H, W), ``instance`` int32 (H, W),
-             ``heatmap`` float32 (H/s↑, W/s↑), ``offset`` float32 (2, H/s↑, W/s↑), s = ``stride``
-    Returns ``image`` float32 (3, oh, ow), ``semantic`` int64 (oh, ow), ``instance`` int32 (oh, ow),
-    ``heatmap`` float32 (1, oh/s, ow/s), ``offset`` float32 (2, oh/s, ow/s).
+    sample : ``image`` uint8 (H, W, 3) RGB, ``semantic`` uint8 (H, W), ``instance`` integer (H, W)
+    Returns ``image`` uint8 (oh, ow, 3) (the augmented pixels, before normalisation), ``semantic`` uint8
+    (oh, ow) (fill 255), ``instance`` (oh, ow) of the input's dtype (fill 0). Heat and offset maps are rendered
+    from the returned instance mask (`fastload.targets`); normalisation is the batch's last step.
     """
     image = sample["image"]
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"augment_sample: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     src_hw = image.shape[:2]
     out_hw = (int(out_hw[0]), int(out_hw[1]))
-    mhw = map_hw(out_hw, stride)
     m = affine_matrix(params, src_hw, out_hw, fit=cfg.geometry.fit)
-    mm = map_affine(m, stride)
 
     img = warp_image(image, m, out_hw)
     img = adjust_hue_saturation(img, params.hue, params.saturation)
     img = adjust_brightness_contrast(img, params.brightness, params.contrast)
-    imgf = apply_shadow(img.astype(np.float32), shadow_band(params, out_hw))
-    imgf = add_noise(imgf, params.noise_sigma, params.noise_seed)
+    if params.shadow[4] != 0.0 or params.noise_sigma != 0.0:
+        imgf = apply_shadow(img.astype(np.float32), shadow_band(params, out_hw))
+        img = round_to_uint8(add_noise(imgf, params.noise_sigma, params.noise_offset))
 
     _check_label_shape("semantic", sample["semantic"], src_hw)
     _check_label_shape("instance", sample["instance"], src_hw)
     lookup = nearest_lookup(m, src_hw, out_hw)
     return {
-        "image": normalize_image(imgf, cfg.normalize.mean, cfg.normalize.std),
-        "semantic": take_nearest(sample["semantic"], lookup, SEMANTIC_FILL).astype(np.int64),
-        "instance": take_nearest(sample["instance"].astype(np.int32, copy=False), lookup, INSTANCE_FILL),
-        "heatmap": warp_heatmap(sample["heatmap"], mm, mhw)[None],
-        "offset": warp_offsets(sample["offset"], mm, mhw),
+        "image": img,
+        "semantic": take_nearest(sample["semantic"], lookup, SEMANTIC_FILL),
+        "instance": take_nearest(sample["instance"], lookup, INSTANCE_FILL),
     }
 
 

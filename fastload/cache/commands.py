@@ -143,16 +143,16 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
     per = max(m.samples, 1)
     lines = [
         f"cache {root}  (schema {m.schema_version}, fastload {m.fastload_version})",
-        f"config: sigma={m.sigma:g} stride={m.stride} samples_per_shard={m.samples_per_shard} "
-        f"offset_scale={m.offset_scale} png_compression={m.png_compression}",
+        f"config: samples_per_shard={m.samples_per_shard} label_compression={m.label_compression} "
+        f"label_format={m.label_format}",
         f"images {m.images}  samples {m.samples}  instances {m.instances}  skipped {len(m.skips)}  "
-        f"shards {len(m.shards)}  clipped offset pixels {m.offset_clipped_pixels}",
+        f"shards {len(m.shards)}",
         f"classes ({m.num_classes} with background = train id 0; 255 = ignore):",
         f"  {'train_id':>8}  {'coco_id':>7}  {'instances':>9}  name",
     ]
     lines += [f"  {c.train_id:>8}  {c.coco_id:>7}  {c.instances:>9}  {c.name}" for c in m.categories]
     mb = m.member_bytes
-    kinds = [("image", mb.image), ("sem", mb.sem), ("ins", mb.ins), ("off", mb.off), ("heat", mb.heat), ("meta", mb.meta)]
+    kinds = [("image", mb.image), ("sem", mb.sem), ("ins", mb.ins), ("meta", mb.meta)]
     lines.append(f"bytes: shards {_size(m.total_bytes)} total, {_size(m.total_bytes / per)} per sample")
     for kind, n in kinds:
         share = f"{100 * n / mb.image:5.1f}% of image" if mb.image and kind != "image" else ""

@@ -8,35 +8,38 @@ kind        name               content
 ==========  =================  ==========================================================================
 ``image``   ``KEY.<ext>``      the source image bytes unchanged; ``ext`` names the *content* (jpg, png, bmp,
                                tif, webp), sniffed from the magic bytes, not the source file's suffix
-``sem``     ``KEY.sem.png``    uint8 gray PNG: semantic train ids, 0 background, 255 ignore
-``ins``     ``KEY.ins.png``    uint16 gray PNG: instance ids 1..N, 0 background
-``off``     ``KEY.off.png``    uint16 RGB PNG: R = dy, G = dx, B = 0; code = round(v * offset_scale) + 32768
-``heat``    ``KEY.heat.png``   uint8 gray PNG: round(heat * 255)
-``meta``    ``KEY.json``       JSON ``{image_id, file_name, height, width, instances: [...]}``
+``sem``     ``KEY.sem.lz4``    uint8 (H, W) semantic train ids, 0 background, 255 ignore; LZ4 label member
+``ins``     ``KEY.ins.lz4``    uint16 (H, W) instance ids 1..N (N <= 32767), 0 background; LZ4 label member
+``meta``    ``KEY.json``       JSON ``{image_id, file_name, height, width, instances: [...]}``: the instance
+                               table (ids, annotation ids, categories, train ids, bbox, area, centre)
 ==========  =================  ==========================================================================
+
+Heat and offset maps are not stored: the loaders render them after augmentation from the warped instance
+mask (``fastload.targets``), which is Panoptic-DeepLab's definition; ``open_cache(...)[i]`` computes them on
+access for the unaugmented sample.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import cv2
+import lz4.block
 import numpy as np
 
 from fastload.errors import CacheError
 
-SCHEMA_VERSION = 1  # of manifest.json, the shard indexes and the completion records
-HEAT_SCALE = 255  # heatmap code = round(heat * HEAT_SCALE)
-OFFSET_ZERO = 32768  # offset code of a zero vector
+SCHEMA_VERSION = 2  # of manifest.json, the shard indexes and the completion records (1: label PNGs and maps)
 
 # tar order of a sample's members; the image's extension depends on its content (see IMAGE_FORMATS)
-MEMBER_KINDS = ("image", "sem", "ins", "off", "heat", "meta")
-LABEL_EXTENSIONS = {"sem": "sem.png", "ins": "ins.png", "off": "off.png", "heat": "heat.png", "meta": "json"}
+MEMBER_KINDS = ("image", "sem", "ins", "meta")
+LABEL_EXTENSIONS = {"sem": "sem.lz4", "ins": "ins.lz4", "meta": "json"}
 IMAGE_EXTENSIONS = ("jpg", "png", "bmp", "tif", "webp")
 # for DALI's fn.readers.webdataset: one output that takes whichever image extension a sample has
 DALI_IMAGE_EXT = ";".join(IMAGE_EXTENSIONS)
@@ -108,112 +111,135 @@ def decode_image(data: bytes) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- labels
 
-
-# A fixed PNG row filter per member instead of libpng's per-row heuristic (which mostly picks Paeth, the
-# slowest to undo). Measured on the 18 sample photos at level 6: flat label maps compress best unfiltered,
-# the smooth offset ramps with "up"; both smaller *and* faster than the heuristic (offsets: encode 34 → 19 ms,
-# decode 12 → 9 ms per 800x600 sample). Any PNG decoder reads them; only the encoder's choice differs.
-# OpenCV < 4.12 has no IMWRITE_PNG_FILTER: it then keeps libpng's heuristic (valid PNGs, somewhat larger).
-# Shards are byte-identical for one environment; another OpenCV/zlib build may compress differently.
-_PNG_FILTER = getattr(cv2, "IMWRITE_PNG_FILTER", None)
-_FILTER_NONE = getattr(cv2, "IMWRITE_PNG_FILTER_NONE", 8)
-_FILTER_UP = getattr(cv2, "IMWRITE_PNG_FILTER_UP", 32)
-
-
-def _encode_png(array: np.ndarray, level: int, row_filter: int = _FILTER_NONE) -> bytes:
-    params = [cv2.IMWRITE_PNG_COMPRESSION, int(level)]
-    if _PNG_FILTER is not None:
-        params += [_PNG_FILTER, row_filter]
-    ok, buf = cv2.imencode(".png", array, params)
-    if not ok:
-        raise CacheError(f"PNG encoding failed for an array of shape {array.shape} dtype {array.dtype}")
-    return buf.tobytes()
+# A label member is a raw array compressed with LZ4 (block format), the one format DALI decodes on the GPU
+# (fn.decoders.inflate, nvCOMP). The array is cut into bands of whole rows, each its own LZ4 block, so that
+# nvCOMP decodes a sample's bands in parallel and no block exceeds its chunk limit whatever the image size; the
+# last band is padded with the member's fill (255 = ignore for the semantic mask, 0 = background for instances),
+# which is exactly what a warp reads outside the image, so a decoder may hand the padded array to the warp.
+# Layout (little endian), described once here and in docs/design.md:
+#
+#   magic "FLZ4" | u16 version (1) | u16 dtype code | u32 height | u32 width | u32 rows per band | u32 bands
+#   | u32 compressed size of each band | the bands, each starting at a multiple of 4 bytes (zero padding)
+LABEL_MAGIC = b"FLZ4"
+LABEL_VERSION = 1
+LABEL_BAND_BYTES = 1 << 16  # raw bytes of a uint16 band at most (LZ4's window; nvCOMP's preferred chunk)
+LABEL_DTYPES = {"sem": np.dtype(np.uint8), "ins": np.dtype(np.uint16)}
+LABEL_FILL = {"sem": 255, "ins": 0}
+MAX_INSTANCES = 32767  # instance ids fit int16, the type DALI's warp reads the uint16 member as
+_DTYPE_CODES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
+_HEADER = struct.Struct("<4sHHIIII")
 
 
-def _decode_png(data: bytes, *, what: str, dtype: type, channels: int) -> np.ndarray:
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise CacheError(f"{what} member is not a decodable PNG")
-    got_channels = 1 if array.ndim == 2 else array.shape[2]
-    if array.dtype != dtype or got_channels != channels:
-        raise CacheError(
-            f"{what} member is a {array.dtype} PNG with {got_channels} channel(s); "
-            f"expected {np.dtype(dtype).name} with {channels}"
+def rows_per_band(width: int) -> int:
+    """Rows of a label band for an image ``width`` wide: a uint16 band holds at most ``LABEL_BAND_BYTES``."""
+    return max(1, LABEL_BAND_BYTES // (2 * int(width)))
+
+
+@dataclass(frozen=True)
+class LabelLayout:
+    """The header of a label member: what the array is and where its LZ4 bands lie in the member.
+
+    band_offsets / band_sizes : int64 (bands,) byte offset within the member and compressed size of each band
+    """
+
+    dtype: np.dtype
+    height: int
+    width: int
+    rows_per_band: int
+    band_offsets: np.ndarray
+    band_sizes: np.ndarray
+
+    @property
+    def padded_height(self) -> int:
+        """Rows of the decoded array before the padding is cut off: ``bands · rows_per_band``."""
+        return len(self.band_sizes) * self.rows_per_band
+
+    @property
+    def band_shape(self) -> tuple[int, int]:
+        """(rows, width) of one decoded band (what ``fn.decoders.inflate`` calls a chunk's shape)."""
+        return self.rows_per_band, self.width
+
+
+def encode_label(array: np.ndarray, *, kind: str, level: int) -> bytes:
+    """A label map → its LZ4 member (layout above).
+
+    array : (H, W) integers in the range of ``LABEL_DTYPES[kind]`` ("sem": uint8 train ids, 255 ignore; "ins":
+        uint16 instance ids, 0 background); level : 0 = LZ4 (fast), 1..12 = LZ4-HC at that level.
+    """
+    dtype = LABEL_DTYPES[kind]
+    array = np.asarray(array)
+    if array.ndim != 2 or array.size == 0:
+        raise CacheError(f"{kind} label must be a non-empty (H, W) array, got shape {array.shape}")
+    height, width = array.shape
+    rows = rows_per_band(width)
+    bands = -(-height // rows)
+    padded = np.full((bands * rows, width), LABEL_FILL[kind], dtype=dtype)
+    padded[:height] = array  # the caller checked the range (an out-of-range id would wrap here)
+    raw = padded.tobytes()
+    step = rows * width * dtype.itemsize
+    blocks = [_compress(raw[k * step : (k + 1) * step], level) for k in range(bands)]
+    code = next(c for c, d in _DTYPE_CODES.items() if d == dtype)
+    parts = [_HEADER.pack(LABEL_MAGIC, LABEL_VERSION, code, height, width, rows, bands)]
+    parts.append(np.array([len(b) for b in blocks], dtype="<u4").tobytes())
+    for block in blocks:
+        parts.append(block + b"\0" * (-len(block) % 4))
+    return b"".join(parts)
+
+
+def _compress(data: bytes, level: int) -> bytes:
+    if level == 0:
+        return lz4.block.compress(data, mode="default", store_size=False)
+    return lz4.block.compress(data, mode="high_compression", compression=level, store_size=False)
+
+
+def parse_label(data: bytes | memoryview, *, what: str = "label") -> LabelLayout:
+    """Read and check a label member's header (no decompression).
+
+    Raises
+    ------
+    CacheError
+        When the header is not fastload's, or its band sizes do not add up to the member's length.
+    """
+    if len(data) < _HEADER.size:
+        raise CacheError(f"{what} member is too short for a label header ({len(data)} bytes)")
+    magic, version, code, height, width, rows, bands = _HEADER.unpack_from(data, 0)
+    if magic != LABEL_MAGIC or version != LABEL_VERSION or code not in _DTYPE_CODES:
+        raise CacheError(f"{what} member is not a fastload LZ4 label (magic {magic!r}, version {version}, dtype code {code})")
+    if height < 1 or width < 1 or rows < 1 or bands != -(-height // rows):
+        raise CacheError(f"{what} member header is inconsistent: {height} x {width} in {bands} bands of {rows} rows")
+    table_end = _HEADER.size + 4 * bands
+    if len(data) < table_end:
+        raise CacheError(f"{what} member is cut short inside its band table")
+    sizes = np.frombuffer(data, dtype="<u4", count=bands, offset=_HEADER.size).astype(np.int64)
+    padded = sizes + (-sizes % 4)
+    offsets = table_end + np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
+    if table_end + int(padded.sum()) != len(data):
+        raise CacheError(f"{what} member holds {len(data)} bytes, its band table says {table_end + int(padded.sum())}")
+    return LabelLayout(_DTYPE_CODES[code], int(height), int(width), int(rows), offsets, sizes)
+
+
+def decode_label(data: bytes, *, kind: str, padded: bool = False) -> np.ndarray:
+    """A label member → its array: ``LABEL_DTYPES[kind]`` (H, W), or (padded_height, W) with ``padded=True``.
+
+    The lz4 package releases the GIL while it decompresses, so reader threads decode labels in parallel.
+    """
+    what = {"sem": "semantic", "ins": "instance"}[kind]
+    layout = parse_label(data, what=what)
+    if layout.dtype != LABEL_DTYPES[kind]:
+        raise CacheError(f"{what} member holds {layout.dtype.name}, expected {LABEL_DTYPES[kind].name}")
+    band_bytes = layout.rows_per_band * layout.width * layout.dtype.itemsize
+    view = memoryview(data)
+    try:
+        raw = b"".join(
+            lz4.block.decompress(view[o : o + s], uncompressed_size=band_bytes)
+            for o, s in zip(layout.band_offsets.tolist(), layout.band_sizes.tolist(), strict=True)
         )
-    return array
-
-
-def encode_semantic(semantic: np.ndarray, *, level: int = 6) -> bytes:
-    """uint8 (H, W) train ids → 8-bit gray PNG."""
-    return _encode_png(np.ascontiguousarray(semantic, dtype=np.uint8), level)
-
-
-def decode_semantic(data: bytes) -> np.ndarray:
-    """8-bit gray PNG → uint8 (H, W) train ids (0 background, 255 ignore)."""
-    return _decode_png(data, what="semantic", dtype=np.uint8, channels=1)
-
-
-def encode_instance(instance: np.ndarray, *, level: int = 6) -> bytes:
-    """int (H, W) instance ids 0..65535 → 16-bit gray PNG."""
-    if instance.size and (instance.min() < 0 or instance.max() > 65535):
-        raise CacheError(f"instance ids must be in 0..65535, got {instance.min()}..{instance.max()}")
-    return _encode_png(np.ascontiguousarray(instance, dtype=np.uint16), level)
-
-
-def decode_instance(data: bytes) -> np.ndarray:
-    """16-bit gray PNG → int32 (H, W) instance ids (0 background)."""
-    return _decode_png(data, what="instance", dtype=np.uint16, channels=1).astype(np.int32)
-
-
-def quantize_offset(offset: np.ndarray, offset_scale: int) -> tuple[np.ndarray, int]:
-    """float (2, H, W) (dy, dx) → uint16 codes (2, H, W) and the number of pixels where a code was clipped."""
-    code = np.rint(np.asarray(offset, dtype=np.float64) * offset_scale) + OFFSET_ZERO
-    outside = (code < 0) | (code > 65535)
-    clipped = int(np.count_nonzero(outside.any(axis=0)))
-    return np.clip(code, 0, 65535).astype(np.uint16), clipped
-
-
-def dequantize_offset(code: np.ndarray, offset_scale: int) -> np.ndarray:
-    """uint16 codes (2, H, W) → float32 (2, H, W) offsets in map pixels."""
-    return ((code.astype(np.float32) - OFFSET_ZERO) / np.float32(offset_scale)).astype(np.float32)
-
-
-def encode_offset(offset: np.ndarray, *, offset_scale: int, level: int = 6) -> tuple[bytes, int]:
-    """float (2, H', W') (dy, dx) → 16-bit RGB PNG (R = dy, G = dx, B = 0) and the clipped-pixel count."""
-    if offset.ndim != 3 or offset.shape[0] != 2:
-        raise CacheError(f"offset must have shape (2, H, W), got {offset.shape}")
-    code, clipped = quantize_offset(offset, offset_scale)
-    bgr = np.zeros((*code.shape[1:], 3), np.uint16)  # OpenCV writes BGR arrays as RGB pixels
-    bgr[..., 2] = code[0]
-    bgr[..., 1] = code[1]
-    return _encode_png(bgr, level, _FILTER_UP), clipped
-
-
-def decode_offset(data: bytes, *, offset_scale: int) -> np.ndarray:
-    """16-bit RGB PNG → float32 (2, H', W') offsets (dy, dx) in map pixels (= `dequantize_offset`, in place)."""
-    bgr = _decode_png(data, what="offset", dtype=np.uint16, channels=3)
-    out = np.empty((2, *bgr.shape[:2]), np.float32)
-    out[0] = bgr[..., 2]
-    out[1] = bgr[..., 1]
-    out -= np.float32(OFFSET_ZERO)
-    out /= np.float32(offset_scale)
-    return out
-
-
-def quantize_heatmap(heatmap: np.ndarray) -> np.ndarray:
-    """float heat in [0, 1] → uint8 codes round(heat * 255) (values outside [0, 1] are clipped)."""
-    return np.rint(np.clip(np.asarray(heatmap, dtype=np.float64), 0.0, 1.0) * HEAT_SCALE).astype(np.uint8)
-
-
-def encode_heatmap(heatmap: np.ndarray, *, level: int = 6) -> bytes:
-    """float (H', W') heat in [0, 1] → 8-bit gray PNG."""
-    return _encode_png(quantize_heatmap(heatmap), level)
-
-
-def decode_heatmap(data: bytes) -> np.ndarray:
-    """8-bit gray PNG → float32 (H', W') heat in [0, 1]."""
-    code = _decode_png(data, what="heatmap", dtype=np.uint8, channels=1)
-    return (code.astype(np.float32) / np.float32(HEAT_SCALE)).astype(np.float32)
+    except lz4.block.LZ4BlockError as exc:
+        raise CacheError(f"{what} member does not decompress ({exc})") from None
+    if len(raw) != band_bytes * len(layout.band_sizes):
+        raise CacheError(f"{what} member decompresses to {len(raw)} bytes, expected {band_bytes * len(layout.band_sizes)}")
+    array = np.frombuffer(raw, dtype=layout.dtype).reshape(layout.padded_height, layout.width)
+    return array if padded else array[: layout.height]
 
 
 def _json_default(value: Any) -> Any:
@@ -247,11 +273,6 @@ def decode_meta(data: bytes) -> dict[str, Any]:
     return meta
 
 
-def map_shape(height: int, width: int, stride: int) -> tuple[int, int]:
-    """Shape of the target maps of an ``height`` x ``width`` image: ``(ceil(H/s), ceil(W/s))``."""
-    return -(-height // stride), -(-width // stride)
-
-
 @dataclass(frozen=True)
 class SampleMembers:
     """The raw (still encoded) members of one cache sample, CRC-checked. Decode with this module's helpers."""
@@ -260,10 +281,8 @@ class SampleMembers:
     key: str  # sample key, e.g. "00001536"
     image: bytes
     image_ext: str  # extension of the image member: one of IMAGE_EXTENSIONS
-    semantic: bytes
-    instance: bytes
-    offset: bytes
-    heatmap: bytes
+    semantic: bytes  # LZ4 label member (encode_label / decode_label)
+    instance: bytes  # LZ4 label member
     meta: dict[str, Any]
 
 

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastload.cache.format import HEAT_SCALE, SCHEMA_VERSION, dumps_canonical, shard_stem
+from fastload.cache.format import (
+    LABEL_MAGIC,
+    LABEL_VERSION,
+    MEMBER_KINDS,
+    SCHEMA_VERSION,
+    dumps_canonical,
+    shard_stem,
+)
 from fastload.errors import CacheError
 
 MANIFEST_NAME = "manifest.json"
-BYTE_KINDS = ("image", "sem", "ins", "off", "heat", "meta")
+BYTE_KINDS = MEMBER_KINDS
+LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' layout (fastload.cache.format)
 
 
 def part_name(node_rank: int, num_nodes: int) -> str:
@@ -115,7 +122,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
     return {
         "schema_version": SCHEMA_VERSION,
         "fastload_version": header["fastload_version"],
-        "config": {**header["config"], "heat_scale": HEAT_SCALE},
+        "config": {**header["config"], "label_format": LABEL_FORMAT},
         "categories": categories,
         "num_classes": len(categories) + 1,
         "source": {"coco_sha256": header["coco_sha256"]},
@@ -124,7 +131,6 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
             "samples": sum(r["samples"] for r in records),
             "instances": sum(r["instances"] for r in records),
             "skipped": len(skips),
-            "offset_clipped_pixels": sum(r["offset_clipped_pixels"] for r in records),
         },
         "skips": skips,
         "shards": shards,
@@ -172,30 +178,24 @@ class MemberBytes:
     image: int
     sem: int
     ins: int
-    off: int
-    heat: int
     meta: int
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed ``manifest.json``. Target maps are ``(ceil(H/stride), ceil(W/stride))``; see docs/design.md."""
+    """A parsed ``manifest.json`` (schema 2; see docs/design.md "The cache")."""
 
     schema_version: int
     fastload_version: str
-    sigma: float
-    stride: int
     samples_per_shard: int
-    png_compression: int
-    offset_scale: int
-    heat_scale: int
+    label_compression: int
+    label_format: str
     categories: tuple[CategoryInfo, ...]
     num_classes: int  # K + 1: train ids 0 (background) .. K; 255 = ignore is not a class
     coco_sha256: str
     images: int  # validated COCO images (sample positions), skipped ones included
     samples: int
     instances: int
-    offset_clipped_pixels: int
     skips: tuple[SkipInfo, ...]
     shards: tuple[ShardInfo, ...]
     total_bytes: int
@@ -219,8 +219,15 @@ def parse_manifest(data: Any, *, where: str) -> Manifest:
         )
     if version < 1:
         raise CacheError(f"{where}: invalid schema_version {version}")
+    if version < SCHEMA_VERSION:
+        raise CacheError(
+            f"{where}: this cache has schema_version {version} (written by fastload {data.get('fastload_version', '?')}: "
+            f"label PNGs and heat/offset maps made before augmentation); this fastload reads schema_version "
+            f"{SCHEMA_VERSION} (LZ4 labels, maps rendered after augmentation): rebuild it with the same command, "
+            "`fastload cache build --coco ... --images ... --out <this folder>` (no shard can be kept)"
+        )
     try:
-        return _parse_v1(_Node(data, ""), version)
+        return _parse(_Node(data, ""), version)
     except _Malformed as exc:
         raise CacheError(f"{where}: malformed manifest ({exc}); rebuild the cache") from None
 
@@ -253,12 +260,6 @@ class _Node:
             raise _Malformed(f"{path} must be an integer {bound}{' or null' if optional else ''}, got {_show(value)}")
         return value
 
-    def number(self, key: str) -> float:
-        value, path = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise _Malformed(f"{path} must be a positive number, got {_show(value)}")
-        return float(value)
-
     def text(self, key: str, *, optional: bool = False) -> Any:
         value, path = self._get(key)
         if not (isinstance(value, str) or (optional and value is None)):
@@ -287,17 +288,17 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _parse_v1(m: _Node, version: int) -> Manifest:
+def _parse(m: _Node, version: int) -> Manifest:
     cfg, counts, members = m.node("config"), m.node("counts"), m.node("bytes").node("members")
+    label_format = cfg.text("label_format")
+    if label_format != LABEL_FORMAT:
+        raise _Malformed(f"config.label_format is {label_format!r}; this fastload reads {LABEL_FORMAT!r}")
     return Manifest(
         schema_version=version,
         fastload_version=m.text("fastload_version"),
-        sigma=cfg.number("sigma"),
-        stride=cfg.integer("stride", minimum=1),
         samples_per_shard=cfg.integer("samples_per_shard", minimum=1),
-        png_compression=cfg.integer("png_compression", maximum=9),
-        offset_scale=cfg.integer("offset_scale", minimum=1),
-        heat_scale=cfg.integer("heat_scale", minimum=1),
+        label_compression=cfg.integer("label_compression", maximum=12),
+        label_format=label_format,
         categories=tuple(
             CategoryInfo(coco_id=c.integer("coco_id"), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
             for c in m.nodes("categories")
@@ -307,7 +308,6 @@ def _parse_v1(m: _Node, version: int) -> Manifest:
         images=counts.integer("images"),
         samples=counts.integer("samples"),
         instances=counts.integer("instances"),
-        offset_clipped_pixels=counts.integer("offset_clipped_pixels"),
         skips=tuple(
             SkipInfo(
                 image_id=s.integer("image_id", minimum=-(2**63), optional=True),

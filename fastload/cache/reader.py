@@ -2,7 +2,9 @@
 
 Opening reads ``manifest.json`` and every shard's JSON index (no tar data). A sample is then one ``pread``
 of its members' contiguous span, CRC-checked per member. File handles are opened lazily, per process, and
-never pickled, so a `CacheDataset` can be handed to torch DataLoader workers (fork or spawn).
+never pickled, so a `CacheDataset` can be handed to torch DataLoader workers (fork or spawn). Reads from many
+threads run concurrently: the lock that guards the table of open files is held only to find a descriptor,
+never across a read (a slow disk or a NAS then serves several reads at once).
 """
 
 from __future__ import annotations
@@ -22,25 +24,31 @@ import numpy as np
 
 from fastload.cache.format import (
     IMAGE_EXTENSIONS,
+    LABEL_DTYPES,
     LABEL_EXTENSIONS,
     MEMBER_KINDS,
     SCHEMA_VERSION,
     SampleMembers,
-    decode_heatmap,
     decode_image,
-    decode_instance,
+    decode_label,
     decode_meta,
-    decode_offset,
-    decode_semantic,
-    map_shape,
 )
 from fastload.cache.manifest import Manifest, ShardInfo, load_manifest
-from fastload.errors import CacheError
+from fastload.errors import CacheError, ConfigError
 
 _FIX = "run `fastload cache verify {root}` and rebuild with `fastload cache build ... --resume`"
 # shard files a process keeps open (least recently used closed first): a shuffled epoch reads every shard,
 # and a cache of more shards than the common soft limit of 1024 descriptors would otherwise hit EMFILE
 MAX_OPEN_SHARDS = 64
+
+
+class _Handle:
+    """An open shard file and the reads using it: an evicted handle is closed by its last reader."""
+
+    __slots__ = ("fd", "readers", "evicted")
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.readers, self.evicted = fd, 0, False
 
 
 class CacheDataset(Sequence):
@@ -51,20 +59,23 @@ class CacheDataset(Sequence):
         image     uint8   (H, W, 3)  RGB, the source pixels
         semantic  uint8   (H, W)     train ids, 0 background, 255 ignore
         instance  int32   (H, W)     instance ids 1..N, 0 background
-        heatmap   float32 (H', W')   centre heat in [0, 1], quantised to 1/255
-        offset    float32 (2, H', W') (dy, dx) to the instance centre in map pixels, quantised to 1/offset_scale
+        heatmap   float32 (H', W')   Panoptic-DeepLab centre heatmap of the instance mask, in [0, 1]
+        offset    float32 (2, H', W') (dy, dx) to the instance centre in map pixels
         meta      dict    {image_id, file_name, height, width, instances: [{id, annotation_id, category_id,
                            train_id, bbox, area, centre}, ...]}
 
-    with ``(H', W') = (ceil(H/stride), ceil(W/stride))``.
+    with ``(H', W') = (ceil(H/stride), ceil(W/stride))``. Heatmap and offsets are computed on access with
+    `fastload.targets.center_targets` (``sigma``, ``stride`` of `open_cache`): the cache stores masks, and the
+    loaders render the maps after augmentation instead.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, sigma: float = 8.0, stride: int = 1) -> None:
         self._root = Path(root)
+        self.sigma, self.stride = _target_params(sigma, stride)
         self._manifest = load_manifest(self._root)
         self._load_indexes()
-        self._fds: OrderedDict[int, int] = OrderedDict()  # shard → descriptor, least recently used first
-        self._lock = threading.Lock()  # an evicted descriptor must not be closed under another thread's read
+        self._fds: OrderedDict[int, _Handle] = OrderedDict()  # shard → open file, least recently used first
+        self._lock = threading.Lock()  # guards _fds only; never held across a read
         self._pid = os.getpid()
 
     # ------------------------------------------------------------------------------------------ opening
@@ -138,6 +149,10 @@ class CacheDataset(Sequence):
             for k, m in enumerate(members):
                 self._member[i, k] = (m["offset"] - start, m["size"])
                 self._crc[i, k] = m["crc32"]
+                if m["kind"] in LABEL_DTYPES and (
+                    m["shape"] != [sample["height"], sample["width"]] or m["dtype"] != LABEL_DTYPES[m["kind"]].name
+                ):
+                    raise ValueError(f"{m['name']} is {m['dtype']} {m['shape']}, the sample {sample['height']} x {sample['width']}")
             self._hw[i] = (sample["height"], sample["width"])
             self._image_id[i] = sample["image_id"]
             self._position[i] = int(sample["key"])
@@ -162,32 +177,61 @@ class CacheDataset(Sequence):
         self._pid = os.getpid()
 
     def _pread(self, s: int, length: int, start: int) -> bytes:
-        """``length`` bytes of shard ``s`` from ``start``, through this process's (bounded) set of open files."""
+        """``length`` bytes of shard ``s`` from ``start``, through this process's (bounded) set of open files.
+
+        The lock is held to find (or open) the descriptor and to count this read on it; the read itself runs
+        unlocked, so reads from several threads overlap. A descriptor evicted (or closed by `close`) while
+        reads use it is closed by the last of them.
+        """
         if self._pid != os.getpid():  # forked: the parent's descriptors and lock are not ours to share
             self._fds, self._lock, self._pid = OrderedDict(), threading.Lock(), os.getpid()
+        handle = self._acquire(s)
+        try:
+            return self.read_bytes(handle.fd, length, start)
+        finally:
+            with self._lock:
+                handle.readers -= 1
+                if handle.evicted and handle.readers == 0:
+                    os.close(handle.fd)
+
+    def read_bytes(self, fd: int, length: int, start: int) -> bytes:
+        """One ``pread``: the single place where sample bytes come off the disk.
+
+        Subclasses override it to model slow storage (``fastload bench --read-latency-ms``, the tests)."""
+        return os.pread(fd, length, start)
+
+    def _acquire(self, s: int) -> _Handle:
         with self._lock:
-            fd = self._fds.get(s)
-            if fd is None:
+            handle = self._fds.get(s)
+            if handle is None:
                 shard = self._manifest.shards[s]
                 try:
-                    fd = os.open(self._root / shard.file, os.O_RDONLY)
+                    handle = _Handle(os.open(self._root / shard.file, os.O_RDONLY))
                 except FileNotFoundError:
                     raise CacheError(f"shard {shard.file} is missing from {self._root}; rebuild it with --resume") from None
-                self._fds[s] = fd
+                self._fds[s] = handle
                 if len(self._fds) > MAX_OPEN_SHARDS:
-                    os.close(self._fds.popitem(last=False)[1])
+                    self._release(self._fds.popitem(last=False)[1])
             else:
                 self._fds.move_to_end(s)
-            return os.pread(fd, length, start)
+            handle.readers += 1
+            return handle
+
+    @staticmethod
+    def _release(handle: _Handle) -> None:
+        # called under the lock: close now, or let the last reader close it
+        handle.evicted = True
+        if handle.readers == 0:
+            os.close(handle.fd)
 
     def close(self) -> None:
-        """Close this process's shard files (they reopen on the next read)."""
+        """Close this process's shard files (they reopen on the next read; reads in progress finish first)."""
         if self._pid != os.getpid():
             self._fds = OrderedDict()
             return
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            for handle in self._fds.values():
+                self._release(handle)
             self._fds = OrderedDict()
 
     def __enter__(self) -> CacheDataset:
@@ -226,6 +270,10 @@ class CacheDataset(Sequence):
         if not 0 <= i < n:
             raise IndexError(f"cache index {i} out of range for {n} samples")
         return i
+
+    def span_bytes(self, i: int) -> int:
+        """Bytes one `read_members` of sample ``i`` reads (from the index, no tar read)."""
+        return int(self._span[self._index(i), 1])
 
     def image_size(self, i: int) -> tuple[int, int]:
         """``(H, W)`` of sample ``i`` from the index (no tar read)."""
@@ -276,7 +324,7 @@ class CacheDataset(Sequence):
                     + _FIX.format(root=self._root)
                 )
             parts.append(bytes(data))
-        image, sem, ins, off_png, heat, meta = parts
+        image, sem, ins, meta = parts
         try:
             meta_dict = decode_meta(meta)
         except CacheError as exc:
@@ -288,60 +336,73 @@ class CacheDataset(Sequence):
             image_ext=IMAGE_EXTENSIONS[self._image_ext[i]],
             semantic=sem,
             instance=ins,
-            offset=off_png,
-            heatmap=heat,
             meta=meta_dict,
         )
 
+    def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i``'s masks as stored, without the image or maps: uint8 semantic, uint16 instance (H, W)."""
+        i = self._index(i)
+        try:
+            return decode_labels(self.read_members(i), self.image_size(i))
+        except CacheError as exc:
+            raise CacheError(f"{self._where(i)}: {exc}; " + _FIX.format(root=self._root)) from None
+
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        from fastload.targets import center_targets
+
         i = self._index(i)
         members = self.read_members(i)
         height, width = self.image_size(i)
         try:
-            sample = decode_members(members, offset_scale=self._manifest.offset_scale)
-            check_shapes(sample, height, width, self._manifest.stride)
+            sample = decode_members(members, (height, width))
         except CacheError as exc:
             raise CacheError(f"{self._where(i)}: {exc}; " + _FIX.format(root=self._root)) from None
+        sample["heatmap"], sample["offset"] = center_targets(sample["instance"], self.sigma, stride=self.stride)
         return sample
 
 
-def decode_members(members: SampleMembers, *, offset_scale: int) -> dict[str, Any]:
-    """Decode every member of a sample (see `CacheDataset` for the dict's keys, dtypes and shapes)."""
-    return {
-        "image": decode_image(members.image),
-        "semantic": decode_semantic(members.semantic),
-        "instance": decode_instance(members.instance),
-        "heatmap": decode_heatmap(members.heatmap),
-        "offset": decode_offset(members.offset, offset_scale=offset_scale),
-        "meta": members.meta,
-    }
+def decode_labels(members: SampleMembers, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The semantic (uint8) and instance (uint16) masks of a sample, (H, W) each, checked against its size ``hw``."""
+    semantic = decode_label(members.semantic, kind="sem")
+    instance = decode_label(members.instance, kind="ins")
+    for name, array in (("semantic", semantic), ("instance", instance)):
+        if array.shape != tuple(hw):
+            raise CacheError(f"{name} mask is {array.shape[0]} x {array.shape[1]}, the sample {hw[0]} x {hw[1]}")
+    return semantic, instance
 
 
-def check_shapes(sample: dict[str, Any], height: int, width: int, stride: int) -> None:
-    """Raise CacheError when a decoded sample's arrays disagree with its size and the stride."""
-    map_hw = map_shape(height, width, stride)
-    expected = {
-        "image": (height, width, 3),
-        "semantic": (height, width),
-        "instance": (height, width),
-        "heatmap": map_hw,
-        "offset": (2, *map_hw),
-    }
-    for name, shape in expected.items():
-        if sample[name].shape != shape:
-            raise CacheError(f"{name} has shape {sample[name].shape}, expected {shape}")
-    meta = sample["meta"]
-    if (meta.get("height"), meta.get("width")) != (height, width):
-        raise CacheError(f"meta says {meta.get('height')} x {meta.get('width')}, the index {height} x {width}")
+def decode_members(members: SampleMembers, hw: tuple[int, int]) -> dict[str, Any]:
+    """Decode a sample's stored members: ``image`` uint8 (H, W, 3) RGB, ``semantic`` uint8, ``instance`` int32, ``meta``.
+
+    Raises CacheError when a member does not decode or disagrees with the sample's size ``hw``.
+    """
+    image = decode_image(members.image)
+    if image.shape[:2] != tuple(hw):
+        raise CacheError(f"image decodes to {image.shape[0]} x {image.shape[1]}, the sample is {hw[0]} x {hw[1]}")
+    semantic, instance = decode_labels(members, hw)
+    meta = members.meta
+    if (meta.get("height"), meta.get("width")) != tuple(hw):
+        raise CacheError(f"meta says {meta.get('height')} x {meta.get('width')}, the index {hw[0]} x {hw[1]}")
+    return {"image": image, "semantic": semantic, "instance": instance.astype(np.int32), "meta": meta}
 
 
-def open_cache(path: str | Path) -> CacheDataset:
+def _target_params(sigma: Any, stride: Any) -> tuple[float, int]:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating, np.integer)) or not 0 < sigma < float("inf"):
+        raise ConfigError(f"sigma must be a positive number of map pixels, got {sigma!r}")
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ConfigError(f"stride must be an integer >= 1, got {stride!r}")
+    return float(sigma), int(stride)
+
+
+def open_cache(path: str | Path, *, sigma: float = 8.0, stride: int = 1) -> CacheDataset:
     """Open a built cache folder (see `CacheDataset`).
+
+    ``sigma`` (map pixels) and ``stride`` set the heatmap and offsets that ``cache[i]`` computes on access.
 
     Raises
     ------
     CacheError
         No manifest (the build did not finish: resume it or merge the nodes' parts), a manifest from a newer
-        fastload (upgrade), or a missing / short shard or shard index (named).
+        fastload (upgrade) or an older one (rebuild), or a missing / short shard or shard index (named).
     """
-    return CacheDataset(path)
+    return CacheDataset(path, sigma=sigma, stride=stride)

@@ -1,7 +1,7 @@
 """`build_cache`: COCO + images → sharded cache (tar shards, both indexes, completion records, manifest).
 
 The work is a thin shell around pure functions: ``load_coco`` validates the annotations, ``rasterize_image``
-and ``center_targets`` make the labels, `fastload.cache.format` encodes them. Each worker process builds whole
+makes the masks and ``instance_table`` the instance table, `fastload.cache.format` encodes them. Each worker process builds whole
 shards, so a shard's bytes depend only on its images and the config (never on the worker count), and every
 file appears atomically: ``*.tmp`` then ``os.replace``, the shard's ``.done.json`` last, ``manifest.json``
 after all shards. A killed build therefore never leaves a shard that looks complete, and ``resume=True``
@@ -34,16 +34,16 @@ from tqdm import tqdm
 from fastload import __version__
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
+    LABEL_DTYPES,
     LABEL_EXTENSIONS,
+    MAX_INSTANCES,
+    MEMBER_KINDS,
     SCHEMA_VERSION,
     TarWriter,
     dali_index_text,
     dumps_canonical,
-    encode_heatmap,
-    encode_instance,
+    encode_label,
     encode_meta,
-    encode_offset,
-    encode_semantic,
     sample_key,
     shard_stem,
     sniff_image_format,
@@ -62,7 +62,7 @@ from fastload.cache.manifest import (
 from fastload.coco import load_coco, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ConfigError, ImageError
 from fastload.raster import rasterize_image
-from fastload.targets import center_targets, instance_table
+from fastload.targets import instance_table
 
 OnError = Literal["fail", "skip"]
 FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
@@ -126,7 +126,6 @@ class EncodedSample:
 
     members: tuple[tuple[str, str, bytes], ...]
     instances_per_class: dict[int, int]
-    offset_clipped_pixels: int
 
 
 def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig) -> EncodedSample:
@@ -137,12 +136,12 @@ def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig
         raise _SampleProblem("annotation", str(exc)) from None
     data, fmt = read_checked_image(path, record.height, record.width)
     raster = rasterize_image(record)
-    if raster.instances and len(raster.instances) > 65535:
-        raise _SampleProblem("annotation", f"{len(raster.instances)} instances; at most 65535 fit the instance PNG")
-    heatmap, offset = center_targets(raster.instance, cfg.sigma, stride=cfg.stride)
+    if len(raster.instances) > MAX_INSTANCES:
+        raise _SampleProblem(
+            "annotation", f"{len(raster.instances)} visible instances; a cache sample holds at most {MAX_INSTANCES}"
+        )
     table = instance_table(raster)
-    level = cfg.png_compression
-    off_png, clipped = encode_offset(offset, offset_scale=cfg.offset_scale, level=level)
+    level = cfg.label_compression
     meta = {
         "image_id": record.image_id,
         "file_name": record.file_name,
@@ -153,14 +152,12 @@ def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig
     key = sample_key(position)
     members = (
         ("image", f"{key}.{fmt}", data),
-        ("sem", f"{key}.{LABEL_EXTENSIONS['sem']}", encode_semantic(raster.semantic, level=level)),
-        ("ins", f"{key}.{LABEL_EXTENSIONS['ins']}", encode_instance(raster.instance, level=level)),
-        ("off", f"{key}.{LABEL_EXTENSIONS['off']}", off_png),
-        ("heat", f"{key}.{LABEL_EXTENSIONS['heat']}", encode_heatmap(heatmap, level=level)),
+        ("sem", f"{key}.{LABEL_EXTENSIONS['sem']}", encode_label(raster.semantic, kind="sem", level=level)),
+        ("ins", f"{key}.{LABEL_EXTENSIONS['ins']}", encode_label(raster.instance, kind="ins", level=level)),
         ("meta", f"{key}.{LABEL_EXTENSIONS['meta']}", encode_meta(meta)),
     )
     per_class = Counter(int(row["train_id"]) for row in table)
-    return EncodedSample(members, dict(per_class), clipped)
+    return EncodedSample(members, dict(per_class))
 
 
 # ----------------------------------------------------------------------------------------------- one shard
@@ -194,8 +191,7 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
     dali_entries: list[list[tuple[str, int, int, str]]] = []
     skips: list[dict[str, Any]] = []
     per_class: Counter[int] = Counter()
-    member_bytes = dict.fromkeys(("image", "sem", "ins", "off", "heat", "meta"), 0)
-    clipped = 0
+    member_bytes = dict.fromkeys(MEMBER_KINDS, 0)
     try:
         with open(tar_tmp, "wb") as fh:
             writer = TarWriter(fh)
@@ -214,7 +210,10 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
                 members, dali_members = [], []
                 for kind, name, data in sample.members:
                     offset = writer.add(name, data)
-                    members.append({"kind": kind, "name": name, "offset": offset, "size": len(data), "crc32": zlib.crc32(data)})
+                    entry = {"kind": kind, "name": name, "offset": offset, "size": len(data), "crc32": zlib.crc32(data)}
+                    if kind in LABEL_DTYPES:  # what the label decodes to, for readers that never open it
+                        entry.update(shape=[record.height, record.width], dtype=LABEL_DTYPES[kind].name)
+                    members.append(entry)
                     dali_members.append((name.split(".", 1)[1], offset, len(data), name))
                     member_bytes[kind] += len(data)
                 index_entries.append(
@@ -228,7 +227,6 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
                 )
                 dali_entries.append(dali_members)
                 per_class.update(sample.instances_per_class)
-                clipped += sample.offset_clipped_pixels
                 progress(1)
             tar_bytes, tar_sha = writer.finish()
             fh.flush()
@@ -261,7 +259,6 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
         "instances": sum(per_class.values()),
         "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},
         "member_bytes": member_bytes,
-        "offset_clipped_pixels": clipped,
         "skips": skips,
         "files": files,
     }

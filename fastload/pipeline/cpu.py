@@ -1,21 +1,37 @@
 """The CPU backend: torch DataLoader worker processes running the NumPy/OpenCV reference kernels.
 
-It is the benchmark's "before" and the reference the DALI backend is checked against. The loader shell
-(`fastload.loader.CpuLoader`) hands it an iterator of `BatchPlan`s; a batch sampler pulls those plans and
-gives each worker a batch of ``(cache index, SampleParams)`` pairs; the worker decodes (``cache[i]``),
-augments (`fastload.augment.reference.augment_sample`) and collates; the main process moves the batch to
-the device.
+It is the benchmark's "before" and the reference the DALI backend is checked against, so it is made a good
+one. The loader shell (`fastload.loader.CpuLoader`) hands it an iterator of `BatchPlan`s; a batch sampler turns
+each into a `_Work` item (the plan's ``(cache index, SampleParams)`` pairs, and the indices of the plan this
+worker will most likely get next); a worker
 
-Workers are persistent: they start at the first `iterate` and serve every later one (one per epoch) until
-`close`. A new `iterate` may start while the previous one was abandoned half-way: torch's iterator reset
-drains the batches still in flight, and the abandoned generator stops instead of stealing the new
-epoch's batches.
+1. reads the batch's samples concurrently on a small thread pool (one CRC-checked ``pread`` each; ``pread``
+   releases the GIL), and starts reading its next batch's samples while it works on this one, so N workers do
+   not mean N reads in flight;
+2. decodes the image (OpenCV) and the LZ4 masks, applies `fastload.augment.reference.augment_sample`, and
+   writes the results into one preallocated array per key;
+3. returns uint8 images, uint8 semantic and int16 instance masks: ~1 MB per 512x512 sample where float32
+   images and int64 masks took 5 MB, so moving a batch between processes costs a fifth.
+
+The main process then finishes the batch on the loader's device (`fastload.pipeline.batch`): normalisation,
+widening to the contract's dtypes and the targets rendered after augmentation, once per batch with torch's
+vectorised kernels (on the GPU when the loader's device is CUDA).
+
+Workers start with ``forkserver``: a fresh process forked from a clean server, which inherits nothing of the
+parent's threads or objects (a forked worker copied DALI pipelines and their half-dead threads and could hang).
+They are persistent: started at the first `iterate`, they serve every later one (one per epoch) until `close`,
+so the start cost is paid once per loader. A new `iterate` may start while the previous one was abandoned
+half-way: torch's iterator reset drains the batches still in flight, and the abandoned generator stops instead
+of stealing the new epoch's batches.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,104 +41,208 @@ from torch.utils.data import DataLoader, Dataset
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import SampleParams, map_hw
 from fastload.augment.reference import augment_sample
-from fastload.errors import FastloadError, add_note
+from fastload.cache.format import decode_image
+from fastload.cache.reader import decode_labels
+from fastload.errors import CacheError, FastloadError, add_note
+from fastload.pipeline.batch import finish_batch
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.pipeline.plan import BatchPlan
+from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES
 
-# dtype and shape (without N) of every batch entry, in BATCH_KEYS order (a test checks the keys); hw is the
-# output size, mhw the map size (output size / stride)
-_LAYOUT = {
-    "image": (torch.float32, lambda hw, mhw: (3, *hw)),
-    "semantic": (torch.int64, lambda hw, mhw: hw),
-    "instance": (torch.int32, lambda hw, mhw: hw),
-    "heatmap": (torch.float32, lambda hw, mhw: (1, *mhw)),
-    "offset": (torch.float32, lambda hw, mhw: (2, *mhw)),
-    "index": (torch.int64, lambda hw, mhw: ()),
-}
+# how worker processes start: a clean process forked from a server that never ran DALI, torch threads or OpenCV
+# threads (Python 3.14 makes forkserver the default on Linux for the same reason)
+START_METHOD = "forkserver"
+# imported once by the fork server, so that each worker starts in ~0.1 s instead of importing torch again
+_PRELOAD = ["fastload.pipeline.cpu"]
 
 
-class _AugmentedSamples(Dataset):
-    """Map-style dataset whose "indices" are ``(cache index, SampleParams)`` pairs."""
+@dataclass(frozen=True)
+class _Work:
+    """What the batch sampler hands a worker: a plan's samples, and what to read ahead for the next one."""
 
-    def __init__(self, cache: Sequence, augment: AugmentConfig, out_hw: tuple[int, int], stride: int) -> None:
+    pairs: tuple[tuple[int, SampleParams], ...]
+    ahead: tuple[int, ...] = ()
+
+
+class _Reads:
+    """A worker's concurrent reads: ``take(i)`` returns sample i's members, read on a thread pool ahead of time.
+
+    ``want(indices)`` starts reads (the current batch's, then the next batch's) while the bytes held by reads
+    not yet taken stay within ``max_bytes``; the current batch is always read in full. Created lazily in the
+    process that reads (a worker, or the main process with ``num_workers=0``): threads do not survive pickling.
+    """
+
+    def __init__(self, cache: Any, io_threads: int, max_bytes: int) -> None:
+        self._cache = cache
+        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="fastload-io")
+        self._max_bytes = max_bytes
+        self._futures: dict[int, tuple[Future, int]] = {}
+        self._held = 0
+
+    def want(self, indices: Sequence[int], *, bounded: bool) -> None:
+        for i in indices:
+            if i in self._futures:
+                continue
+            size = self._cache.span_bytes(i)
+            if bounded and self._held and self._held + size > self._max_bytes:
+                return
+            self._futures[i] = (self._pool.submit(self._cache.read_members, i), size)
+            self._held += size
+
+    def take(self, i: int):
+        future, size = self._futures.pop(i, (None, 0))
+        self._held -= size
+        if future is None:  # not read ahead (e.g. the batch went to another worker than expected)
+            return self._cache.read_members(i)
+        return future.result()
+
+    def forget_except(self, keep: set[int]) -> None:
+        """Drop read-ahead results that were not used (a misprediction), so they do not hold memory."""
+        for i in [i for i in self._futures if i not in keep]:
+            future, size = self._futures.pop(i)
+            future.cancel()
+            self._held -= size
+
+    def close(self) -> None:
+        for future, _ in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        self._held = 0
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _AugmentedBatches(Dataset):
+    """Map-style dataset whose "indices" are `_Work` items; ``__getitems__`` builds a whole batch at once."""
+
+    def __init__(
+        self,
+        cache: Sequence,
+        augment: AugmentConfig,
+        out_hw: tuple[int, int],
+        *,
+        io_threads: int,
+        max_read_bytes: int,
+    ) -> None:
         self.cache = cache
         self.augment = augment
         self.out_hw = out_hw
-        self.stride = stride
+        self.io_threads = io_threads
+        self.max_read_bytes = max_read_bytes
+        self._reads: _Reads | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_reads"] = None  # threads are per process
+        return state
 
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, item: tuple[int, SampleParams]) -> dict[str, Any]:
-        index, params = item
+    def __getitem__(self, item):  # pragma: no cover - torch calls __getitems__ with a batch sampler
+        raise TypeError("_AugmentedBatches is indexed by whole batches (__getitems__)")
+
+    def __getitems__(self, work: _Work) -> dict[str, torch.Tensor]:
+        if self._reads is None:
+            self._reads = _Reads(self.cache, self.io_threads, self.max_read_bytes)
+        indices = [i for i, _ in work.pairs]
+        self._reads.forget_except(set(indices))
+        self._reads.want(indices, bounded=False)
+        self._reads.want(work.ahead, bounded=True)
+        n, (oh, ow) = len(indices), self.out_hw
+        out = {
+            "image": np.empty((n, oh, ow, 3), np.uint8),
+            "semantic": np.empty((n, oh, ow), np.uint8),
+            "instance": np.empty((n, oh, ow), np.int16),
+        }
+        max_id = 0
+        for k, (index, params) in enumerate(work.pairs):
+            sample = self._load(index)
+            max_id = max(max_id, int(sample.pop("instances")))
+            with nvtx_range("fastload/augment"):
+                augmented = augment_sample(sample, params, self.augment, out_hw=self.out_hw)
+            for key, array in out.items():
+                array[k] = augmented[key]
+        batch = {key: torch.from_numpy(array) for key, array in out.items()}
+        batch["index"] = torch.as_tensor(indices, dtype=torch.int64).reshape(n)
+        batch["max_id"] = torch.tensor(max_id, dtype=torch.int64)
+        return batch
+
+    def _load(self, index: int) -> dict[str, Any]:
         try:
             with nvtx_range("fastload/read_decode"):
-                sample = self.cache[index]
-            with nvtx_range("fastload/augment"):
-                out = augment_sample(sample, params, self.augment, out_hw=self.out_hw, stride=self.stride)
+                members = self._reads.take(index)  # a CacheError from the read names shard and sample already
+                hw = self.cache.image_size(index)
+                try:
+                    semantic, instance = decode_labels(members, hw)
+                    image = decode_image(members.image)
+                    if image.shape[:2] != tuple(hw):
+                        raise CacheError(f"image decodes to {image.shape[0]} x {image.shape[1]}, the sample is {hw[0]} x {hw[1]}")
+                except CacheError as exc:
+                    raise CacheError(
+                        f"shard {members.shard}, sample {members.key} (cache index {index}): {exc}; run `fastload "
+                        "cache verify` on the cache and rebuild the shard with `fastload cache build ... --resume`"
+                    ) from None
         except Exception as exc:
-            # CacheError already names shard and sample; every error gets the cache index, which survives
-            # torch's re-raise in the main process (it formats the worker's traceback, notes included)
-            if not isinstance(exc, FastloadError) or str(index) not in str(exc):
+            # every other error gets the cache index, which survives torch's re-raise in the main process (it
+            # formats the worker's traceback, notes included)
+            if not isinstance(exc, FastloadError):
                 add_note(exc, f"while loading cache sample {index} in the CPU backend")
             raise
-        out["index"] = np.int64(index)
-        return out
+        # uint16 ids <= 32767 (the cache's limit) are the same numbers as int16: half the bytes of int32
+        return {
+            "image": image,
+            "semantic": semantic,
+            "instance": instance.view(np.int16),
+            "instances": len(members.meta.get("instances", ())),
+        }
+
+    def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
 
 
-class _Collate:
-    """Stack samples into the batch dict; an empty batch gives correctly shaped empty tensors."""
-
-    def __init__(self, out_hw: tuple[int, int], map_size: tuple[int, int]) -> None:
-        self.out_hw = out_hw
-        self.map_size = map_size
-
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {}
-        for key, (dtype, shape) in _LAYOUT.items():
-            if samples:
-                batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
-            else:
-                batch[key] = torch.empty((0, *shape(self.out_hw, self.map_size)), dtype=dtype)
-        return batch
+def _collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch  # __getitems__ already built the batch
 
 
 class _PlanFeed:
-    """Batch sampler: yields each plan of the current source as a list of ``(index, params)`` pairs."""
+    """Batch sampler: yields each plan of the current source as a `_Work` item, with what to read ahead.
 
-    def __init__(self) -> None:
+    DataLoader hands batches to its workers in turn (batch k of a pass to worker k mod W, in order), so the
+    plan W places later goes to the same worker: that is the one its reads ahead for. A wrong guess only
+    costs reads that are dropped.
+    """
+
+    def __init__(self, workers: int) -> None:
         self.source: Iterator[BatchPlan] = iter(())
+        self.workers = workers
 
-    def __iter__(self) -> Iterator[list[tuple[int, SampleParams]]]:
-        return self._pairs(self.source)  # bound now: a later iterate() swaps the source for later iterators
+    def __iter__(self) -> Iterator[_Work]:
+        return self._work(self.source, self.workers)  # bound now: a later iterate() swaps the source
 
     @staticmethod
-    def _pairs(source: Iterator[BatchPlan]) -> Iterator[list[tuple[int, SampleParams]]]:
+    def _work(source: Iterator[BatchPlan], workers: int) -> Iterator[_Work]:
+        window: deque[BatchPlan] = deque()
         for plan in source:
-            yield list(zip(plan.indices.tolist(), plan.params, strict=True))
+            window.append(plan)
+            if len(window) > workers:
+                yield _to_work(window.popleft(), window[-1] if workers else None)
+        while window:
+            yield _to_work(window.popleft(), None)
+
+
+def _to_work(plan: BatchPlan, ahead: BatchPlan | None) -> _Work:
+    pairs = tuple(zip(plan.indices.tolist(), plan.params, strict=True))
+    return _Work(pairs, tuple(ahead.indices.tolist()) if ahead is not None else ())
 
 
 def _worker_init(_worker_id: int) -> None:
     # one OpenCV thread per worker: the parallelism is the worker processes (torch limits its own threads).
-    # A forked worker already has one (see _forking_with_single_threaded_opencv) and must not call
-    # setNumThreads: OpenCV's pthreads pool, set up in the parent, can hang it. A spawned worker is fresh.
+    # The worker is a fresh process (forkserver), so setting it here is safe.
     import cv2
 
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
-
-
-@contextmanager
-def _forking_with_single_threaded_opencv() -> Iterator[None]:
-    """Start (fork) workers while OpenCV is set to one thread, then give the parent its setting back."""
-    import cv2
-
-    threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
 
 
 class TorchBackend:
@@ -130,13 +250,15 @@ class TorchBackend:
 
     Parameters
     ----------
-    cache : the opened cache (``cache[i]`` → decoded arrays; ``cache.manifest.stride``)
-    out_size : (H, W) output size, divisible by the stride
-    augment : the augmentation configuration (``fit`` and ``normalize`` are read from it)
-    device : where batches go; for CUDA, batches are pinned and copied non-blocking
+    cache : the opened cache (``read_members``, ``image_size``, ``span_bytes``)
+    out_size : (H, W) output size, divisible by the targets' stride
+    augment : the augmentation configuration (geometry, photometric, normalisation, targets)
+    device : where batches are finished and delivered; for CUDA the compact batch is pinned and copied
     batch_size : the largest batch a plan holds (the DataLoader itself takes the plans as they come)
     num_workers : worker processes; 0 loads in the calling process
     prefetch : batches prepared ahead, at least one per worker
+    io_threads : concurrent reads per worker process
+    max_read_bytes : bytes a worker reads ahead for its next batch, at most
     """
 
     def __init__(
@@ -149,27 +271,35 @@ class TorchBackend:
         batch_size: int,
         num_workers: int,
         prefetch: int,
+        io_threads: int = DEFAULT_IO_THREADS,
+        max_read_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 (in-process) or a positive integer, got {num_workers!r}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be a positive integer, got {prefetch!r}")
-        stride = int(cache.manifest.stride)
         out_hw = (int(out_size[0]), int(out_size[1]))
+        map_hw(out_hw, augment.targets.stride)  # ConfigError unless divisible
+        self.augment = augment
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self._feed = _PlanFeed()
+        self._feed = _PlanFeed(self.num_workers)
         self._generation = 0
-        cuda = self.device.type == "cuda"
         workers = self.num_workers > 0
+        self._dataset = _AugmentedBatches(cache, augment, out_hw, io_threads=io_threads, max_read_bytes=max_read_bytes)
+        context = None
+        if workers:
+            context = mp.get_context(START_METHOD)
+            context.set_forkserver_preload(_PRELOAD)
         self._loader: DataLoader | None = DataLoader(
-            _AugmentedSamples(cache, augment, out_hw, stride),
+            self._dataset,
             batch_sampler=self._feed,
             num_workers=self.num_workers,
-            collate_fn=_Collate(out_hw, map_hw(out_hw, stride)),
-            pin_memory=cuda,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
             worker_init_fn=_worker_init if workers else None,
+            multiprocessing_context=context,
             # DataLoader's prefetch is per worker: -(-a // b) = ceil, so `prefetch` batches are in flight in all
             prefetch_factor=max(1, -(-prefetch // self.num_workers)) if workers else None,
             persistent_workers=workers,
@@ -184,25 +314,35 @@ class TorchBackend:
         self._feed.source = iter(batches)
         # with persistent workers this resets the one iterator: batches of an abandoned pass still in flight
         # are drained and dropped
-        if self.num_workers > 0 and getattr(self._loader, "_iterator", None) is None:
-            with _forking_with_single_threaded_opencv():  # the workers start here, once
-                it = iter(self._loader)
-        else:
-            it = iter(self._loader)
-        cuda = self.device.type == "cuda"
-        move = self.device.type != "cpu"
+        it = iter(self._loader)
         # checked before every next(): a newer iterate() owns the (shared) iterator, and an abandoned
         # generator resumed later must not take its batches
         while generation == self._generation:
-            batch = next(it, None)
-            if batch is None:
+            try:
+                raw = next(it, None)
+            except (EOFError, ConnectionError) as exc:
+                # a worker killed while it handed over a batch: torch's own check has not noticed yet, and the
+                # tensors' file descriptors cannot be fetched from the dead process
+                raise RuntimeError(
+                    f"DataLoader worker exited unexpectedly while handing over a batch ({type(exc).__name__}): a "
+                    "CpuLoader worker process died (killed from outside, e.g. by the out-of-memory killer); "
+                    "close() the loader, and use fewer workers (num_threads) or a smaller batch if memory is short"
+                ) from exc
+            if raw is None:
                 return
-            if move:
-                batch = {k: v.to(self.device, non_blocking=cuda) for k, v in batch.items()}
-            yield batch
+            batch = finish_batch(
+                image=raw["image"],
+                semantic=raw["semantic"],
+                instance=raw["instance"],
+                index=raw["index"],
+                cfg=self.augment,
+                device=self.device,
+                max_id=int(raw["max_id"]),
+            )
+            yield {key: batch[key] for key in BATCH_KEYS}
 
     def close(self) -> None:
-        """Stop the worker processes. Idempotent."""
+        """Stop the worker processes and the reader threads. Idempotent."""
         loader, self._loader = self._loader, None
         self._generation += 1
         if loader is None:
@@ -212,6 +352,7 @@ class TorchBackend:
         if shutdown is not None:
             shutdown()
         self._feed.source = iter(())
+        self._dataset.close()  # the in-process reader threads (num_workers=0)
 
     def __del__(self) -> None:
         try:

@@ -1,32 +1,38 @@
 """The DALI backend: one graph, parametrised by device, that turns batch plans into training tensors.
 
 The loader shell (`fastload.loader`) decides the order, the sharding and every sample's `SampleParams`; this
-module only executes plans. Per sample, `fn.external_source` hands the graph the raw cache members and a few
-small parameter tensors computed here from `SampleParams` (:func:`sample_inputs`). The graph
-(:func:`define_graph`) is the same on both devices: with ``"gpu"`` the decoders run ``"mixed"`` (nvJPEG for
-JPEG) and every op after them on the GPU; with ``"cpu"`` everything runs on the CPU (CI, machines without a
-GPU). Per sample, in the canonical order of docs/design.md ("Augmentation"):
+module only executes plans. Per sample, `fn.external_source` hands the graph the sample's cache members and a
+few small parameter tensors computed from `SampleParams` (:func:`sample_inputs`). Reading is concurrent
+(`fastload.pipeline.readahead`): a pool of threads reads many samples at once, so a slow disk or a NAS overlaps
+the training step. The graph (:func:`define_graph`) is the same on both devices but for where the labels are
+decoded:
+
+- ``"gpu"``: the image goes through nvJPEG (``"mixed"`` decoding); the LZ4 label members are inflated on the
+  GPU (``fn.decoders.inflate``, nvCOMP). No label touches a host decoder: the host reads bytes, parses two
+  small headers and draws parameters.
+- ``"cpu"`` (CI, machines without a GPU): everything on the CPU; the labels are decoded from LZ4 by the reader
+  threads (the lz4 package releases the GIL) and enter the graph as arrays.
+
+From there on, per sample, in the canonical order of docs/design.md ("Augmentation"):
 
 ============  ===========================================================================================
 output        ops
 ============  ===========================================================================================
 ``image``     decode RGB → warp_affine (linear, fill 0, uint8) → hsv → brightness_contrast → shadow band
-              (pixel-centre grids, per-sample band) → hash noise + clamp → crop_mirror_normalize → CHW
-              float32. Photometric ops the config never enables are left out: ``none`` is warp + normalise.
-``semantic``  decode uint8 → warp_affine (nearest, fill 255) → int64 (H, W)
-``instance``  decode uint16 → float32 → warp_affine (nearest, fill 0) → int32 (H, W)
-``heatmap``   decode uint8 → code / heat_scale → warp_affine (linear, fill 0; map affine) → (1, H', W')
-``offset``    decode uint16 RGB → (code − 32768) / offset_scale → warp_affine (nearest, fill 0; map affine)
-              → coord_transform (the forward linear part acting on (dy, dx)) → (2, H', W')
+              and texture noise (float32) → uint8 → crop_mirror_normalize → CHW float32. Photometric ops the
+              config never enables are left out: ``none`` is warp + normalise.
+``semantic``  uint8 → warp_affine (nearest, fill 255) → int64 (H, W)
+``instance``  the uint16 member read as int16 (ids <= 32767) → warp_affine (nearest, fill 0) → int32 (H, W)
 ============  ===========================================================================================
 
-Each op mirrors a kernel of `fastload.augment.reference`; ``tests/test_fidelity.py`` replays the same
-parameters through both. DALI is imported lazily, here only: ``import fastload`` never loads it.
+Heatmap, offsets and semantic weights are rendered after the graph, from the warped ``instance`` output, on the
+same device (`fastload.pipeline.batch`). Each op mirrors a kernel of `fastload.augment.reference`;
+``tests/test_fidelity.py`` replays the same parameters through both. DALI is imported lazily, here only:
+``import fastload`` never loads it.
 """
 
 from __future__ import annotations
 
-import math
 import queue
 import re
 import threading
@@ -39,34 +45,24 @@ import numpy as np
 import torch
 
 from fastload.augment.config import AugmentConfig, PhotometricConfig, RandomRange
-from fastload.augment.params import (
-    SampleParams,
-    affine_matrix,
-    map_affine,
-    map_hw,
-    offset_linear,
-    shadow_band,
-)
+from fastload.augment.params import SampleParams, affine_matrix, map_hw, shadow_band
+from fastload.augment.reference import SEMANTIC_FILL, noise_texture
+from fastload.cache.format import decode_label, parse_label
 from fastload.errors import CacheError, add_note
+from fastload.pipeline.batch import render_batch_targets
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, ReadAhead
 
 __all__ = ["DaliBackend", "GraphSpec", "PhotometricOps", "build_pipeline", "define_graph", "sample_inputs"]
 
 DEVICES = ("cpu", "cuda")
-OFFSET_ZERO = 32768  # offset PNG code of a zero vector (docs/design.md, "The cache")
 
-# the noise hash of docs/design.md ("Augmentation"), the same constants as the reference's noise_field
-_HASH_A = (12.9898, 78.233, 37.719)
-_HASH_B = (39.3467, 11.135, 83.155)
-_HASH_SEED_B = 1.618
-_HASH_MUL_A = 43758.5453
-_HASH_MUL_B = 24634.6345
-_HASH_U1_MIN = 1e-7
-
-MEMBERS = ("image", "sem", "ins", "off", "heat")
-"""Encoded cache members, in the order the external source hands them to the graph."""
-PARAMS = ("image_affine", "map_affine", "offset_matrix", "scalars")
+MEMBERS = ("image", "sem", "ins")
+"""Cache members, in the order the external source hands them to the graph."""
+GPU_LABEL_INPUTS = ("band_shape", "label_shape", "sem_offsets", "sem_sizes", "ins_offsets", "ins_sizes")
+"""With ``"gpu"``: where each label's LZ4 bands lie (``fn.decoders.inflate``'s chunks) and the shapes they make."""
+PARAMS = ("image_affine", "scalars", "noise_anchor")
 """Per-sample parameter tensors (see `sample_inputs`), after the members."""
 SCALARS = (
     "hue",
@@ -79,8 +75,6 @@ SCALARS = (
     "shadow_half_width",
     "shadow_strength",
     "noise_sigma",
-    "noise_seed_a",
-    "noise_seed_b",
 )
 """The per-sample scalars, packed in this order into one float32 vector (the ``scalars`` input)."""
 
@@ -88,10 +82,8 @@ OUTPUTS = {
     "image": torch.float32,  # (N, 3, H, W)
     "semantic": torch.int64,  # (N, H, W)
     "instance": torch.int32,  # (N, H, W)
-    "heatmap": torch.float32,  # (N, 1, H', W')
-    "offset": torch.float32,  # (N, 2, H', W')
 }
-"""The graph's outputs, in order, and their torch dtypes (with ``index`` they make `BATCH_KEYS`)."""
+"""The graph's outputs, in order, and their torch dtypes; the targets and ``index`` complete `BATCH_KEYS`."""
 
 _MISSING_DALI = (
     "fastload.Loader needs NVIDIA DALI: pip install nvidia-dali-cuda120 (CUDA 12; nvidia-dali-cuda110 for "
@@ -161,35 +153,31 @@ class PhotometricOps:
 class GraphSpec:
     """What the graph is built from; fixed for a pipeline's lifetime.
 
-    out_size     : (H, W) of image, semantic and instance; maps are (H / stride, W / stride)
-    stride       : the cache's target-map stride (docs/design.md, "Stride")
-    offset_scale : offset PNG code = round(v · offset_scale) + 32768 (the cache manifest's)
-    heat_scale   : heatmap PNG code = round(heat · heat_scale)
+    out_size     : (H, W) of image, semantic and instance
+    device       : "cpu" | "gpu": where the graph runs, and so where the labels are decoded
     fit          : "contain" | "cover" (AugmentConfig.geometry.fit)
     photometric  : which photometric ops the graph holds
     mean, std    : normalisation per RGB channel, 0..1 scale
     """
 
     out_size: tuple[int, int]
-    stride: int = 1
-    offset_scale: int = 8
-    heat_scale: int = 255
+    device: Literal["cpu", "gpu"] = "cpu"
     fit: str = "contain"
     photometric: PhotometricOps = PhotometricOps()
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
-        map_hw(self.out_size, self.stride)  # ConfigError unless the size is divisible by the stride
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
 
     @classmethod
-    def create(cls, *, out_size: Sequence[int], augment: AugmentConfig, manifest: Any) -> GraphSpec:
-        """The spec for an output size, the augmentation config and a cache's manifest."""
+    def create(cls, *, out_size: Sequence[int], augment: AugmentConfig, device: Literal["cpu", "gpu"]) -> GraphSpec:
+        """The spec for an output size, the augmentation config and a device."""
+        map_hw(tuple(out_size), augment.targets.stride)  # ConfigError unless the size is divisible by the stride
         return cls(
             out_size=(int(out_size[0]), int(out_size[1])),
-            stride=int(manifest.stride),
-            offset_scale=int(manifest.offset_scale),
-            heat_scale=int(manifest.heat_scale),
+            device=device,
             fit=augment.geometry.fit,
             photometric=PhotometricOps.from_config(augment.photometric),
             mean=tuple(float(m) for m in augment.normalize.mean),
@@ -197,32 +185,24 @@ class GraphSpec:
         )
 
     @property
-    def map_size(self) -> tuple[int, int]:
-        return map_hw(self.out_size, self.stride)
-
-    @property
     def inputs(self) -> tuple[str, ...]:
-        """The external source's outputs, in order (``scalars`` only when a photometric op uses them)."""
-        return MEMBERS + (PARAMS if self.photometric.any else PARAMS[:-1])
+        """The external source's outputs, in order."""
+        labels = GPU_LABEL_INPUTS if self.device == "gpu" else ()
+        params = PARAMS if self.photometric.noise else PARAMS[:-1]
+        return MEMBERS + labels + (params if self.photometric.any else params[:1])
 
 
-# ----------------------------------------------------------------------------- per-sample parameter tensors
+# ----------------------------------------------------------------------------- per-sample input tensors
 
 
 def sample_inputs(params: SampleParams, src_hw: tuple[int, int], spec: GraphSpec) -> dict[str, np.ndarray]:
     """One sample's parameter tensors, computed from its `SampleParams` (names: `PARAMS`).
 
-    image_affine  : float32 (2, 3) forward affine, source image → output (``inverse_map=False``)
-    map_affine    : float32 (2, 3) the same for the target maps (``S(1/s)·M·S(s)``)
-    offset_matrix : float32 (2, 3) ``[L | 0]``, L the forward linear part acting on (dy, dx); the zero
-                    column drops the offset PNG's third channel
-    scalars       : float32 (len(SCALARS),) in the order of `SCALARS`; the shadow band in output pixels
+    image_affine : float32 (2, 3) forward affine, source image → output (``inverse_map=False``)
+    scalars      : float32 (len(SCALARS),) in the order of `SCALARS`; the shadow band in output pixels
+    noise_anchor : int32 (2,) (row, column) of the sample's window in the noise texture
     """
     spec.photometric.check(params)
-    image = affine_matrix(params, src_hw, spec.out_size, fit=spec.fit)
-    offset = np.zeros((2, 3), np.float64)
-    offset[:, :2] = offset_linear(image)
-    seed = np.float32(params.noise_seed)
     values = {
         "hue": params.hue,
         "saturation": params.saturation,
@@ -230,15 +210,40 @@ def sample_inputs(params: SampleParams, src_hw: tuple[int, int], spec: GraphSpec
         "contrast": params.contrast,
         **dict(zip(SCALARS[4:9], shadow_band(params, spec.out_size), strict=True)),
         "noise_sigma": params.noise_sigma,
-        "noise_seed_a": seed,
-        "noise_seed_b": np.float32(_HASH_SEED_B) * seed,  # float32, as the reference computes it
     }
     return {
-        "image_affine": image.astype(np.float32),
-        "map_affine": map_affine(image, spec.stride).astype(np.float32),
-        "offset_matrix": offset.astype(np.float32),
+        "image_affine": affine_matrix(params, src_hw, spec.out_size, fit=spec.fit).astype(np.float32),
         "scalars": np.array([values[name] for name in SCALARS], dtype=np.float32),
+        "noise_anchor": np.asarray(params.noise_offset, dtype=np.int32),
     }
+
+
+def label_inputs(semantic: bytes, instance: bytes, hw: tuple[int, int], spec: GraphSpec) -> dict[str, np.ndarray]:
+    """A sample's label inputs for the graph: encoded members and their band tables ("gpu"), or decoded arrays.
+
+    "cpu": ``sem`` uint8 and ``ins`` int16 (the uint16 ids, all <= 32767, read as int16: DALI's warp has no
+    uint16 kernel), each (padded height, W, 1): the last band's fill rows are what a warp reads outside the
+    image anyway. "gpu": the members as bytes plus `GPU_LABEL_INPUTS`, parsed from the members' headers.
+
+    Raises CacheError when a member's header disagrees with the sample's size ``hw``.
+    """
+    layouts = {"sem": parse_label(semantic, what="semantic"), "ins": parse_label(instance, what="instance")}
+    for kind, layout in layouts.items():
+        if (layout.height, layout.width) != tuple(hw):
+            raise CacheError(f"{kind} member is {layout.height} x {layout.width}, the sample {hw[0]} x {hw[1]}")
+    if spec.device == "cpu":
+        return {
+            "sem": decode_label(semantic, kind="sem", padded=True)[..., None],
+            "ins": decode_label(instance, kind="ins", padded=True).view(np.int16)[..., None],
+        }
+    sem = layouts["sem"]
+    out = {"sem": np.frombuffer(semantic, np.uint8), "ins": np.frombuffer(instance, np.uint8)}
+    out["band_shape"] = np.array(sem.band_shape, dtype=np.int32)
+    out["label_shape"] = np.array([sem.padded_height, sem.width, 1], dtype=np.int32)
+    for kind, layout in layouts.items():
+        out[f"{kind}_offsets"] = layout.band_offsets.astype(np.int32)
+        out[f"{kind}_sizes"] = layout.band_sizes.astype(np.int32)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- the graph
@@ -251,16 +256,29 @@ class _Ops:
         self.fn, self.types, self.math, _ = _dali()
         self.device = device
 
-    def decode(self, data, output_type, dtype=None):
-        # "mixed": nvJPEG (or nvImageCodec's CPU codecs for PNG) with the result on the GPU.
+    def decode_image(self, data):
+        # "mixed": nvJPEG (or nvImageCodec's CPU codecs for other formats) with the result on the GPU.
         # EXIF orientation is ignored: annotations address the stored pixel grid (fastload.cache.format).
         return self.fn.decoders.image(
             data,
             device="mixed" if self.device == "gpu" else "cpu",
-            output_type=output_type,
-            dtype=self.types.UINT8 if dtype is None else dtype,
+            output_type=self.types.RGB,
             adjust_orientation=False,
         )
+
+    def label(self, inputs: Mapping[str, Any], kind: str, dtype):
+        """The (padded height, W, 1) label array: inflated on the GPU, or as the reader decoded it."""
+        if self.device == "cpu":
+            return inputs[kind]
+        bands = self.fn.decoders.inflate(
+            inputs[kind].gpu(),
+            shape=inputs["band_shape"],
+            chunk_offsets=inputs[f"{kind}_offsets"],
+            chunk_sizes=inputs[f"{kind}_sizes"],
+            dtype=dtype,
+            algorithm="LZ4",
+        )  # (bands, rows, W)
+        return self.fn.reshape(bands, shape=inputs["label_shape"], layout="HWC")
 
     def warp(self, data, matrix, size: tuple[int, int], *, nearest: bool, fill: float):
         return self.fn.warp_affine(
@@ -279,22 +297,20 @@ class _Ops:
         return self.types.Constant(np.ascontiguousarray(array, dtype=np.float32), device=self.device)
 
 
-def define_graph(inputs: Mapping[str, Any], spec: GraphSpec, device: Literal["cpu", "gpu"]) -> dict[str, Any]:
+def define_graph(inputs: Mapping[str, Any], spec: GraphSpec) -> dict[str, Any]:
     """The DALI graph, ``spec.inputs`` data nodes in, `OUTPUTS` data nodes out (call in a pipeline scope).
 
     The per-sample parameters stay CPU nodes: DALI takes them as argument inputs, on either device.
     """
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    ops = _Ops(device)
+    ops = _Ops(spec.device)
     types = ops.types
-    (out_h, out_w), (map_h, map_w) = spec.out_size, spec.map_size
-    affine, maps = inputs["image_affine"], inputs["map_affine"]
+    out_h, out_w = spec.out_size
+    affine = inputs["image_affine"]
 
-    image = ops.decode(inputs["image"], types.RGB)
+    image = ops.decode_image(inputs["image"])
     image = ops.warp(image, affine, spec.out_size, nearest=False, fill=0)
     if spec.photometric.any:
-        image = _photometric(ops, image, inputs["scalars"], spec)
+        image = _photometric(ops, image, inputs, spec)
     image = ops.fn.crop_mirror_normalize(
         image,
         dtype=types.FLOAT,
@@ -303,29 +319,17 @@ def define_graph(inputs: Mapping[str, Any], spec: GraphSpec, device: Literal["cp
         std=[255.0 * s for s in spec.std],
     )
 
-    semantic = ops.decode(inputs["sem"], types.ANY_DATA)
-    semantic = ops.warp(semantic, affine, spec.out_size, nearest=True, fill=255)
+    semantic = ops.warp(ops.label(inputs, "sem", types.UINT8), affine, spec.out_size, nearest=True, fill=SEMANTIC_FILL)
     semantic = ops.fn.reshape(ops.cast(semantic, types.INT64), shape=[out_h, out_w], layout="HW")
 
-    # warp_affine has no uint16 kernel; float32 holds every id 0..65535 exactly and nearest only copies
-    instance = ops.cast(ops.decode(inputs["ins"], types.ANY_DATA, types.UINT16), types.FLOAT)
-    instance = ops.warp(instance, affine, spec.out_size, nearest=True, fill=0)
+    instance = ops.warp(ops.label(inputs, "ins", types.INT16), affine, spec.out_size, nearest=True, fill=0)
     instance = ops.fn.reshape(ops.cast(instance, types.INT32), shape=[out_h, out_w], layout="HW")
-
-    heatmap = ops.decode(inputs["heat"], types.ANY_DATA) / float(spec.heat_scale)  # uint8 / float → float32
-    heatmap = ops.warp(heatmap, maps, spec.map_size, nearest=False, fill=0)
-    heatmap = ops.fn.reshape(heatmap, shape=[1, map_h, map_w], layout="CHW")
-
-    offset = ops.decode(inputs["off"], types.ANY_DATA, types.UINT16)  # (H', W', 3) codes of (dy, dx, 0)
-    offset = (offset - OFFSET_ZERO) / float(spec.offset_scale)  # uint16 − int → int32; / float → float32
-    offset = ops.warp(offset, maps, spec.map_size, nearest=True, fill=0)
-    offset = ops.fn.coord_transform(offset, M=inputs["offset_matrix"])  # (H', W', 2) forward (dy, dx)
-    offset = ops.fn.transpose(offset, perm=[2, 0, 1], output_layout="CHW")
-    return {"image": image, "semantic": semantic, "instance": instance, "heatmap": heatmap, "offset": offset}
+    return {"image": image, "semantic": semantic, "instance": instance}
 
 
-def _photometric(ops: _Ops, image, scalars, spec: GraphSpec):
-    """hsv → brightness/contrast (uint8, as DALI's ops round) → shadow → noise + clamp (float32)."""
+def _photometric(ops: _Ops, image, inputs: Mapping[str, Any], spec: GraphSpec):
+    """hsv → brightness/contrast (uint8, as DALI's ops round) → shadow → noise, clamp, round to uint8."""
+    scalars = inputs["scalars"]
     s = {name: scalars[k] for k, name in enumerate(SCALARS)}
     todo = spec.photometric
     if todo.hsv:
@@ -339,43 +343,29 @@ def _photometric(ops: _Ops, image, scalars, spec: GraphSpec):
         return image
     image = ops.cast(image, ops.types.FLOAT)
     h, w = spec.out_size
-    f32 = np.float32
-    # broadcastable grids, (1, W, 1) columns and (H, 1, 1) rows, combined per sample by DALI's arithmetic;
-    # the float32 operations and their order are the reference's, so the results are bit-identical
-    col = np.arange(w, dtype=f32)[None, :, None]
-    row = np.arange(h, dtype=f32)[:, None, None]
-    channel = np.arange(3, dtype=f32)[None, None, :]
     if todo.shadow:
-        x, y = ops.constant(col + f32(0.5)), ops.constant(row + f32(0.5))  # output pixel centres
-        inside = (
-            ops.math.abs(s["shadow_nx"] * x + s["shadow_ny"] * y - s["shadow_c"]) < s["shadow_half_width"]
-        )
+        # output pixel centres as broadcastable (1, W, 1) and (H, 1, 1) grids; float32 in the reference's order
+        x = ops.constant((np.arange(w, dtype=np.float32) + np.float32(0.5))[None, :, None])
+        y = ops.constant((np.arange(h, dtype=np.float32) + np.float32(0.5))[:, None, None])
+        inside = ops.math.abs(s["shadow_nx"] * x + s["shadow_ny"] * y - s["shadow_c"]) < s["shadow_half_width"]
         image = image * (1.0 - s["shadow_strength"] * inside)  # (H, W, 3) · (H, W, 1)
     if todo.noise:
-        a = _hash_base(ops, col, row, channel, _HASH_A) + s["noise_seed_a"]
-        b = _hash_base(ops, col, row, channel, _HASH_B) + s["noise_seed_b"]
-        u1 = ops.math.max(_frac(ops, ops.math.sin(a) * _HASH_MUL_A), _HASH_U1_MIN)
-        u2 = _frac(ops, ops.math.sin(b) * _HASH_MUL_B)
-        g = ops.math.sqrt(-2.0 * ops.math.log(u1)) * ops.math.cos((2.0 * math.pi) * u2)
-        image = ops.math.clamp(image + s["noise_sigma"] * g, 0.0, 255.0)
-    return image
-
-
-def _hash_base(ops: _Ops, col, row, channel, k: tuple[float, float, float]):
-    """``x·k0 + y·k1 + ch·k2`` as (H, W, 3), left to right in float32 like the reference."""
-    f32 = np.float32
-    return ops.constant(col * f32(k[0])) + ops.constant(row * f32(k[1])) + ops.constant(channel * f32(k[2]))
-
-
-def _frac(ops: _Ops, t):
-    return t - ops.math.floor(t)
+        window = ops.fn.slice(
+            ops.constant(noise_texture((h, w))),
+            inputs["noise_anchor"],
+            np.array([h, w], dtype=np.int32),
+            axes=[0, 1],
+            normalized_anchor=False,
+            normalized_shape=False,
+        )
+        image = ops.math.clamp(image + s["noise_sigma"] * window, 0.0, 255.0)
+    return ops.cast(image, ops.types.UINT8)
 
 
 def build_pipeline(
     spec: GraphSpec,
     source: Any,
     *,
-    device: Literal["cpu", "gpu"],
     device_id: int | None,
     batch_size: int,
     num_threads: int,
@@ -387,57 +377,86 @@ def build_pipeline(
     pipe = Pipeline(
         batch_size=batch_size,
         num_threads=num_threads,
-        device_id=device_id if device == "gpu" else None,
+        device_id=device_id if spec.device == "gpu" else None,
         prefetch_queue_depth=prefetch,
     )
+    labels_decoded = spec.device == "cpu"
+    layouts = ["HWC" if labels_decoded and name in ("sem", "ins") else "" for name in spec.inputs]
     with pipe:
-        nodes = fn.external_source(source=source, num_outputs=len(spec.inputs), batch=True)
-        outputs = define_graph(dict(zip(spec.inputs, nodes, strict=True)), spec, device)
+        nodes = fn.external_source(source=source, num_outputs=len(spec.inputs), batch=True, layout=layouts)
+        outputs = define_graph(dict(zip(spec.inputs, nodes, strict=True)), spec)
         pipe.set_outputs(*(outputs[key] for key in OUTPUTS))
     pipe.build()
     return pipe
 
 
+def shutdown_pipeline(pipe) -> None:
+    """Stop a pipeline's threads and free its buffers now, not whenever the garbage collector gets to it.
+
+    DALI's ``Pipeline`` only has the private ``_shutdown`` (what its ``__del__`` calls); a pipeline left to the
+    collector keeps its worker threads alive, and a process forked meanwhile inherits them half-copied.
+    """
+    shutdown = getattr(pipe, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+
+
 # --------------------------------------------------------------------------------------------- the backend
 
 
-class _PlanFeed:
-    """DALI's input callback for one pass, fed by a reader thread; remembers in order what comes out.
+@dataclass(frozen=True)
+class _Prepared:
+    """One sample, ready for the graph: its name for error messages, its instance count, its inputs."""
 
-    A daemon thread pulls plans and reads their members from the cache (``read``) up to ``depth`` plans
-    ahead, so a slow disk overlaps the training step instead of stalling the caller's thread inside DALI's
-    callback. Each call returns the next non-empty plan's columns; every plan is appended to `pending` as
-    ``(plan, names)``: the samples' ``shard:key`` names for a plan sent to DALI, ``None`` for an empty plan
-    (N = 0), which never reaches DALI (the consumer yields it itself, in its place). An error while
-    reading (a CacheError from a CRC check, or one from the plans themselves) ends DALI's epoch and is kept
-    in `failure`: the consumer raises it, as is, after the batches before it.
+    name: str
+    instances: int
+    inputs: dict[str, np.ndarray]
+
+
+class _PlanFeed:
+    """DALI's input callback for one pass, fed by a thread that reads ahead; remembers in order what comes out.
+
+    A thread iterates a `ReadAhead` over the pass's plans (many samples read at once on its pool) and queues
+    each plan's columns for DALI's callback, up to ``depth`` plans ahead. Each call returns the next non-empty
+    plan's columns; every plan is appended to `pending` as ``(plan, names, max_id)``: the samples' ``shard:key``
+    names and the largest instance count (for the target renderer), ``names`` None for an empty plan (N = 0),
+    which never reaches DALI (the consumer yields it itself, in its place). An error (a CacheError from a CRC
+    check or a label header, or one from the plans themselves) ends DALI's epoch and is kept in `failure`: the
+    consumer raises it, as is, after the batches before it.
     """
 
     _END = object()
 
-    def __init__(self, plans: Iterator[BatchPlan], read, depth: int) -> None:
-        self.pending: deque[tuple[BatchPlan, list[str] | None]] = deque()
+    def __init__(self, reads: ReadAhead, inputs: Sequence[str], depth: int) -> None:
+        self.pending: deque[tuple[BatchPlan, list[str] | None, int]] = deque()
         self.failure: BaseException | None = None
+        self._inputs = tuple(inputs)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._work, args=(plans, read), name="fastload-reader", daemon=True
-        )
+        self._thread = threading.Thread(target=self._work, args=(reads,), name="fastload-feed", daemon=True)
         self._thread.start()
 
-    def _work(self, plans: Iterator[BatchPlan], read) -> None:
+    def _work(self, reads: ReadAhead) -> None:
         try:
-            for plan in plans:
-                if len(plan.indices) == 0:
-                    item = (plan, None, None)
-                else:
-                    with nvtx_range("fastload/read"):
-                        item = (plan, *read(plan))
-                if not self._put(item):
+            while not self._stop.is_set():
+                with nvtx_range("fastload/read"):
+                    item = next(reads, None)
+                if item is None:
+                    self._put(self._END)
                     return
-            self._put(self._END)
+                plan, samples = item
+                if not self._put((plan, self._columns(samples))):
+                    return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there in order
             self._put(exc)
+        finally:
+            reads.close()  # cancel what was read ahead, wait for reads in progress: no thread left behind
+
+    def _columns(self, samples: list[_Prepared]) -> tuple[tuple[list[np.ndarray], ...], list[str], int] | None:
+        if not samples:
+            return None
+        columns = tuple([s.inputs[name] for s in samples] for name in self._inputs)
+        return columns, [s.name for s in samples], max(s.instances for s in samples)
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():  # wake up now and then: an abandoned pass must let the thread end
@@ -456,10 +475,13 @@ class _PlanFeed:
                     self.failure = item
                 self._queue.put(self._END)  # DALI may ask again (drain); keep answering "the end"
                 raise StopIteration
-            plan, columns, names = item
-            self.pending.append((plan, names))
-            if columns is not None:
-                return columns
+            plan, prepared = item
+            if prepared is None:
+                self.pending.append((plan, None, 0))
+                continue
+            columns, names, max_id = prepared
+            self.pending.append((plan, names, max_id))
+            return columns
 
     def _get(self):
         while True:
@@ -473,9 +495,11 @@ class _PlanFeed:
                     except queue.Empty:
                         return self._END
 
-    def stop(self) -> None:
-        """Let the reader thread end (after the read in progress, if any); never blocks."""
+    def stop(self, *, wait: bool = True) -> None:
+        """End the feed thread: it finishes the plan it is on (its reads are bounded) and closes its pool."""
         self._stop.set()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class _Switch:
@@ -495,14 +519,17 @@ class DaliBackend:
 
     Parameters
     ----------
-    cache : an opened cache (``fastload.open_cache``): ``read_members``, ``image_size``, ``manifest``
-    out_size : (H, W) of the outputs; divisible by the cache's stride
-    augment : the AugmentConfig the plans' parameters come from (it decides which ops the graph holds)
+    cache : an opened cache (``fastload.open_cache``): ``read_members``, ``image_size``, ``span_bytes``
+    out_size : (H, W) of the outputs; divisible by the targets' stride
+    augment : the AugmentConfig the plans' parameters come from (it decides which ops the graph holds, the
+        normalisation and the targets)
     device : "cuda": decode and augment on the GPU, tensors on it; "cpu": DALI on CPU, CPU tensors
     device_id : the CUDA device for "cuda" (None: torch's current device); None for "cpu"
     batch_size : the largest N of a plan
     num_threads : DALI CPU threads
     prefetch : batches DALI prepares ahead of the one being consumed (``prefetch_queue_depth``)
+    io_threads : reads in flight at most (`fastload.pipeline.readahead`)
+    max_read_bytes : bytes read ahead and not yet handed to DALI, at most (one batch may exceed it)
 
     `iterate` yields dicts with `BATCH_KEYS` (dtypes and shapes: docs/design.md, "Loader"); ``index`` comes
     from the plan. On "cuda" every tensor is on the GPU, ready on torch's current stream (no host sync).
@@ -519,10 +546,18 @@ class DaliBackend:
         batch_size: int,
         num_threads: int,
         prefetch: int,
+        io_threads: int = DEFAULT_IO_THREADS,
+        max_read_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
-        for name, value in (("batch_size", batch_size), ("num_threads", num_threads), ("prefetch", prefetch)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("num_threads", num_threads),
+            ("prefetch", prefetch),
+            ("io_threads", io_threads),
+            ("max_read_bytes", max_read_bytes),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if device == "cpu" and device_id is not None:
@@ -533,12 +568,15 @@ class DaliBackend:
                 raise ValueError("device='cuda' but torch sees no CUDA device; pass device='cpu'")
             device_id = torch.cuda.current_device() if device_id is None else int(device_id)
         self.cache = cache
-        self.spec = GraphSpec.create(out_size=out_size, augment=augment, manifest=cache.manifest)
+        self.augment = augment
+        self.spec = GraphSpec.create(out_size=out_size, augment=augment, device="gpu" if device == "cuda" else "cpu")
         self.device = device
         self.device_id = device_id
         self.batch_size = int(batch_size)
         self.num_threads = int(num_threads)
         self.prefetch = int(prefetch)
+        self.io_threads = int(io_threads)
+        self.max_read_bytes = int(max_read_bytes)
         self._torch_device = torch.device("cuda", device_id) if device == "cuda" else torch.device("cpu")
         self._switch = _Switch()
         self._pipe = None
@@ -551,18 +589,23 @@ class DaliBackend:
         return self._pass(iter(batches), self._generation)
 
     def close(self) -> None:
-        """Free the pipeline (threads, buffers). Iterating again builds a new one; open iterators end."""
+        """Stop the feed and reader threads and shut the pipeline down now. Iterating again builds a new one."""
         self._generation += 1
-        if self._switch.feed is not None:
-            self._switch.feed.stop()
-        self._switch.feed = None
-        self._pipe = None
-        self._dirty = False
+        self._stop_feed()
+        self._discard_pipeline()
 
     # --- one pass -----------------------------------------------------------------------------------------
     def _pass(self, plans: Iterator[BatchPlan], generation: int) -> Iterator[dict[str, torch.Tensor]]:
         pipe = self._ready_pipeline()
-        feed = _PlanFeed(plans, self._read_batch, depth=self.prefetch)
+        reads = ReadAhead(
+            plans,
+            self._prepare,
+            sample_bytes=self.cache.span_bytes,
+            io_threads=self.io_threads,
+            max_bytes=self.max_read_bytes,
+            max_plans=self.prefetch + 1,
+        )
+        feed = _PlanFeed(reads, self.spec.inputs, depth=self.prefetch)
         self._switch.feed = feed
         self._dirty = True
         try:
@@ -572,29 +615,37 @@ class DaliBackend:
                     raise RuntimeError(
                         "this DaliBackend iterator was superseded by a later iterate() call or close()"
                     )
-                plan, names = feed.pending.popleft()
+                plan, names, max_id = feed.pending.popleft()
                 if names is None:
                     yield self._empty_batch()
                     continue
-                batch = self._collect(pipe, plan, names)
+                batch = self._collect(pipe, plan, names, max_id)
                 pipe.schedule_run()  # queues the next plan while the caller uses this batch
                 yield batch
             if feed.failure is not None:
                 raise feed.failure  # after every batch before the plan that failed
             pipe.reset()  # the plans ran out and every batch was consumed: reusable without draining
             self._dirty = False
+        except GeneratorExit:  # abandoned (break, a new pass): the next pass drains the pipeline and reuses it
+            raise
+        except BaseException:
+            # a failed pass (a bad sample, DALI's own error): nothing of it may keep running, in this process or
+            # in one forked later; the next pass builds a fresh pipeline
+            if generation == self._generation:
+                self._stop_feed()
+                self._discard_pipeline()
+            raise
         finally:
-            feed.stop()  # finished, failed or abandoned: the reader thread ends
+            feed.stop()  # finished, failed or abandoned: the feed thread and its readers end
 
-    def _collect(self, pipe, plan: BatchPlan, names: list[str]) -> dict[str, torch.Tensor]:
-        """Wait for one batch, make torch tensors of it, hand DALI its buffers back."""
+    def _collect(self, pipe, plan: BatchPlan, names: list[str], max_id: int) -> dict[str, torch.Tensor]:
+        """Wait for one batch, make torch tensors of it, hand DALI its buffers back, render the targets."""
         stream = torch.cuda.current_stream(self._torch_device) if self.device == "cuda" else None
         try:
             with nvtx_range("fastload/dali_outputs"):
                 # with a stream, DALI orders its outputs before work queued on it: no host synchronisation
                 outputs = pipe.share_outputs(stream) if stream is not None else pipe.share_outputs()
         except RuntimeError as exc:
-            self._pipe = None  # never reuse a pipeline that failed
             failure = _named_failure(names, exc)
             if failure is exc:
                 raise
@@ -604,9 +655,10 @@ class DaliBackend:
                 key: self._to_torch(out, dtype, stream)
                 for (key, dtype), out in zip(OUTPUTS.items(), outputs, strict=True)
             }
-            batch["index"] = self._index(plan)
         pipe.release_outputs()
-        return batch
+        batch.update(render_batch_targets(batch["instance"], self.augment.targets, max_id=max_id))
+        batch["index"] = self._index(plan)
+        return {key: batch[key] for key in BATCH_KEYS}
 
     # --- pipeline lifecycle -------------------------------------------------------------------------------
     def _ready_pipeline(self):
@@ -615,12 +667,11 @@ class DaliBackend:
             try:
                 _drain(self._pipe, self._switch)
             except Exception:  # noqa: BLE001 - a pipeline that cannot drain is replaced, never reused
-                self._pipe = None
+                self._discard_pipeline()
         if self._pipe is None:
             self._pipe = build_pipeline(
                 self.spec,
                 self._switch,
-                device="gpu" if self.device == "cuda" else "cpu",
                 device_id=self.device_id,
                 batch_size=self.batch_size,
                 num_threads=self.num_threads,
@@ -629,21 +680,33 @@ class DaliBackend:
         self._dirty = False
         return self._pipe
 
+    def _stop_feed(self) -> None:
+        feed, self._switch.feed = self._switch.feed, None
+        if feed is not None:
+            feed.stop()
+
+    def _discard_pipeline(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        self._dirty = False
+        if pipe is not None:
+            shutdown_pipeline(pipe)
+
     # --- inputs and outputs -------------------------------------------------------------------------------
-    def _read_batch(self, plan: BatchPlan) -> tuple[tuple[list[np.ndarray], ...], list[str]]:
-        """The external source's columns (``spec.inputs``) for one plan, and its samples' names."""
-        columns: dict[str, list[np.ndarray]] = {name: [] for name in self.spec.inputs}
-        names = []
-        for index, params in zip(plan.indices, plan.params, strict=True):
-            i = int(index)
-            members = self.cache.read_members(i)  # CacheError (missing shard, bad CRC) surfaces as is
-            names.append(f"{members.shard}:{members.key} (cache index {i})")
-            encoded = (members.image, members.semantic, members.instance, members.offset, members.heatmap)
-            values = dict(zip(MEMBERS, (np.frombuffer(b, dtype=np.uint8) for b in encoded), strict=True))
-            values.update(sample_inputs(params, self.cache.image_size(i), self.spec))
-            for name, column in columns.items():
-                column.append(values[name])
-        return tuple(columns.values()), names
+    def _prepare(self, index: int, params: SampleParams) -> _Prepared:
+        """Read one sample and make its graph inputs; runs on a reader thread (`ReadAhead`)."""
+        members = self.cache.read_members(index)  # CacheError (missing shard, bad CRC) names shard and sample
+        name = f"{members.shard}:{members.key} (cache index {index})"
+        hw = self.cache.image_size(index)
+        try:
+            inputs = label_inputs(members.semantic, members.instance, hw, self.spec)
+        except CacheError as exc:
+            raise CacheError(
+                f"{name}: {exc}; run `fastload cache verify` on the cache and rebuild the shard with "
+                "`fastload cache build ... --resume`"
+            ) from None
+        inputs["image"] = np.frombuffer(members.image, dtype=np.uint8)
+        inputs.update(sample_inputs(params, hw, self.spec))
+        return _Prepared(name, len(members.meta.get("instances", ())), inputs)
 
     def _to_torch(self, output, dtype: torch.dtype, stream) -> torch.Tensor:
         dense = output.as_tensor()  # (N, ...) view of the batch
@@ -665,27 +728,22 @@ class DaliBackend:
 
     def _empty_batch(self) -> dict[str, torch.Tensor]:
         """A batch with N = 0 (a short last step of a distributed epoch), made without running DALI."""
-        (h, w), (mh, mw) = self.spec.out_size, self.spec.map_size
-        shapes = {
-            "image": (3, h, w),
-            "semantic": (h, w),
-            "instance": (h, w),
-            "heatmap": (1, mh, mw),
-            "offset": (2, mh, mw),
-            "index": (),
+        h, w = self.spec.out_size
+        batch = {
+            "image": torch.empty((0, 3, h, w), dtype=torch.float32, device=self._torch_device),
+            "semantic": torch.empty((0, h, w), dtype=torch.int64, device=self._torch_device),
+            "instance": torch.empty((0, h, w), dtype=torch.int32, device=self._torch_device),
         }
-        dtypes = {**OUTPUTS, "index": torch.int64}
-        return {
-            key: torch.empty((0, *shapes[key]), dtype=dtypes[key], device=self._torch_device)
-            for key in BATCH_KEYS
-        }
+        batch.update(render_batch_targets(batch["instance"], self.augment.targets, max_id=0))
+        batch["index"] = torch.empty((0,), dtype=torch.int64, device=self._torch_device)
+        return {key: batch[key] for key in BATCH_KEYS}
 
 
 def _drain(pipe, switch: _Switch) -> None:
     """Consume what an abandoned pass left queued, then end DALI's epoch so the next pass prefetches anew."""
-    if switch.feed is not None:
-        switch.feed.stop()  # a superseded pass may still be suspended, its reader thread alive
-    switch.feed = None
+    feed, switch.feed = switch.feed, None
+    if feed is not None:
+        feed.stop()  # a superseded pass may still be suspended, its feed thread alive
     while not pipe.empty():
         pipe.share_outputs()
         pipe.release_outputs()

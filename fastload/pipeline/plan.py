@@ -25,5 +25,5 @@ class BatchPlan:
             raise ValueError(f"BatchPlan: {len(self.indices)} indices but {len(self.params)} parameter sets")
 
 
-BATCH_KEYS = ("image", "semantic", "instance", "heatmap", "offset", "index")
+BATCH_KEYS = ("image", "semantic", "instance", "heatmap", "offset", "semantic_weight", "index")
 """Every batch dict has exactly these keys (dtypes and shapes: docs/design.md, Loader)."""
