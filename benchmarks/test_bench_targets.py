@@ -1,4 +1,5 @@
-"""Target-map speed: ``center_targets`` vs Panoptic-DeepLab's per-instance loop, and vs a per-pixel Python loop.
+"""Target-map speed: ``center_targets`` vs Panoptic-DeepLab's per-instance loop, and vs a per-pixel Python loop;
+the batched torch twin ``render_targets`` vs the NumPy definition called per sample.
 
 Run: ``python -m pytest benchmarks/test_bench_targets.py --benchmark-only --benchmark-columns=mean,stddev,rounds``
 (the number in parentheses after each mean is its ratio to the fastest in the group: the speedup). Goal:
@@ -8,7 +9,11 @@ the plain ``test_*_agree`` checks run too: same inputs, identical outputs, no ti
 Groups:
 * ``targets-512x512-20``: 20 overlapping ellipses (about a third of the pixels), sigma 8, stride 1;
 * ``targets-real-800x600``: the 18 real sample rasters;
-* ``targets-python-loop``: a 64x64 mask with 3 instances, the per-pixel Python loops users had before.
+* ``targets-python-loop``: a 64x64 mask with 3 instances, the per-pixel Python loops users had before;
+* ``render-48x512x512-20``: a batch of 48 such 512x512 masks, 20 instances each: heatmap, offsets and
+  semantic weights by ``render_targets`` on torch CPU (``max_id`` 20: every slot rendered, no read back;
+  ``max_id`` None: ids read back, present instances only), against ``center_targets`` + ``semantic_weights``
+  per sample; and on CUDA when there is one (the timed call synchronises). Stride 1 and 4.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fastload.coco import load_coco
 from fastload.raster import rasterize_image
-from fastload.targets import center_targets, center_targets_per_instance
+from fastload.targets import center_targets, center_targets_per_instance, render_targets, semantic_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -126,6 +132,46 @@ def test_center_targets_small(benchmark, mask64):
     benchmark(center_targets, mask64)
 
 
+@pytest.fixture(scope="module")
+def batch48() -> np.ndarray:
+    """int32 (48, 512, 512), 20 visible instances in each."""
+    return np.stack([ellipses(512, 512, 20, seed=100 + n) for n in range(48)])
+
+
+def definition_per_sample(masks: np.ndarray, stride: int) -> None:
+    for mask in masks:
+        center_targets(mask, stride=stride)
+        semantic_weights(mask)
+
+
+def render_on(device: str, masks: torch.Tensor, stride: int, max_id: int | None) -> None:
+    render_targets(masks, stride=stride, max_id=max_id)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.benchmark(group="render-48x512x512-20")
+@pytest.mark.parametrize("stride", [1, 4])
+def test_definition_per_sample_48(benchmark, batch48, stride):
+    benchmark(definition_per_sample, batch48, stride)
+
+
+@pytest.mark.benchmark(group="render-48x512x512-20")
+@pytest.mark.parametrize("stride", [1, 4])
+@pytest.mark.parametrize("max_id", [20, None])
+def test_render_targets_cpu_48(benchmark, batch48, stride, max_id):
+    benchmark(render_on, "cpu", torch.from_numpy(batch48), stride, max_id)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.benchmark(group="render-48x512x512-20")
+@pytest.mark.parametrize("stride", [1, 4])
+def test_render_targets_cuda_48(benchmark, batch48, stride):
+    masks = torch.from_numpy(batch48).to("cuda")
+    render_on("cuda", masks, stride, 20)  # warm-up outside the timing: kernels, pinned host memory
+    benchmark(render_on, "cuda", masks, stride, 20)
+
+
 # ------------------------------------------------------------------------------ quick, no timing
 
 
@@ -139,3 +185,13 @@ def test_small_workload_agrees(mask64):
     loop_heat, loop_offset = python_loop_targets(mask64)
     np.testing.assert_array_equal(heat, loop_heat)
     np.testing.assert_allclose(offset, loop_offset, atol=1e-5)  # float sums in a different order
+
+
+def test_render_workload_agrees(batch48):
+    masks = batch48[:8]
+    out = render_targets(torch.from_numpy(masks), max_id=20, stride=4)
+    for n, mask in enumerate(masks):
+        heat, offset = center_targets(mask, stride=4)
+        np.testing.assert_array_equal(out["heatmap"][n, 0].numpy(), heat)
+        np.testing.assert_array_equal(out["offset"][n].numpy(), offset)
+        np.testing.assert_array_equal(out["semantic_weight"][n].numpy(), semantic_weights(mask))
