@@ -315,3 +315,17 @@ def test_corrupt_member_in_a_worker_names_shard_and_sample(synth_cache, tmp_path
             list(be.iterate(iter([plan([0, 1]), plan([2, 10])])))
     finally:
         be.close()
+
+
+def test_compact_batches_finished_in_the_main_process_equal_batches_finished_in_the_workers():
+    # a CUDA loader's workers return uint8 images and int16 masks and the main process finishes them on the
+    # GPU (fastload.pipeline.batch.finish_batch); here the same path runs on the CPU and must give the same bits
+    plans = [plan([4, 0, 6], epoch=3), plan([2, 5])]
+    in_workers = list(backend(workers=0).iterate(iter(plans)))
+    compact = backend(workers=0)
+    compact._dataset.finish = False
+    finished_later = list(compact.iterate(iter(plans)))
+    for a, b in zip(in_workers, finished_later, strict=True):
+        assert tuple(a) == tuple(b) == BATCH_KEYS
+        for key in BATCH_KEYS:
+            assert torch.equal(a[key], b[key]), key

@@ -7,20 +7,30 @@ Both backends end here, so the batch contract (docs/design.md, "Loader") is prod
   processes, and the main process finishes them (on the GPU when the loader's device is CUDA).
 
 Heat and offset maps and the semantic loss weights are rendered here, after augmentation, from each batch's own
-``instance`` mask, with `fastload.targets.render_targets` (the torch twin of `center_targets`): integer
-scatter-adds, one gather, one scatter-max; no Python loop over samples or instances and, given the largest
-instance id from the samples' metadata, no host synchronisation on CUDA.
+``instance`` mask, by whichever of the definition's two kernels is faster where the batch is:
+
+- on CUDA, `fastload.targets.render_targets`, the batched torch twin: integer scatter-adds, one gather, one
+  scatter-max, no Python loop over samples or instances and, given the largest instance id from the samples'
+  metadata, no host synchronisation;
+- on the CPU, `fastload.targets.center_targets` and `semantic_weights` per sample (NumPy over runs of pixels:
+  1.5-6x faster there than the torch twin, which touches every pixel several times; see
+  benchmarks/test_bench_targets.py). The CPU loader's workers call `numpy_targets` themselves, in parallel.
+
+Both are bit-identical (tests/test_targets.py), so where a batch is finished never changes its values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from fastload.augment.config import AugmentConfig, TargetsConfig
+from fastload.augment.params import map_hw
 from fastload.augment.reference import normalize_constants
 from fastload.pipeline.nvtx import nvtx_range
+from fastload.targets import center_targets, semantic_weights
 
 
 def normalize_batch(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -36,19 +46,42 @@ def normalize_batch(image: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return out.sub_(shift).mul_(inv_scale)
 
 
+def numpy_targets(instance: np.ndarray, targets: TargetsConfig) -> dict[str, np.ndarray]:
+    """One sample's targets from its augmented instance mask (H, W): ``heatmap`` float32 (1, H', W'),
+    ``offset`` float32 (2, H', W'), ``semantic_weight`` float32 (H, W) — the NumPy definition."""
+    heatmap, offset = center_targets(instance, targets.sigma, stride=targets.stride)
+    weight = semantic_weights(
+        instance, small_instance_area=targets.small_instance_area, small_instance_weight=targets.small_instance_weight
+    )
+    return {"heatmap": heatmap[None], "offset": offset, "semantic_weight": weight}
+
+
 def render_batch_targets(instance: torch.Tensor, targets: TargetsConfig, *, max_id: int | None) -> dict[str, torch.Tensor]:
-    """``heatmap`` (N, 1, H', W'), ``offset`` (N, 2, H', W'), ``semantic_weight`` (N, H, W), all float32."""
+    """``heatmap`` (N, 1, H', W'), ``offset`` (N, 2, H', W'), ``semantic_weight`` (N, H, W), all float32, on the
+    instance mask's device (see the module docstring for which kernel runs where)."""
     from fastload.targets import render_targets
 
     with nvtx_range("fastload/targets"):
-        return render_targets(
-            instance,
-            sigma=targets.sigma,
-            stride=targets.stride,
-            small_instance_area=targets.small_instance_area,
-            small_instance_weight=targets.small_instance_weight,
-            max_id=max_id,
-        )
+        if instance.device.type == "cuda":
+            return render_targets(
+                instance,
+                sigma=targets.sigma,
+                stride=targets.stride,
+                small_instance_area=targets.small_instance_area,
+                small_instance_weight=targets.small_instance_weight,
+                max_id=max_id,
+            )
+        (mh, mw), (n, h, w) = map_hw(tuple(instance.shape[1:]), targets.stride), tuple(instance.shape)
+        out = {
+            "heatmap": torch.empty((n, 1, mh, mw), dtype=torch.float32),
+            "offset": torch.empty((n, 2, mh, mw), dtype=torch.float32),
+            "semantic_weight": torch.empty((n, h, w), dtype=torch.float32),
+        }
+        masks = instance.numpy()
+        for k in range(n):
+            for key, value in numpy_targets(masks[k], targets).items():
+                out[key][k] = torch.from_numpy(value)
+        return out
 
 
 def finish_batch(

@@ -10,12 +10,11 @@ worker will most likely get next); a worker
    not mean N reads in flight;
 2. decodes the image (OpenCV) and the LZ4 masks, applies `fastload.augment.reference.augment_sample`, and
    writes the results into one preallocated array per key;
-3. returns uint8 images, uint8 semantic and int16 instance masks: ~1 MB per 512x512 sample where float32
-   images and int64 masks took 5 MB, so moving a batch between processes costs a fifth.
-
-The main process then finishes the batch on the loader's device (`fastload.pipeline.batch`): normalisation,
-widening to the contract's dtypes and the targets rendered after augmentation, once per batch with torch's
-vectorised kernels (on the GPU when the loader's device is CUDA).
+3. finishes the batch where it costs least: for a CPU loader the worker itself normalises and renders the targets
+   after augmentation (NumPy, faster on the CPU than the torch twin, and spread over the workers); for a CUDA
+   loader it returns uint8 images, uint8 semantic and int16 instance masks (~1 MB per 512x512 sample instead of
+   ~9 MB finished) and the main process finishes them on the GPU (`fastload.pipeline.batch`). Arrays are
+   written straight into shared memory, so the hand-over to the main process copies nothing.
 
 Workers start with ``forkserver``: a fresh process forked from a clean server, which inherits nothing of the
 parent's threads or objects (a forked worker copied DALI pipelines and their half-dead threads and could hang).
@@ -27,6 +26,7 @@ of stealing the new epoch's batches.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -40,11 +40,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import SampleParams, map_hw
-from fastload.augment.reference import augment_sample
+from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import decode_image
 from fastload.cache.reader import decode_labels
 from fastload.errors import CacheError, FastloadError, add_note
-from fastload.pipeline.batch import finish_batch
+from fastload.pipeline.batch import finish_batch, numpy_targets
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
 from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES
@@ -112,7 +112,14 @@ class _Reads:
 
 
 class _AugmentedBatches(Dataset):
-    """Map-style dataset whose "indices" are `_Work` items; ``__getitems__`` builds a whole batch at once."""
+    """Map-style dataset whose "indices" are `_Work` items; ``__getitems__`` builds a whole batch at once.
+
+    ``finish`` (the loader's device is the CPU): the worker also normalises the image and renders the targets
+    (NumPy, `fastload.pipeline.batch.numpy_targets`), so that the work is spread over the workers and the batch
+    arrives complete. Otherwise (CUDA) it returns the compact uint8 image and masks, and the main process
+    finishes them on the GPU. Either way the arrays are written straight into shared memory (as torch's own
+    collate does in a worker), so handing a batch to the main process copies nothing.
+    """
 
     def __init__(
         self,
@@ -120,12 +127,14 @@ class _AugmentedBatches(Dataset):
         augment: AugmentConfig,
         out_hw: tuple[int, int],
         *,
+        finish: bool,
         io_threads: int,
         max_read_bytes: int,
     ) -> None:
         self.cache = cache
         self.augment = augment
         self.out_hw = out_hw
+        self.finish = finish
         self.io_threads = io_threads
         self.max_read_bytes = max_read_bytes
         self._reads: _Reads | None = None
@@ -141,6 +150,24 @@ class _AugmentedBatches(Dataset):
     def __getitem__(self, item):  # pragma: no cover - torch calls __getitems__ with a batch sampler
         raise TypeError("_AugmentedBatches is indexed by whole batches (__getitems__)")
 
+    def _layout(self, n: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        (oh, ow), targets = self.out_hw, self.augment.targets
+        if not self.finish:
+            return {
+                "image": ((n, oh, ow, 3), torch.uint8),
+                "semantic": ((n, oh, ow), torch.uint8),
+                "instance": ((n, oh, ow), torch.int16),
+            }
+        mh, mw = map_hw(self.out_hw, targets.stride)
+        return {
+            "image": ((n, 3, oh, ow), torch.float32),
+            "semantic": ((n, oh, ow), torch.int64),
+            "instance": ((n, oh, ow), torch.int32),
+            "heatmap": ((n, 1, mh, mw), torch.float32),
+            "offset": ((n, 2, mh, mw), torch.float32),
+            "semantic_weight": ((n, oh, ow), torch.float32),
+        }
+
     def __getitems__(self, work: _Work) -> dict[str, torch.Tensor]:
         if self._reads is None:
             self._reads = _Reads(self.cache, self.io_threads, self.max_read_bytes)
@@ -148,22 +175,21 @@ class _AugmentedBatches(Dataset):
         self._reads.forget_except(set(indices))
         self._reads.want(indices, bounded=False)
         self._reads.want(work.ahead, bounded=True)
-        n, (oh, ow) = len(indices), self.out_hw
-        out = {
-            "image": np.empty((n, oh, ow, 3), np.uint8),
-            "semantic": np.empty((n, oh, ow), np.uint8),
-            "instance": np.empty((n, oh, ow), np.int16),
-        }
-        max_id = 0
+        batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self._layout(len(indices)).items()}
+        rows = {key: tensor.numpy() for key, tensor in batch.items()}
+        cfg, max_id = self.augment, 0
         for k, (index, params) in enumerate(work.pairs):
             sample = self._load(index)
             max_id = max(max_id, int(sample.pop("instances")))
             with nvtx_range("fastload/augment"):
-                augmented = augment_sample(sample, params, self.augment, out_hw=self.out_hw)
-            for key, array in out.items():
-                array[k] = augmented[key]
-        batch = {key: torch.from_numpy(array) for key, array in out.items()}
-        batch["index"] = torch.as_tensor(indices, dtype=torch.int64).reshape(n)
+                augmented = augment_sample(sample, params, cfg, out_hw=self.out_hw)
+            if self.finish:
+                with nvtx_range("fastload/finish"):
+                    augmented["image"] = normalize_image(augmented["image"], cfg.normalize.mean, cfg.normalize.std)
+                    augmented.update(numpy_targets(augmented["instance"], cfg.targets))
+            for key, row in rows.items():
+                row[k] = augmented[key]
+        batch["index"] = torch.as_tensor(indices, dtype=torch.int64).reshape(len(indices))
         batch["max_id"] = torch.tensor(max_id, dtype=torch.int64)
         return batch
 
@@ -204,6 +230,16 @@ class _AugmentedBatches(Dataset):
 
 def _collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch  # __getitems__ already built the batch
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor, in shared memory when made in a DataLoader worker (what torch's collate does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = math.prod(shape)
+    template = torch.empty(0, dtype=dtype)
+    storage = template._typed_storage()._new_shared(numel, device=template.device)
+    return template.new(storage).resize_(shape)
 
 
 class _PlanFeed:
@@ -287,7 +323,14 @@ class TorchBackend:
         self._feed = _PlanFeed(self.num_workers)
         self._generation = 0
         workers = self.num_workers > 0
-        self._dataset = _AugmentedBatches(cache, augment, out_hw, io_threads=io_threads, max_read_bytes=max_read_bytes)
+        self._dataset = _AugmentedBatches(
+            cache,
+            augment,
+            out_hw,
+            finish=self.device.type == "cpu",
+            io_threads=io_threads,
+            max_read_bytes=max_read_bytes,
+        )
         context = None
         if workers:
             context = mp.get_context(START_METHOD)
@@ -330,16 +373,17 @@ class TorchBackend:
                 ) from exc
             if raw is None:
                 return
-            batch = finish_batch(
-                image=raw["image"],
-                semantic=raw["semantic"],
-                instance=raw["instance"],
-                index=raw["index"],
-                cfg=self.augment,
-                device=self.device,
-                max_id=int(raw["max_id"]),
-            )
-            yield {key: batch[key] for key in BATCH_KEYS}
+            if not self._dataset.finish:  # compact uint8 batch: finish it on the device
+                raw = finish_batch(
+                    image=raw["image"],
+                    semantic=raw["semantic"],
+                    instance=raw["instance"],
+                    index=raw["index"],
+                    cfg=self.augment,
+                    device=self.device,
+                    max_id=int(raw["max_id"]),
+                )
+            yield {key: raw[key] for key in BATCH_KEYS}
 
     def close(self) -> None:
         """Stop the worker processes and the reader threads. Idempotent."""
