@@ -16,6 +16,7 @@ import torch
 from test_dali_pipeline import MemCache, plan
 from test_fidelity import (
     GEOMETRY,
+    MAX_REACH,
     PHOTOMETRIC,
     check_flip_is_exact,
     check_geometry,
@@ -98,7 +99,7 @@ def test_cuda_flip_only_is_exact_for_masks(cache):
 def test_cuda_instances_follow_their_polygons(cuda_pairs, sample_coco):
     pairs = [p for draw in GEOMETRY for p in cuda_pairs[draw]]
     worst, weighted, farthest = check_geometry(pairs, coco_records(sample_coco))
-    assert worst >= 0.95 and weighted >= 0.985 and farthest <= 0.5 * np.sqrt(2) + 0.02
+    assert worst >= 0.95 and weighted >= 0.985 and farthest <= MAX_REACH
 
 
 # --------------------------------------------------------------------------------------- device behaviour
