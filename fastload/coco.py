@@ -24,12 +24,14 @@ Annotations
 
 Geometry (shapely)
     Each polygon part is checked: fewer than 3 points, NaN/inf coordinates and zero area are rejected
-    with a named reason; a self-intersecting part is repaired with ``shapely.make_valid`` keeping the
-    polygonal pieces (a bowtie becomes two triangles); coordinates outside the image are clipped to the
-    image box (a part wholly outside is rejected). A repaired part may gain holes, so every stored part
-    is a ``float64 (K, 2)`` array of ``(x, y)`` rings — exterior first, then its holes — separated by a
-    row of NaN (:func:`part_rings` splits them). The rasteriser fills a part with the even-odd rule over
-    its rings and ORs the parts.
+    with a named reason; a self-intersecting part is checked as ``shapely.make_valid`` repairs it (zero
+    area after the repair: rejected), and a part overhanging the image as clipped to the image box (a part
+    wholly outside is rejected). A good part is stored **as drawn**: pycocotools rasterises it, clipping at
+    the image border, exactly as ``COCO.annToMask`` does (tools and the COCO evaluator take their masks from
+    it). Only a part with coordinates beyond ±2^20 px, which pycocotools cannot rasterise, is stored repaired
+    and clipped; such a part may gain holes, so a stored part is a ``float64 (K, 2)`` array of ``(x, y)``
+    rings — exterior first, then its holes — separated by a row of NaN (:func:`part_rings` splits them).
+    The rasteriser combines a part's rings by even-odd and ORs the parts.
 
 Policies (``on_error``)
 
@@ -79,6 +81,9 @@ MAX_IMAGE_PIXELS = 1 << 30
 # |x|, |y| beyond this (px) is a bad part: far outside any image, and far below where shapely's repair and
 # clipping overflow (around 1e150, silently returning wrong shapes)
 MAX_COORDINATE = 1e9
+# pycocotools rasterises coordinates up to this (px; it overflows a C int beyond, see fastload.raster); a part
+# reaching further out is stored repaired and clipped to the image instead of as drawn
+RASTER_COORDINATE_LIMIT = float(1 << 20)
 FIX_HINT = "fix the annotation or pass --on-error skip"
 
 
@@ -98,8 +103,8 @@ class Instance:
     Attributes
     ----------
     polygons : tuple of float64 (K, 2) arrays
-        Parts in ``(x, y)`` image coordinates, repaired and clipped; a part with holes lists its rings
-        separated by NaN rows (see :func:`part_rings`). ``()`` when the source was RLE.
+        Parts in ``(x, y)`` image coordinates, as drawn (repaired and clipped only beyond ±2^20 px, where a
+        part may list its rings separated by NaN rows, see :func:`part_rings`). ``()`` when the source was RLE.
     rle : dict or None
         pycocotools RLE (``{"size": [h, w], "counts": bytes}``, compressed) when the source was RLE.
     area : float
@@ -542,6 +547,11 @@ def _repair_polygon(coords: np.ndarray, height: int, width: int) -> list[np.ndar
         geom = shapely.intersection(geom, shapely.box(0, 0, width, height))
         if geom.area <= 0:
             raise _Bad(f"outside the image ({width} x {height})")
+    if np.abs(coords).max() <= RASTER_COORDINATE_LIMIT:
+        # a self-intersecting or overhanging part that covers some of the image is kept as drawn: pycocotools
+        # rasterises it (and clips it to the image) exactly as COCO.annToMask does, which every COCO tool and the
+        # COCO evaluator use; the repair above only decided that the part is good
+        return [coords]
     return [_rings_array(poly) for poly in _polygonal(geom) if poly.area > 0]
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import shapely
 from cocofactory import CocoFactory, compressed_rle, disk, unseen_coco
 from pycocotools import mask as mask_utils
 
@@ -138,32 +137,37 @@ def test_bbox_missing_is_fine_and_integral_floats_are_accepted(tmp_path: Path):
 # ------------------------------------------------------------------------------------------- geometry
 
 
-def test_bowtie_is_repaired_into_two_triangles(tmp_path: Path):
+def test_a_bowtie_is_kept_as_drawn(tmp_path: Path):
+    # shapely's repair decides it is a good part (two triangles of 100 px² each); pycocotools rasterises the
+    # polygon as drawn, as COCO.annToMask does
     coco = one_image(tmp_path)
     coco.polygon(7, 1, [(0, 0), (20, 20), (20, 0), (0, 20)])
     [inst] = instances(load_coco(coco.write()))
-    assert len(inst.polygons) == 2
-    assert sorted(shapely.Polygon(p).area for p in inst.polygons) == [100.0, 100.0]
-
-
-def test_repair_can_create_a_hole_stored_as_nan_separated_rings(tmp_path: Path):
-    coco = one_image(tmp_path)
-    # a square with a square hole, drawn as one ring that walks in and out along a zero-width cut
-    coco.polygon(7, 1, [(2, 2), (30, 2), (30, 30), (2, 30), (2, 10), (10, 10), (10, 20), (20, 20), (20, 10), (2, 10)])
-    [inst] = instances(load_coco(coco.write(), on_error="fail"))
     [part] = inst.polygons
-    rings = part_rings(part)
-    assert len(rings) == 2 and np.isnan(part).any()
-    assert shapely.Polygon(rings[0], [rings[1]]).area == 28 * 28 - 10 * 10
+    assert part.tolist() == [[0, 0], [20, 20], [20, 0], [0, 20]]
 
 
-def test_coordinates_outside_the_image_are_clipped(tmp_path: Path):
+def test_a_part_overhanging_the_image_is_kept_as_drawn_and_clipped_by_the_rasteriser(tmp_path: Path):
+    from fastload.raster import rasterize_instance
+
     coco = one_image(tmp_path, height=32, width=48)
     coco.polygon(7, 1, [(-10, -5), (60, -5), (60, 40), (-10, 40)])
     [inst] = instances(load_coco(coco.write()))
     [part] = inst.polygons
-    assert part[:, 0].min() == 0 and part[:, 0].max() == 48
-    assert part[:, 1].min() == 0 and part[:, 1].max() == 32
+    assert part[:, 0].min() == -10 and part[:, 0].max() == 60
+    assert rasterize_instance(inst, 32, 48).all()  # the whole image, nothing beyond it
+
+
+def test_a_part_beyond_the_rasterisers_range_is_stored_repaired_and_clipped(tmp_path: Path):
+    # pycocotools cannot rasterise coordinates beyond ±2^20 px: such a part is clipped to the image (and a
+    # repaired part may gain holes, stored as NaN-separated rings)
+    coco = one_image(tmp_path, height=32, width=48)
+    coco.polygon(7, 1, [(2, 2), (5e6, 2), (30, 30), (2, 30), (2, 10), (10, 10), (10, 20), (20, 20), (20, 10), (2, 10)])
+    [inst] = instances(load_coco(coco.write(), on_error="fail"))
+    for part in inst.polygons:
+        rings = part_rings(part)
+        assert all(r[:, 0].max() <= 48 and r[:, 1].max() <= 32 and r.min() >= 0 for r in rings)
+    assert any(len(part_rings(part)) > 1 for part in inst.polygons)
 
 
 @pytest.mark.parametrize(
