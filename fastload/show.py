@@ -256,6 +256,7 @@ def first_batch(
     import fastload
 
     cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[loader]
+    device = dali_device(device) if loader == "dali" else device
     ld = cls(
         cache,
         batch_size=n,
@@ -272,6 +273,13 @@ def first_batch(
         return _batch_numpy(batch)
     finally:
         ld.close()
+
+
+def dali_device(device: str) -> str:
+    """The device that makes ``fastload.Loader`` run DALI: "auto" without a GPU would pick the CPU engine."""
+    import torch
+
+    return "cpu" if device == "auto" and not torch.cuda.is_available() else device
 
 
 def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mean, std) -> tuple[float, float]:

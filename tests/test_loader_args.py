@@ -153,3 +153,21 @@ def test_both_loaders_hand_their_backend_the_chosen_gpu(four_gpus, monkeypatch, 
             next(iter(loader))
     assert seen["dali"]["device_id"] == 2 and seen["dali"]["device"] == "cuda"
     assert str(seen["cpu"]["device"]) == "cuda:2"
+
+
+def test_auto_without_a_gpu_uses_the_faster_cpu_engine_and_says_so(cache, caplog, monkeypatch):
+    import torch
+
+    import fastload.loader
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(fastload.loader, "_noticed", set())
+    loader = make_loader("dali", cache, batch_size=2, device="auto", num_threads=1)
+    assert loader.backend == "opencv-workers"
+    with caplog.at_level("WARNING", logger="fastload"):
+        batch = next(iter(loader))
+    assert "no CUDA GPU is visible" in caplog.text and "device='cpu'" in caplog.text
+    assert tuple(batch)[:2] == ("image", "semantic")
+    loader.close()
+    assert make_loader("dali", cache, batch_size=2, device="cpu").backend == "dali-cpu"  # asked for: DALI
+    assert make_loader("cpu", cache, batch_size=2).backend == "opencv-workers"

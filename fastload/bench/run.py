@@ -109,6 +109,7 @@ LoaderFactory = Callable[..., Any]
 def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
     """``fastload.CpuLoader`` ("cpu") or ``fastload.Loader`` ("dali") for one measurement."""
     import fastload
+    from fastload.show import dali_device
 
     cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[name]
     return cls(
@@ -119,7 +120,7 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
         drop_last=False,
         size=tuple(cfg.size),
         augment=cfg.augment,
-        device=cfg.device,
+        device=dali_device(cfg.device) if name == "dali" else cfg.device,  # "dali" measures DALI, GPU or not
         num_threads=cfg.resolved_workers,
         prefetch=cfg.prefetch,
     )

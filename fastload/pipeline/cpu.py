@@ -273,6 +273,14 @@ def _to_work(plan: BatchPlan, ahead: BatchPlan | None) -> _Work:
     return _Work(pairs, tuple(ahead.indices.tolist()) if ahead is not None else ())
 
 
+_GUARD_HINT = (
+    "fastload: CpuLoader workers start with forkserver (a clean process, never a copy of this one), and such a "
+    "worker imports your script's main module first: a script that makes and iterates the loader at its top "
+    "level, without `if __name__ == \"__main__\":`, runs again in every worker, which then dies. Put the "
+    "training code under that guard (Python's rule for spawn and forkserver; forkserver is Python 3.14's default)."
+)
+
+
 def _worker_init(_worker_id: int) -> None:
     # one OpenCV thread per worker: the parallelism is the worker processes (torch limits its own threads).
     # The worker is a fresh process (forkserver), so setting it here is safe.
@@ -360,9 +368,14 @@ class TorchBackend:
         it = iter(self._loader)
         # checked before every next(): a newer iterate() owns the (shared) iterator, and an abandoned
         # generator resumed later must not take its batches
+        first = True
         while generation == self._generation:
             try:
                 raw = next(it, None)
+            except RuntimeError as exc:
+                if first and "exited unexpectedly" in str(exc):
+                    add_note(exc, _GUARD_HINT)
+                raise
             except (EOFError, ConnectionError) as exc:
                 # a worker killed while it handed over a batch: torch's own check has not noticed yet, and the
                 # tensors' file descriptors cannot be fetched from the dead process
@@ -371,6 +384,7 @@ class TorchBackend:
                     "CpuLoader worker process died (killed from outside, e.g. by the out-of-memory killer); "
                     "close() the loader, and use fewer workers (num_threads) or a smaller batch if memory is short"
                 ) from exc
+            first = False
             if raw is None:
                 return
             if not self._dataset.finish:  # compact uint8 batch: finish it on the device
