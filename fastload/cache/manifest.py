@@ -27,6 +27,7 @@ from fastload.cache.format import (
 from fastload.errors import CacheError
 
 MANIFEST_NAME = "manifest.json"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of image and annotation ids (the reader's int64 tables)
 BYTE_KINDS = MEMBER_KINDS
 LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' layout (fastload.cache.format)
 
@@ -300,7 +301,7 @@ def _parse(m: _Node, version: int) -> Manifest:
         label_compression=cfg.integer("label_compression", maximum=12),
         label_format=label_format,
         categories=tuple(
-            CategoryInfo(coco_id=c.integer("coco_id"), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
+            CategoryInfo(coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
             for c in m.nodes("categories")
         ),
         num_classes=m.integer("num_classes", minimum=1),
@@ -310,8 +311,8 @@ def _parse(m: _Node, version: int) -> Manifest:
         instances=counts.integer("instances"),
         skips=tuple(
             SkipInfo(
-                image_id=s.integer("image_id", minimum=-(2**63), optional=True),
-                annotation_id=s.integer("annotation_id", minimum=-(2**63), optional=True),
+                image_id=s.integer("image_id", minimum=INT64_MIN, maximum=INT64_MAX, optional=True),
+                annotation_id=s.integer("annotation_id", minimum=INT64_MIN, maximum=INT64_MAX, optional=True),
                 file_name=s.text("file_name", optional=True),
                 reason=s.text("reason"),
             )
