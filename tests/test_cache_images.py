@@ -1,16 +1,21 @@
-"""Bad image files during a build: each is an ImageError under on_error="fail", a recorded skip under "skip"."""
+"""Image files during a build: a bad one is an ImageError under on_error="fail", a recorded skip under "skip";
+one that decoders would read differently is normalised (and listed in the manifest) or refused with the reason."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from cocofactory import CocoFactory
+from imagefactory import MOTION_PHOTO_VIDEO, exif, jpeg, pattern, pil_rgb
 
-from fastload.cache.manifest import load_manifest
+from fastload.cache.manifest import NormalisedInfo, load_manifest
 from fastload.cache.reader import open_cache
+from fastload.cache.verify import verify_cache
 from fastload.cache.writer import build_cache
 from fastload.errors import ImageError
 from fastload.synth import synth_coco
@@ -131,3 +136,60 @@ def test_missing_image_folder_is_named(tmp_path):
     root = _tiny(tmp_path / "data")
     with pytest.raises(ImageError, match="image folder .*does not exist"):
         build_cache(coco=root / "annotations.json", images=root / "nope", out=tmp_path / "cache", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- normalised
+# What decoders would read differently is changed at build time, and the manifest lists each sample changed.
+
+STORED = pattern(40, 56)  # H != W: a quarter turn shows in the shape, a half turn in the pixels
+
+
+def _single_image(tmp_path: Path, name: str, data: bytes, *, height: int = 40, width: int = 56) -> Path:
+    """A COCO data set of one image (id 5) with these file bytes; returns the data folder."""
+    coco = CocoFactory(tmp_path / "data")
+    coco.category(1)
+    coco.image(name, height=height, width=width, image_id=5, write_pixels=False)
+    coco.image_root.mkdir(parents=True, exist_ok=True)
+    (coco.image_root / name).write_bytes(data)
+    coco.polygon(5, 1, [(1, 1), (20, 1), (20, 30)])
+    coco.write()
+    return coco.root
+
+
+def _build_one(tmp_path: Path, name: str, data: bytes, **size) -> Path:
+    root = _single_image(tmp_path, name, data, **size)
+    _build(root, tmp_path / "cache")
+    assert verify_cache(tmp_path / "cache").ok
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("trailer", [MOTION_PHOTO_VIDEO, b"\0" * 64], ids=["motion-photo", "zeros"])
+def test_a_jpeg_is_stored_up_to_its_end_of_image_marker(tmp_path, trailer):
+    # a motion photo's video holds FF DA: it was refused as a truncated JPEG; now it is dropped, and said so
+    image = jpeg(STORED)
+    cache = open_cache(_build_one(tmp_path, "IMG_0001.jpg", image + trailer))
+    assert cache.read_members(0).image == image
+    assert np.array_equal(cache[0]["image"], pil_rgb(image))
+    assert cache.manifest.normalised == (
+        NormalisedInfo(5, "IMG_0001.jpg", f"dropped {len(trailer)} bytes after the JPEG's end-of-image marker (appended data)"),
+    )
+
+
+def test_a_jpeg_without_trailing_data_is_stored_unchanged_and_not_listed(tmp_path):
+    image = jpeg(STORED, exif=exif(6))
+    cache = open_cache(_build_one(tmp_path, "a.jpg", image))
+    assert cache.read_members(0).image == image and cache.manifest.normalised == ()
+
+
+def test_a_completion_record_without_the_normalised_list_is_rebuilt(tmp_path):
+    # records written before normalisations were recorded cannot say what they changed: --resume rebuilds them
+    root = _single_image(tmp_path, "a.jpg", jpeg(STORED) + b"\0")
+    _build(root, tmp_path / "cache")
+    done = tmp_path / "cache" / "shard-00000.done.json"
+    record = json.loads(done.read_text())
+    assert record["normalised"][0]["image_id"] == 5
+    del record["normalised"]
+    done.write_text(json.dumps(record))
+    _build(root, tmp_path / "cache", resume=True)
+    assert json.loads(done.read_text())["normalised"][0]["image_id"] == 5
+    assert len(load_manifest(tmp_path / "cache").normalised) == 1

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fastload import __version__
+from fastload.cache import images
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
     LABEL_DTYPES,
@@ -82,12 +83,26 @@ class _SampleProblem(Exception):
         self.reason = reason
 
 
-def read_checked_image(path: Path, height: int, width: int) -> tuple[bytes, str]:
-    """Read an image file and check it fully; return its bytes and the extension of its *content*.
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image ready to store: its bytes, the extension of their content, and how the build normalised them.
+
+    normalised : None when ``data`` are the file's bytes unchanged; else what was done, in words (the
+        manifest's ``normalised[].what``)
+    """
+
+    data: bytes
+    fmt: str
+    normalised: str | None = None
+
+
+def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
+    """Read an image file, check it fully and normalise what decoders would read differently.
 
     Checks: the file exists and is not empty, its magic bytes name a supported format, it is not truncated
     (see `truncation_problem`), it decodes completely, and the decoded size equals the COCO ``height`` x
-    ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``.
+    ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``. Normalised
+    (`fastload.cache.images`): a JPEG is cut after its end-of-image marker.
 
     Raises
     ------
@@ -108,6 +123,7 @@ def read_checked_image(path: Path, height: int, width: int) -> tuple[bytes, str]
     problem = truncation_problem(data, fmt)
     if problem:
         raise _SampleProblem("image", f"{problem}: {path}")
+    data, normalised = _normalise_container(data, fmt)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None:
         raise _SampleProblem("image", f"{fmt} file does not decode: {path}")
@@ -117,15 +133,28 @@ def read_checked_image(path: Path, height: int, width: int) -> tuple[bytes, str]
             f"decoded size {decoded.shape[0]} x {decoded.shape[1]} (H x W) differs from the COCO entry's "
             f"{height} x {width}: {path}",
         )
-    return data, fmt
+    return CheckedImage(data, fmt, normalised)
+
+
+def _normalise_container(data: bytes, fmt: str) -> tuple[bytes, str | None]:
+    """The bytes to decode and store, and what was changed, or None."""
+    if fmt == "jpg":
+        end, _ = images.jpeg_end(data)  # truncation_problem checked that it has one
+        if end is not None and end < len(data):
+            return data[:end], f"dropped {len(data) - end} bytes after the JPEG's end-of-image marker (appended data)"
+    return data, None
 
 
 @dataclass(frozen=True)
 class EncodedSample:
-    """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it."""
+    """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it.
+
+    normalised : how the build changed the image's bytes (`CheckedImage.normalised`), or None
+    """
 
     members: tuple[tuple[str, str, bytes], ...]
     instances_per_class: dict[int, int]
+    normalised: str | None = None
 
 
 def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig) -> EncodedSample:
@@ -134,7 +163,7 @@ def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig
         path = resolve_image_path(image_root, record)
     except AnnotationError as exc:
         raise _SampleProblem("annotation", str(exc)) from None
-    data, fmt = read_checked_image(path, record.height, record.width)
+    image = read_checked_image(path, record.height, record.width)
     raster = rasterize_image(record)
     if len(raster.instances) > MAX_INSTANCES:
         raise _SampleProblem(
@@ -151,13 +180,13 @@ def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig
     }
     key = sample_key(position)
     members = (
-        ("image", f"{key}.{fmt}", data),
+        ("image", f"{key}.{image.fmt}", image.data),
         ("sem", f"{key}.{LABEL_EXTENSIONS['sem']}", encode_label(raster.semantic, kind="sem", level=level)),
         ("ins", f"{key}.{LABEL_EXTENSIONS['ins']}", encode_label(raster.instance, kind="ins", level=level)),
         ("meta", f"{key}.{LABEL_EXTENSIONS['meta']}", encode_meta(meta)),
     )
     per_class = Counter(int(row["train_id"]) for row in table)
-    return EncodedSample(members, dict(per_class))
+    return EncodedSample(members, dict(per_class), image.normalised)
 
 
 # ----------------------------------------------------------------------------------------------- one shard
@@ -190,6 +219,7 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
     index_entries: list[dict[str, Any]] = []
     dali_entries: list[list[tuple[str, int, int, str]]] = []
     skips: list[dict[str, Any]] = []
+    normalised: list[dict[str, Any]] = []
     per_class: Counter[int] = Counter()
     member_bytes = dict.fromkeys(MEMBER_KINDS, 0)
     try:
@@ -226,6 +256,10 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
                     }
                 )
                 dali_entries.append(dali_members)
+                if sample.normalised:
+                    normalised.append(
+                        {"image_id": record.image_id, "file_name": record.file_name, "what": sample.normalised}
+                    )
                 per_class.update(sample.instances_per_class)
                 progress(1)
             tar_bytes, tar_sha = writer.finish()
@@ -260,6 +294,7 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
         "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},
         "member_bytes": member_bytes,
         "skips": skips,
+        "normalised": normalised,
         "files": files,
     }
     write_atomic(done_path, pretty_json(record))
@@ -282,6 +317,8 @@ def check_done_record(out: Path, shard: int, fingerprint: str, on_error: OnError
     if record.get("shard") != shard or record.get("fingerprint") != fingerprint:
         return None
     if record.get("skips") and on_error == "fail":
+        return None
+    if not isinstance(record.get("normalised"), list):  # a record from before normalisations were recorded
         return None
     files = record.get("files")
     if files is None:
