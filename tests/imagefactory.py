@@ -55,6 +55,11 @@ def jpeg(pixels: np.ndarray, **options) -> bytes:
     return encode(pixels, "JPEG", quality=95, **options)
 
 
+def gray16_big_endian(values: np.ndarray) -> Image.Image:
+    """A 16-bit grey image (values: (H, W) integers) in mode I;16B, the mode Pillow writes as a big-endian TIFF."""
+    return Image.frombytes("I;16B", values.shape[::-1], np.asarray(values).astype(">u2").tobytes())
+
+
 def pil_rgb(data: bytes) -> np.ndarray:
     """What Pillow decodes from ``data``, converted to RGB (it applies no EXIF orientation to JPEG or WebP)."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from cocofactory import CocoFactory
-from imagefactory import MOTION_PHOTO_VIDEO, exif, jpeg, pattern, pil_rgb
+from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, gray16_big_endian, jpeg, pattern, pil_rgb
 
 from fastload.cache.manifest import NormalisedInfo, load_manifest
 from fastload.cache.reader import open_cache
@@ -179,6 +179,54 @@ def test_a_jpeg_without_trailing_data_is_stored_unchanged_and_not_listed(tmp_pat
     image = jpeg(STORED, exif=exif(6))
     cache = open_cache(_build_one(tmp_path, "a.jpg", image))
     assert cache.read_members(0).image == image and cache.manifest.normalised == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "tag"),
+    [
+        pytest.param(encode(STORED, "TIFF"), None, id="no-orientation"),
+        pytest.param(encode(STORED, "TIFF", exif=exif(3)), 3, id="orientation-3"),
+        pytest.param(encode(STORED, "TIFF", exif=exif(6), compression="tiff_lzw"), 6, id="orientation-6-lzw"),
+        pytest.param(encode(STORED, "TIFF", exif=exif(8), big_tiff=True), 8, id="bigtiff-orientation-8"),
+    ],
+)
+def test_a_tiff_is_stored_as_a_png_of_its_stored_grid(tmp_path, data, tag):
+    # OpenCV applied the tag (even told not to), DALI did not: now no reader sees anything but the stored grid
+    cache = open_cache(_build_one(tmp_path, "scan.tif", data))
+    members = cache.read_members(0)
+    assert members.image_ext == "png" and members.image.startswith(b"\x89PNG")
+    assert np.array_equal(cache[0]["image"], STORED)
+    [entry] = cache.manifest.normalised
+    assert (entry.image_id, entry.file_name) == (5, "scan.tif")
+    assert entry.what.startswith("TIFF re-encoded as PNG, losslessly from the pixels OpenCV decodes")
+    assert (f"Orientation tag {tag} is not applied" in entry.what) == (tag is not None)
+
+
+def test_a_big_endian_tiff_with_orientation_is_read_on_its_stored_grid(tmp_path):
+    values = STORED[..., 1].astype(np.uint16) * 257 + 100
+    data = encode(gray16_big_endian(values), "TIFF", exif=exif(6))
+    assert data[:2] == b"MM"
+    cache = open_cache(_build_one(tmp_path, "scan.tif", data))
+    assert np.array_equal(cache[0]["image"], np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        pytest.param("a.jpg", jpeg(STORED, exif=exif(6)), id="jpeg-exif"),
+        pytest.param("a.tif", encode(STORED, "TIFF", exif=exif(6)), id="tiff"),
+        pytest.param("a.png", encode(STORED, "PNG", exif=exif(8)), id="png-exif"),
+    ],
+)
+def test_coco_giving_the_displayed_size_is_refused_with_the_stored_grid_convention(tmp_path, name, data):
+    # the file is 40 x 56 as stored, its tag displays it 56 x 40, and COCO says 56 x 40
+    root = _single_image(tmp_path, name, data, height=56, width=40)
+    with pytest.raises(ImageError) as info:
+        _build(root, tmp_path / "cache")
+    message = str(info.value)
+    assert message.startswith(f"image 5 (file '{name}'): decoded size 40 x 56 (H x W) differs from the COCO entry's 56 x 40")
+    assert "the size its orientation tag" in message and "fastload never applies orientation tags" in message
+    assert "annotate the stored grid (40 x 56)" in message and "rotate the file's pixels and drop the tag" in message
 
 
 def test_a_completion_record_without_the_normalised_list_is_rebuilt(tmp_path):

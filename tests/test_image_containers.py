@@ -3,10 +3,12 @@ OpenCV write and read. What the build does with them is in tests/test_cache_imag
 
 from __future__ import annotations
 
+import struct
+
 import cv2
 import numpy as np
 import pytest
-from imagefactory import MOTION_PHOTO_VIDEO, exif, jpeg, pattern
+from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, gray16_big_endian, jpeg, pattern
 from PIL import Image
 
 from fastload.cache import images
@@ -67,3 +69,63 @@ def test_a_jpeg_cut_anywhere_is_truncated(cut):
 
 def test_a_jpeg_without_a_scan_has_no_image_data():
     assert images.jpeg_end(b"\xff\xd8\xff\xfe\x00\x04hi\xff\xd9") == (None, "JPEG has no image data (no start-of-scan marker)")
+
+
+# ----------------------------------------------------------------------------------------------- TIFF
+
+
+def tiff_structure(order: bytes, *, big: bool, orientation: int) -> bytes:
+    """A TIFF header and an IFD0 of two entries (ImageWidth, Orientation), as a file or an EXIF block has it."""
+    e = "<" if order == b"II" else ">"
+    if big:
+        head = order + struct.pack(e + "HHHQ", 43, 8, 0, 16)
+        entries = struct.pack(e + "HHQQ", 256, 4, 1, 56) + struct.pack(e + "HHQH6x", 0x0112, 3, 1, orientation)
+        return head + struct.pack(e + "Q", 2) + entries + struct.pack(e + "Q", 0)
+    head = order + struct.pack(e + "HI", 42, 8)
+    entries = struct.pack(e + "HHII", 256, 4, 1, 56) + struct.pack(e + "HHIH2x", 0x0112, 3, 1, orientation)
+    return head + struct.pack(e + "H", 2) + entries + struct.pack(e + "I", 0)
+
+
+@pytest.mark.parametrize("order", [b"II", b"MM"])
+@pytest.mark.parametrize("big", [False, True], ids=["tiff", "bigtiff"])
+def test_tiff_orientation_is_read_and_set_to_1_by_a_two_byte_patch(order, big):
+    data = tiff_structure(order, big=big, orientation=6)
+    assert images.tiff_orientation(data) == 6
+    patched = images.tiff_with_orientation_1(data)
+    assert images.tiff_orientation(patched) == 1
+    changed = [k for k, (a, b) in enumerate(zip(data, patched, strict=True)) if a != b]
+    assert len(changed) == 1  # 6 → 1 in one byte of the SHORT value; nothing else moves
+    assert images.tiff_with_orientation_1(patched) == patched
+
+
+def test_tiff_orientation_of_files_pillow_writes():
+    little = encode(PIXELS, "TIFF", exif=exif(3))
+    big_endian = encode(gray16_big_endian(PIXELS[..., 0].astype(np.uint16) * 257), "TIFF", exif=exif(8))
+    bigtiff = encode(PIXELS, "TIFF", exif=exif(6), big_tiff=True)
+    assert (little[:2], big_endian[:2], bigtiff[:4]) == (b"II", b"MM", b"II+\0")
+    assert [images.orientation(d, "tif") for d in (little, big_endian, bigtiff)] == [3, 8, 6]
+    assert images.orientation(encode(PIXELS, "TIFF"), "tif") is None
+
+
+def test_opencv_applies_the_tiff_orientation_unless_it_is_1():
+    # why the build patches the tag: IMREAD_IGNORE_ORIENTATION does not stop OpenCV's TIFF decoder
+    data = encode(PIXELS, "TIFF", exif=exif(6))
+    assert opencv_rgb(data).shape == (56, 40, 3)
+    assert np.array_equal(opencv_rgb(images.tiff_with_orientation_1(data)), PIXELS)
+
+
+@pytest.mark.parametrize("garbage", [b"II*\0\xff\xff\xff\xff", b"MM\0*\0\0\0\x08\xff\xff", b"II+\0\x08\0\0\0", b"II*\0"])
+def test_tiff_parser_never_raises_on_garbage(garbage):
+    assert images.tiff_orientation(garbage) is None
+    assert images.tiff_with_orientation_1(garbage) == garbage
+
+
+# ----------------------------------------------------------------------------------------------- other EXIF
+
+
+def test_orientation_is_read_from_jpeg_and_png_exif():
+    assert images.orientation(jpeg(PIXELS, exif=exif(6)), "jpg") == 6
+    assert images.orientation(encode(PIXELS, "PNG", exif=exif(5)), "png") == 5
+    assert images.orientation(jpeg(PIXELS), "jpg") is None
+    assert images.orientation(encode(PIXELS, "BMP"), "bmp") is None
+    assert [images.transposes(v) for v in (None, 1, 3, 5, 6, 8)] == [False, False, False, True, True, True]

@@ -8,7 +8,7 @@ kind        name               content
 ==========  =================  ==========================================================================
 ``image``   ``KEY.<ext>``      the source image bytes, unchanged unless the build normalised them (the
                                manifest lists each: `fastload.cache.images`); ``ext`` names the *content*
-                               (jpg, png, bmp, tif, webp), sniffed from the magic bytes
+                               (jpg, png, bmp, webp; a TIFF is stored as png), sniffed from the magic bytes
 ``sem``     ``KEY.sem.lz4``    uint8 (H, W) semantic train ids, 0 background, 255 ignore; LZ4 label member
 ``ins``     ``KEY.ins.lz4``    uint16 (H, W) instance ids 1..N (N <= 32767), 0 background; LZ4 label member
 ``meta``    ``KEY.json``       JSON ``{image_id, file_name, height, width, instances: [...]}``: the instance
@@ -74,7 +74,7 @@ def sniff_image_format(data: bytes) -> str | None:
         return "png"
     if data[:2] == b"BM":
         return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "tif"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"

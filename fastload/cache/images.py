@@ -1,9 +1,9 @@
 """What the build does to an image file's bytes so that every decoder sees the same pixel grid.
 
 The cache stores an image's encoded bytes, and three decoders read them: OpenCV (``open_cache``, verify,
-CpuLoader), DALI's CPU codecs and DALI's GPU codecs (Loader). They agree on plain files, but not on everything
-a data set holds, so the build normalises a few containers before it stores them (each normalisation is
-recorded in the manifest) and refuses what it cannot make agree:
+CpuLoader), DALI's CPU codecs and DALI's GPU codecs (Loader). They agree on plain JPEG, PNG, BMP and WebP
+files, but not on everything a data set holds, so the build normalises a few containers before it stores them
+(each normalisation is recorded in the manifest) and refuses what it cannot make agree:
 
 ================  ==================================================================================
 input             what the build stores
@@ -11,7 +11,16 @@ input             what the build stores
 JPEG + trailing   the JPEG up to its end-of-image marker (found by walking the marker structure, so a
 data              "motion photo"'s appended video, which may hold FF DA, is not taken for a scan); a
                   JPEG without that marker is refused as truncated
+TIFF / BigTIFF    a PNG of the pixels OpenCV decodes from the *stored* grid (the Orientation tag set to 1
+                  in a copy of the bytes first): OpenCV applies the tag even with IMREAD_IGNORE_ORIENTATION
+                  and DALI never does, and TIFF variants decode differently in each (alpha: OpenCV
+                  premultiplies the colour by it, DALI drops it; 16-bit and palette TIFFs round
+                  differently; on the GPU DALI may use nvTIFF)
 ================  ==================================================================================
+
+Orientation convention: COCO coordinates address the stored pixel grid, so no decoder applies an orientation
+tag (EXIF in JPEG and PNG, IFD0 in TIFF). `orientation` reads the tag only to explain a size mismatch: an
+image whose COCO size is its *displayed* (turned) size.
 
 All functions are pure (bytes in, bytes or numbers out) and never raise on malformed input: a parser that
 cannot make sense of a structure says so (``None`` or a problem string), and the decoder has the last word.
@@ -20,6 +29,7 @@ cannot make sense of a structure says so (``None`` or a problem string), and the
 from __future__ import annotations
 
 import re
+import struct
 
 # --------------------------------------------------------------------------------------------------- JPEG
 
@@ -71,3 +81,106 @@ def _jpeg_cut(scans: int) -> str:
     if scans:
         return "JPEG is truncated (no end-of-image marker after the last scan)"
     return "JPEG is truncated (cut before its image data)"
+
+
+def jpeg_exif(data: bytes) -> bytes | None:
+    """The TIFF structure inside a JPEG's APP1 ``Exif`` segment (before the first scan), or None."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xDA or marker == 0xD9:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\0\0":
+            return data[pos + 10 : pos + 2 + length]
+        pos += 2 + length
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- TIFF
+
+ORIENTATION_TAG = 0x0112
+_SHORT, _LONG = 3, 4
+
+
+def _tiff_orientation_entry(tiff: bytes) -> tuple[int, int, str] | None:
+    """``(value, offset of the value, struct format)`` of IFD0's Orientation entry (TIFF or BigTIFF), or None."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    magic = struct.unpack_from(order + "H", tiff, 2)[0]
+    if magic == 42:
+        ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+        count_fmt, entry_size, head = "H", 12, 2
+        value_at, count_of = 8, lambda e: struct.unpack_from(order + "I", tiff, e + 4)[0]
+    elif magic == 43 and len(tiff) >= 16:
+        ifd = struct.unpack_from(order + "Q", tiff, 8)[0]
+        count_fmt, entry_size, head = "Q", 20, 8
+        value_at, count_of = 12, lambda e: struct.unpack_from(order + "Q", tiff, e + 4)[0]
+    else:
+        return None
+    if ifd + head > len(tiff):
+        return None
+    entries = struct.unpack_from(order + count_fmt, tiff, ifd)[0]
+    for k in range(min(entries, (len(tiff) - ifd - head) // entry_size)):
+        entry = ifd + head + k * entry_size
+        tag, kind = struct.unpack_from(order + "HH", tiff, entry)
+        if tag == ORIENTATION_TAG and kind in (_SHORT, _LONG) and count_of(entry) == 1:
+            fmt = order + ("H" if kind == _SHORT else "I")
+            return struct.unpack_from(fmt, tiff, entry + value_at)[0], entry + value_at, fmt
+    return None
+
+
+def tiff_orientation(tiff: bytes) -> int | None:
+    """The Orientation (1..8) in IFD0 of a TIFF or BigTIFF structure (a TIFF file, or an EXIF payload), or None."""
+    entry = _tiff_orientation_entry(tiff)
+    return entry[0] if entry is not None else None
+
+
+def tiff_with_orientation_1(tiff: bytes) -> bytes:
+    """The same TIFF with IFD0's Orientation entry set to 1 (a byte patch; pixel data untouched).
+
+    OpenCV's TIFF decoder applies the tag even with ``IMREAD_IGNORE_ORIENTATION``; with the tag at 1 it
+    decodes the stored grid, as DALI does.
+    """
+    entry = _tiff_orientation_entry(tiff)
+    if entry is None or entry[0] == 1:
+        return tiff
+    _, offset, fmt = entry
+    patched = bytearray(tiff)
+    struct.pack_into(fmt, patched, offset, 1)
+    return bytes(patched)
+
+
+# --------------------------------------------------------------------------------------------------- PNG
+
+
+def png_exif(data: bytes) -> bytes | None:
+    """The payload of a PNG's ``eXIf`` chunk (a TIFF structure), or None."""
+    pos = 8
+    while pos + 8 <= len(data):
+        size, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            return data[pos + 8 : pos + 8 + size]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        pos += 12 + size
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- all
+
+
+def orientation(data: bytes, fmt: str) -> int | None:
+    """The orientation tag (1..8) an image file carries, or None: EXIF in JPEG / PNG, IFD0 in TIFF.
+
+    fastload never applies it (COCO coordinates address the stored grid); it explains size mismatches.
+    """
+    tiff = {"jpg": jpeg_exif, "png": png_exif, "tif": lambda d: d}.get(fmt, lambda d: None)(data)
+    value = tiff_orientation(tiff) if tiff else None
+    return value if value in range(1, 9) else None
+
+
+def transposes(value: int | None) -> bool:
+    """Whether an orientation displays the image with height and width swapped (5..8: a quarter turn)."""
+    return value in (5, 6, 7, 8)

@@ -102,7 +102,9 @@ def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
     Checks: the file exists and is not empty, its magic bytes name a supported format, it is not truncated
     (see `truncation_problem`), it decodes completely, and the decoded size equals the COCO ``height`` x
     ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``. Normalised
-    (`fastload.cache.images`): a JPEG is cut after its end-of-image marker.
+    (`fastload.cache.images`): a JPEG is cut after its end-of-image marker, a TIFF becomes a PNG of its stored
+    pixel grid. An orientation tag is never applied: COCO coordinates address the stored grid, and a COCO size
+    that is the *displayed* size is refused with that explanation.
 
     Raises
     ------
@@ -123,26 +125,41 @@ def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
     problem = truncation_problem(data, fmt)
     if problem:
         raise _SampleProblem("image", f"{problem}: {path}")
-    data, normalised = _normalise_container(data, fmt)
+    tag = images.orientation(data, fmt)
+    data, normalised = _normalise_container(data, fmt, tag)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None:
         raise _SampleProblem("image", f"{fmt} file does not decode: {path}")
     if decoded.shape[:2] != (height, width):
-        raise _SampleProblem(
-            "image",
-            f"decoded size {decoded.shape[0]} x {decoded.shape[1]} (H x W) differs from the COCO entry's "
-            f"{height} x {width}: {path}",
-        )
+        raise _SampleProblem("image", _size_problem(decoded.shape[:2], (height, width), tag, path))
+    if fmt == "tif":
+        # OpenCV's reading of the stored grid (tag set to 1 above), losslessly: every loader decodes a PNG alike
+        data, fmt = cv2.imencode(".png", decoded)[1].tobytes(), "png"
     return CheckedImage(data, fmt, normalised)
 
 
-def _normalise_container(data: bytes, fmt: str) -> tuple[bytes, str | None]:
-    """The bytes to decode and store, and what was changed, or None."""
+def _normalise_container(data: bytes, fmt: str, tag: int | None) -> tuple[bytes, str | None]:
+    """The bytes to decode and store (before a TIFF's re-encoding), and what was changed, or None."""
     if fmt == "jpg":
         end, _ = images.jpeg_end(data)  # truncation_problem checked that it has one
         if end is not None and end < len(data):
             return data[:end], f"dropped {len(data) - end} bytes after the JPEG's end-of-image marker (appended data)"
+    elif fmt == "tif":
+        turned = f"; its Orientation tag {tag} is not applied: COCO coordinates address the stored grid" if tag not in (None, 1) else ""
+        return images.tiff_with_orientation_1(data), f"TIFF re-encoded as PNG, losslessly from the pixels OpenCV decodes{turned}"
     return data, None
+
+
+def _size_problem(decoded: tuple[int, int], coco: tuple[int, int], tag: int | None, path: Path) -> str:
+    text = f"decoded size {decoded[0]} x {decoded[1]} (H x W) differs from the COCO entry's {coco[0]} x {coco[1]}"
+    if images.transposes(tag) and tuple(coco) == tuple(decoded)[::-1]:
+        text += (
+            f", the size its orientation tag ({tag}) displays it at; fastload never applies orientation tags (COCO "
+            "coordinates address the stored pixel grid, in every loader): annotate the stored grid "
+            f"({decoded[0]} x {decoded[1]}), or rotate the file's pixels and drop the tag (e.g. "
+            "PIL.ImageOps.exif_transpose, then save) and annotate the rotated image"
+        )
+    return f"{text}: {path}"
 
 
 @dataclass(frozen=True)
