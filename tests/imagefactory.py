@@ -60,6 +60,22 @@ def gray16_big_endian(values: np.ndarray) -> Image.Image:
     return Image.frombytes("I;16B", values.shape[::-1], np.asarray(values).astype(">u2").tobytes())
 
 
+def odd_lossless_webp(pixels: np.ndarray, **options) -> tuple[np.ndarray, bytes]:
+    """A lossless WebP whose VP8L chunk has an odd length (a RIFF pad byte follows it), and its pixels.
+
+    The length depends on the pixels; the first pixel's red value is changed until it is odd (one try in two).
+    With ``exif=...`` the EXIF chunk then follows the pad byte: the file DALI's WebP parser failed on.
+    """
+    for value in range(256):
+        changed = pixels.copy()
+        changed[0, 0, 0] = value
+        data = encode(changed, "WEBP", lossless=True, **options)
+        size = int.from_bytes(data[data.index(b"VP8L") + 4 :][:4], "little")
+        if size % 2:
+            return changed, data
+    raise AssertionError("no first-pixel value gives an odd-length VP8L chunk")
+
+
 def pil_rgb(data: bytes) -> np.ndarray:
     """What Pillow decodes from ``data``, converted to RGB (it applies no EXIF orientation to JPEG or WebP)."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

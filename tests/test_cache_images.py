@@ -11,8 +11,19 @@ import cv2
 import numpy as np
 import pytest
 from cocofactory import CocoFactory
-from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, gray16_big_endian, jpeg, pattern, pil_rgb
+from imagefactory import (
+    MOTION_PHOTO_VIDEO,
+    encode,
+    exif,
+    gray16_big_endian,
+    jpeg,
+    odd_lossless_webp,
+    pattern,
+    pil_rgb,
+)
+from PIL import Image
 
+from fastload.cache import images
 from fastload.cache.manifest import NormalisedInfo, load_manifest
 from fastload.cache.reader import open_cache
 from fastload.cache.verify import verify_cache
@@ -216,6 +227,7 @@ def test_a_big_endian_tiff_with_orientation_is_read_on_its_stored_grid(tmp_path)
         pytest.param("a.jpg", jpeg(STORED, exif=exif(6)), id="jpeg-exif"),
         pytest.param("a.tif", encode(STORED, "TIFF", exif=exif(6)), id="tiff"),
         pytest.param("a.png", encode(STORED, "PNG", exif=exif(8)), id="png-exif"),
+        pytest.param("a.webp", encode(STORED, "WEBP", lossless=True, exif=exif(5)), id="webp-exif"),
     ],
 )
 def test_coco_giving_the_displayed_size_is_refused_with_the_stored_grid_convention(tmp_path, name, data):
@@ -227,6 +239,26 @@ def test_coco_giving_the_displayed_size_is_refused_with_the_stored_grid_conventi
     assert message.startswith(f"image 5 (file '{name}'): decoded size 40 x 56 (H x W) differs from the COCO entry's 56 x 40")
     assert "the size its orientation tag" in message and "fastload never applies orientation tags" in message
     assert "annotate the stored grid (40 x 56)" in message and "rotate the file's pixels and drop the tag" in message
+
+
+def test_a_webp_loses_its_metadata_chunks(tmp_path):
+    # DALI's WebP parser fails ("Unexpected end of stream") on an EXIF chunk after an odd-length VP8L chunk
+    pixels, data = odd_lossless_webp(STORED, exif=exif(1))
+    assert [(f, len(p) % 2) for f, p in images.webp_chunks(data)[0]] == [(b"VP8X", 0), (b"VP8L", 1), (b"EXIF", 0)]
+    cache = open_cache(_build_one(tmp_path, "a.webp", data))
+    stored = cache.read_members(0).image
+    assert [f for f, _ in images.webp_chunks(stored)[0]] == [b"VP8L"]
+    assert np.array_equal(cache[0]["image"], pixels)
+    [entry] = cache.manifest.normalised
+    assert entry.what == "removed the metadata chunk(s) EXIF from the WebP container (image data unchanged)"
+
+
+def test_an_animated_webp_is_refused(tmp_path):
+    frames = [Image.fromarray(STORED), Image.fromarray(STORED[::-1].copy())]
+    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    root = _single_image(tmp_path, "anim.webp", data)
+    with pytest.raises(ImageError, match=r"image 5 \(file 'anim.webp'\): animated WebP: .*save the annotated frame as PNG"):
+        _build(root, tmp_path / "cache")
 
 
 def test_a_completion_record_without_the_normalised_list_is_rebuilt(tmp_path):

@@ -123,9 +123,66 @@ def test_tiff_parser_never_raises_on_garbage(garbage):
 # ----------------------------------------------------------------------------------------------- other EXIF
 
 
-def test_orientation_is_read_from_jpeg_and_png_exif():
+def test_orientation_is_read_from_jpeg_png_and_webp_exif():
     assert images.orientation(jpeg(PIXELS, exif=exif(6)), "jpg") == 6
     assert images.orientation(encode(PIXELS, "PNG", exif=exif(5)), "png") == 5
+    assert images.orientation(encode(PIXELS, "WEBP", lossless=True, exif=exif(7)), "webp") == 7
     assert images.orientation(jpeg(PIXELS), "jpg") is None
     assert images.orientation(encode(PIXELS, "BMP"), "bmp") is None
     assert [images.transposes(v) for v in (None, 1, 3, 5, 6, 8)] == [False, False, False, True, True, True]
+
+
+# ----------------------------------------------------------------------------------------------- WebP
+
+
+def chunk_names(data: bytes) -> list[bytes]:
+    chunks, trailing, problem = images.webp_chunks(data)
+    assert problem is None and trailing == 0
+    return [fourcc for fourcc, _ in chunks]
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 56), (41, 57), (33, 47)])  # image chunks of odd and even length
+@pytest.mark.parametrize(
+    ("options", "kept"),
+    [
+        pytest.param({"lossless": True}, [b"VP8L"], id="lossless"),
+        pytest.param({"quality": 90}, [b"VP8 "], id="lossy"),
+        pytest.param({"quality": 90, "alpha": True}, [b"VP8X", b"ALPH", b"VP8 "], id="lossy-alpha"),
+    ],
+)
+def test_webp_metadata_chunks_are_removed_and_the_image_chunks_copied(height, width, options, kept):
+    pixels, options = pattern(height, width), dict(options)
+    if options.pop("alpha", False):
+        pixels = np.dstack([pixels, np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)])
+    data = encode(pixels, "WEBP", exif=exif(6), xmp=b"<x:xmpmeta/>", **options)
+    assert {b"EXIF", b"XMP "} <= set(chunk_names(data))
+    stripped, what = images.webp_without_metadata(data)
+    assert chunk_names(stripped) == kept
+    assert what == "removed the metadata chunk(s) EXIF, XMP from the WebP container (image data unchanged)"
+    before = dict(images.webp_chunks(data)[0])
+    assert all(payload == before[fourcc] for fourcc, payload in images.webp_chunks(stripped)[0] if fourcc != b"VP8X")
+    flags = dict(images.webp_chunks(stripped)[0]).get(b"VP8X", b"\x10")[0]
+    assert flags == 0x10  # only "has alpha": no ICC/EXIF/XMP flag announces a chunk that is gone
+    assert np.array_equal(opencv_rgb(stripped), opencv_rgb(data))
+
+
+def test_a_webp_without_metadata_is_left_as_it_is():
+    data = encode(PIXELS, "WEBP", lossless=True)
+    assert images.webp_without_metadata(data) == (data, None)
+
+
+def test_a_cut_webp_is_truncated():
+    data = encode(PIXELS, "WEBP", lossless=True)
+    assert truncation_problem(data[:-10], "webp").startswith("WebP is truncated")
+    assert truncation_problem(data, "webp") is None
+
+
+def test_an_animated_webp_is_recognised():
+    frames = [Image.fromarray(PIXELS), Image.fromarray(PIXELS[::-1].copy())]
+    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    assert images.webp_animated(data) and not images.webp_animated(encode(PIXELS, "WEBP"))
+
+
+def test_bytes_after_the_webp_container_are_dropped():
+    data = encode(PIXELS, "WEBP", lossless=True)
+    assert images.webp_without_metadata(data + b"\0" * 7) == (data, "dropped 7 bytes after the WebP container (image data unchanged)")

@@ -34,7 +34,7 @@ import cv2
 import lz4.block
 import numpy as np
 
-from fastload.cache.images import jpeg_end
+from fastload.cache.images import jpeg_end, webp_chunks
 from fastload.errors import CacheError
 
 SCHEMA_VERSION = 2  # of manifest.json, the shard indexes and the completion records (1: label PNGs and maps)
@@ -87,12 +87,14 @@ def truncation_problem(data: bytes, fmt: str) -> str | None:
     OpenCV decodes a truncated JPEG "successfully" (the missing rows come out grey, with a warning on
     stderr), so a full decode is not enough: a JPEG's marker structure must reach its end-of-image marker
     (`fastload.cache.images.jpeg_end`; data appended after it is not a truncation), a PNG must have its IEND
-    chunk.
+    chunk, a WebP's chunks must fit in its RIFF container.
     """
     if fmt == "jpg":
         return jpeg_end(data)[1]
     if fmt == "png" and data.rfind(b"IEND") < 0:
         return "PNG is truncated (no IEND chunk)"
+    if fmt == "webp":
+        return webp_chunks(data)[2]
     return None
 
 

@@ -16,10 +16,13 @@ TIFF / BigTIFF    a PNG of the pixels OpenCV decodes from the *stored* grid (the
                   and DALI never does, and TIFF variants decode differently in each (alpha: OpenCV
                   premultiplies the colour by it, DALI drops it; 16-bit and palette TIFFs round
                   differently; on the GPU DALI may use nvTIFF)
+WebP with         the same VP8/VP8L (and ALPH) chunks in a RIFF container without the metadata chunks
+metadata          (EXIF, XMP, ICCP, unknown): DALI's WebP parser fails on a metadata chunk that follows an
+                  odd-length image chunk; an animated WebP is refused
 ================  ==================================================================================
 
 Orientation convention: COCO coordinates address the stored pixel grid, so no decoder applies an orientation
-tag (EXIF in JPEG and PNG, IFD0 in TIFF). `orientation` reads the tag only to explain a size mismatch: an
+tag (EXIF in JPEG, PNG, WebP; IFD0 in TIFF). `orientation` reads the tag only to explain a size mismatch: an
 image whose COCO size is its *displayed* (turned) size.
 
 All functions are pure (bytes in, bytes or numbers out) and never raise on malformed input: a parser that
@@ -152,6 +155,75 @@ def tiff_with_orientation_1(tiff: bytes) -> bytes:
     return bytes(patched)
 
 
+# --------------------------------------------------------------------------------------------------- WebP
+
+_WEBP_IMAGE = (b"VP8 ", b"VP8L", b"ALPH")  # the chunks that hold pixels (ALPH: a lossy image's alpha)
+_VP8X_ALPHA = 0x10
+
+
+def webp_chunks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int, str | None]:
+    """The RIFF chunks of a WebP file: ``([(fourcc, payload), ...], bytes after the container, problem)``."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return [], 0, "not a WebP file (no RIFF/WEBP header)"
+    end = 8 + int.from_bytes(data[4:8], "little")
+    if end > len(data):
+        return [], 0, f"WebP is truncated (its RIFF header says {end} bytes, the file has {len(data)})"
+    chunks, pos = [], 12
+    while pos + 8 <= end:
+        fourcc, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if pos + 8 + size > end:
+            return [], 0, f"WebP is truncated (chunk {fourcc.decode('latin-1')!r} runs past the end)"
+        chunks.append((fourcc, data[pos + 8 : pos + 8 + size]))
+        pos += 8 + size + (size & 1)
+    return chunks, len(data) - end, None
+
+
+def _chunk(fourcc: bytes, payload: bytes) -> bytes:
+    return fourcc + len(payload).to_bytes(4, "little") + payload + b"\0" * (len(payload) & 1)
+
+
+def webp_without_metadata(data: bytes) -> tuple[bytes, str | None]:
+    """A WebP with only its image chunks (VP8X, ALPH, VP8/VP8L, in that order), and what was removed.
+
+    Returns the bytes unchanged and ``None`` when there is nothing to remove. The image chunks' payloads are
+    copied as they are; VP8X keeps its canvas size and only its alpha flag (the ICC/EXIF/XMP flags would
+    announce chunks that are gone); an image without ALPH needs no VP8X and is written in the simple format.
+    The caller checks `webp_chunks`' problem and refuses animations first.
+    """
+    chunks, trailing, problem = webp_chunks(data)
+    if problem:
+        return data, None
+    dropped = [fourcc.decode("latin-1").strip() for fourcc, _ in chunks if fourcc != b"VP8X" and fourcc not in _WEBP_IMAGE]
+    if not dropped and not trailing:
+        return data, None
+    image = [(f, p) for f, p in chunks if f in _WEBP_IMAGE]
+    body = b""
+    vp8x = next((p for f, p in chunks if f == b"VP8X"), None)
+    if vp8x is not None and any(f == b"ALPH" for f, _ in image):
+        body += _chunk(b"VP8X", bytes([vp8x[0] & _VP8X_ALPHA]) + vp8x[1:])
+    body += b"".join(_chunk(f, p) for f, p in sorted(image, key=lambda fp: fp[0] != b"ALPH"))
+    out = b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WEBP" + body
+    what = []
+    if dropped:
+        what.append(f"removed the metadata chunk(s) {', '.join(dropped)} from the WebP container")
+    if trailing:
+        what.append(f"dropped {trailing} bytes after the WebP container")
+    return out, "; ".join(what) + " (image data unchanged)"
+
+
+def webp_animated(data: bytes) -> bool:
+    chunks, _, _ = webp_chunks(data)
+    return any(f in (b"ANIM", b"ANMF") for f, _ in chunks)
+
+
+def webp_exif(data: bytes) -> bytes | None:
+    chunks, _, _ = webp_chunks(data)
+    payload = next((p for f, p in chunks if f == b"EXIF"), None)
+    if payload is not None and payload.startswith(b"Exif\0\0"):  # some writers keep the JPEG prefix
+        payload = payload[6:]
+    return payload
+
+
 # --------------------------------------------------------------------------------------------------- PNG
 
 
@@ -172,11 +244,11 @@ def png_exif(data: bytes) -> bytes | None:
 
 
 def orientation(data: bytes, fmt: str) -> int | None:
-    """The orientation tag (1..8) an image file carries, or None: EXIF in JPEG / PNG, IFD0 in TIFF.
+    """The orientation tag (1..8) an image file carries, or None: EXIF in JPEG / PNG / WebP, IFD0 in TIFF.
 
     fastload never applies it (COCO coordinates address the stored grid); it explains size mismatches.
     """
-    tiff = {"jpg": jpeg_exif, "png": png_exif, "tif": lambda d: d}.get(fmt, lambda d: None)(data)
+    tiff = {"jpg": jpeg_exif, "png": png_exif, "webp": webp_exif, "tif": lambda d: d}.get(fmt, lambda d: None)(data)
     value = tiff_orientation(tiff) if tiff else None
     return value if value in range(1, 9) else None
 

@@ -102,9 +102,9 @@ def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
     Checks: the file exists and is not empty, its magic bytes name a supported format, it is not truncated
     (see `truncation_problem`), it decodes completely, and the decoded size equals the COCO ``height`` x
     ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``. Normalised
-    (`fastload.cache.images`): a JPEG is cut after its end-of-image marker, a TIFF becomes a PNG of its stored
-    pixel grid. An orientation tag is never applied: COCO coordinates address the stored grid, and a COCO size
-    that is the *displayed* size is refused with that explanation.
+    (`fastload.cache.images`): a JPEG is cut after its end-of-image marker, a WebP loses its metadata chunks,
+    a TIFF becomes a PNG of its stored pixel grid. An orientation tag is never applied: COCO coordinates
+    address the stored grid, and a COCO size that is the *displayed* size is refused with that explanation.
 
     Raises
     ------
@@ -126,7 +126,7 @@ def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
     if problem:
         raise _SampleProblem("image", f"{problem}: {path}")
     tag = images.orientation(data, fmt)
-    data, normalised = _normalise_container(data, fmt, tag)
+    data, normalised = _normalise_container(data, fmt, tag, path)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None:
         raise _SampleProblem("image", f"{fmt} file does not decode: {path}")
@@ -138,12 +138,18 @@ def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
     return CheckedImage(data, fmt, normalised)
 
 
-def _normalise_container(data: bytes, fmt: str, tag: int | None) -> tuple[bytes, str | None]:
+def _normalise_container(data: bytes, fmt: str, tag: int | None, path: Path) -> tuple[bytes, str | None]:
     """The bytes to decode and store (before a TIFF's re-encoding), and what was changed, or None."""
     if fmt == "jpg":
         end, _ = images.jpeg_end(data)  # truncation_problem checked that it has one
         if end is not None and end < len(data):
             return data[:end], f"dropped {len(data) - end} bytes after the JPEG's end-of-image marker (appended data)"
+    elif fmt == "webp":
+        if images.webp_animated(data):
+            raise _SampleProblem(
+                "image", f"animated WebP: a COCO image is one still picture; save the annotated frame as PNG: {path}"
+            )
+        return images.webp_without_metadata(data)
     elif fmt == "tif":
         turned = f"; its Orientation tag {tag} is not applied: COCO coordinates address the stored grid" if tag not in (None, 1) else ""
         return images.tiff_with_orientation_1(data), f"TIFF re-encoded as PNG, losslessly from the pixels OpenCV decodes{turned}"
