@@ -8,12 +8,15 @@ Categories
     id and its annotations are dropped, each recorded as a :class:`Skip` with reason
     ``background category`` (under both policies — it is a convention, not an error). The other
     categories get contiguous train ids 1..K in COCO-id order; 0 is background and 255 is ignore, so
-    K ≤ 254. Category problems (duplicate id, wrong type, K > 254) always raise: they are global.
+    K ≤ 254. Category problems (duplicate id, wrong type, an id outside 0..2^63-1, K > 254) always raise: they
+    are global. A negative id has no agreed meaning (some tools mean "ignore" by -1), so it is refused with
+    the fix rather than trained on as a class.
 
 Images
     ``file_name`` is relative to the image root and may contain subfolders and any Unicode; absolute
     names and names whose ``..`` climbs above the root are refused (:func:`resolve_image_path`, checked
-    lexically at load time). Images without annotations are kept (all background). Integral floats
+    lexically at load time). Image and annotation ids are integers in -2^63..2^63-1 (the cache keeps them in
+    int64 tables). Images without annotations are kept (all background). Integral floats
     (``600.0``) are accepted where an integer is expected. Height and width are at most 2^20 each and
     2^30 pixels together (OpenCV's decoding limits: a larger image could not be cached).
 
@@ -85,6 +88,8 @@ MAX_COORDINATE = 1e9
 # reaching further out is stored repaired and clipped to the image instead of as drawn
 RASTER_COORDINATE_LIMIT = float(1 << 20)
 FIX_HINT = "fix the annotation or pass --on-error skip"
+# image, annotation and category ids are 64-bit signed integers: the cache's tables and NumPy hold them as int64
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -310,6 +315,14 @@ def _as_int(value: Any, what: str) -> int:
     raise _Bad(f"{what} must be an integer, got {value!r}")
 
 
+def _as_id(value: Any, what: str, fix: str) -> int:
+    """An image or annotation id: an integer (`_as_int`) in the 64-bit signed range; ``fix`` says how to renumber."""
+    number = _as_int(value, what)
+    if not ID_MIN <= number <= ID_MAX:
+        raise _Bad(f"{what} {number} is outside the 64-bit signed range -2**63 .. 2**63-1 that the cache stores ids in; {fix}")
+    return number
+
+
 def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
     """Category id → Category for the trained ones, and the set of background category ids."""
     seen: dict[int, str] = {}
@@ -321,6 +334,13 @@ def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
             name = cat.get("name")
             if not isinstance(name, str):
                 raise _Bad(f"name must be a string, got {name!r}")
+            if not 0 <= coco_id <= ID_MAX:
+                raise _Bad(
+                    f"category id {coco_id} ({name!r}) is outside 0..2**63-1: COCO category ids are positive "
+                    "integers, 0 being the background; renumber it to an unused positive id, in 'categories' and in "
+                    "its annotations' category_id (to ignore its regions in training instead, give those "
+                    "annotations iscrowd=1)"
+                )
         except _Bad as bad:
             raise AnnotationError(f"categories[{k}]: {bad}; fix the category list") from None
         if coco_id in seen:
@@ -345,7 +365,7 @@ def _parse_images(raw: list, policy: _Policy) -> dict[int, tuple[str, int, int]]
             parsed.append(_parse_image(img))
         except _Bad as bad:
             where = f"image {image_id!r}" if image_id is not None else f"images[{k}]"
-            ok_id = image_id if isinstance(image_id, int) and not isinstance(image_id, bool) else None
+            ok_id = _int_or_none(image_id)
             ok_name = file_name if isinstance(file_name, str) else None
             policy.reject(where, str(bad), image_id=ok_id, file_name=ok_name)
     counts = Counter(image_id for image_id, *_ in parsed)
@@ -366,7 +386,7 @@ def _parse_images(raw: list, policy: _Policy) -> dict[int, tuple[str, int, int]]
 def _parse_image(img: Any) -> tuple[int, str, int, int]:
     if not isinstance(img, dict):
         raise _Bad(f"must be an object, got {type(img).__name__}")
-    image_id = _as_int(img.get("id"), "id")
+    image_id = _as_id(img.get("id"), "id", "renumber the image (its id and its annotations' image_id)")
     name = img.get("file_name")
     if not isinstance(name, str):
         raise _Bad(f"file_name must be a string, got {name!r}")
@@ -432,14 +452,15 @@ def _annotation_names(ann: Any, k: int, known: _Known) -> tuple[str, dict]:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An id as a Skip records it: an int in the id range, else None (the reason still shows the value)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and ID_MIN <= value <= ID_MAX else None
 
 
 def _parse_annotation(ann: Any, known: _Known, seen_ids: set[int]) -> tuple[Instance, list[str]]:
     """The instance, and the reasons of the polygon parts dropped from it (if any)."""
     if not isinstance(ann, dict):
         raise _Bad(f"annotation must be an object, got {type(ann).__name__}")
-    ann_id = _as_int(ann.get("id"), "annotation id")
+    ann_id = _as_id(ann.get("id"), "annotation id", "renumber the annotation")
     if ann_id in seen_ids:
         raise _Bad(f"duplicate annotation id {ann_id} (the first one is kept)")
     seen_ids.add(ann_id)

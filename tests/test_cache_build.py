@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cocofactory import CocoFactory, write_image
 
 import fastload.cache.writer as writer
 from fastload.cache.manifest import load_manifest
@@ -16,7 +17,7 @@ from fastload.cache.merge import merge_cache
 from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
 from fastload.coco import load_coco
-from fastload.errors import CacheError, ConfigError
+from fastload.errors import AnnotationError, CacheError, ConfigError
 from fastload.raster import rasterize_image
 from fastload.targets import center_targets, instance_table
 
@@ -217,3 +218,49 @@ def test_arguments_are_checked(synth_root, tmp_path):
         _build_synth(synth_root, tmp_path / "d", workers=0)
     with pytest.raises(ConfigError, match="unknown key"):
         _build_synth(synth_root, tmp_path / "e", config={"sample_per_shard": 2})
+
+
+# ----------------------------------------------------------------------------------------------- ids
+
+
+def test_ids_at_the_int64_limits_survive_the_cache(tmp_path):
+    coco = CocoFactory(tmp_path / "data")
+    coco.category(2**63 - 1, "last")
+    coco.image("a.png", image_id=2**63 - 1)
+    coco.image("b.png", image_id=-(2**63), write_pixels=False)
+    write_image(coco.image_root / "b.png", 32, 48)
+    coco.polygon(2**63 - 1, 2**63 - 1, [(1, 1), (9, 1), (9, 9)], ann_id=-(2**63))
+    out = build_cache(coco=coco.write(), images=coco.image_root, out=tmp_path / "cache", progress=False)
+    cache = open_cache(out.parent)
+    assert [cache.image_id(i) for i in range(len(cache))] == [2**63 - 1, -(2**63)]
+    [inst] = cache[0]["meta"]["instances"]
+    assert (inst["annotation_id"], inst["category_id"]) == (-(2**63), 2**63 - 1)
+    assert cache.manifest.categories[0].coco_id == 2**63 - 1
+
+
+def test_an_image_id_beyond_int64_is_skipped_and_the_cache_opens(tmp_path):
+    # it used to build and verify, then open_cache raised a bare OverflowError (the int64 image-id table)
+    coco = CocoFactory(tmp_path / "data")
+    coco.category(1)
+    coco.image("fine.png", image_id=1)
+    coco.image("huge.png", image_id=2**63 + 5)
+    path = coco.write()
+    with pytest.raises(AnnotationError, match=r"image 9223372036854775813: id .* outside the 64-bit signed range"):
+        build_cache(coco=path, images=coco.image_root, out=tmp_path / "failed", progress=False)
+    assert not (tmp_path / "failed").exists()  # refused while loading the COCO file, before any shard
+    build_cache(coco=path, images=coco.image_root, out=tmp_path / "cache", on_error="skip", progress=False)
+    cache = open_cache(tmp_path / "cache")
+    assert [cache.image_id(i) for i in range(len(cache))] == [1]
+    [skip] = cache.manifest.skips
+    assert (skip.image_id, skip.file_name) == (None, "huge.png") and "9223372036854775813" in skip.reason
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_negative_category_id_stops_the_build_before_it_writes(tmp_path, on_error):
+    # writer and reader agree: the manifest holds category ids >= 0, and the build refuses -1 up front
+    coco = CocoFactory(tmp_path / "data")
+    coco.category(-1, "void")
+    coco.image("a.png", image_id=1)
+    with pytest.raises(AnnotationError, match=r"category id -1 \('void'\) is outside 0..2\*\*63-1"):
+        build_cache(coco=coco.write(), images=coco.image_root, out=tmp_path / "cache", on_error=on_error, progress=False)
+    assert not (tmp_path / "cache").exists()

@@ -1,16 +1,32 @@
-"""Bad image files during a build: each is an ImageError under on_error="fail", a recorded skip under "skip"."""
+"""Image files during a build: a bad one is an ImageError under on_error="fail", a recorded skip under "skip";
+one that decoders would read differently is normalised (and listed in the manifest) or refused with the reason."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from cocofactory import CocoFactory
+from imagefactory import (
+    MOTION_PHOTO_VIDEO,
+    encode,
+    exif,
+    gray16_big_endian,
+    jpeg,
+    odd_lossless_webp,
+    pattern,
+    pil_rgb,
+)
+from PIL import Image
 
-from fastload.cache.manifest import load_manifest
+from fastload.cache import images
+from fastload.cache.manifest import NormalisedInfo, load_manifest
 from fastload.cache.reader import open_cache
+from fastload.cache.verify import verify_cache
 from fastload.cache.writer import build_cache
 from fastload.errors import ImageError
 from fastload.synth import synth_coco
@@ -131,3 +147,129 @@ def test_missing_image_folder_is_named(tmp_path):
     root = _tiny(tmp_path / "data")
     with pytest.raises(ImageError, match="image folder .*does not exist"):
         build_cache(coco=root / "annotations.json", images=root / "nope", out=tmp_path / "cache", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- normalised
+# What decoders would read differently is changed at build time, and the manifest lists each sample changed.
+
+STORED = pattern(40, 56)  # H != W: a quarter turn shows in the shape, a half turn in the pixels
+
+
+def _single_image(tmp_path: Path, name: str, data: bytes, *, height: int = 40, width: int = 56) -> Path:
+    """A COCO data set of one image (id 5) with these file bytes; returns the data folder."""
+    coco = CocoFactory(tmp_path / "data")
+    coco.category(1)
+    coco.image(name, height=height, width=width, image_id=5, write_pixels=False)
+    coco.image_root.mkdir(parents=True, exist_ok=True)
+    (coco.image_root / name).write_bytes(data)
+    coco.polygon(5, 1, [(1, 1), (20, 1), (20, 30)])
+    coco.write()
+    return coco.root
+
+
+def _build_one(tmp_path: Path, name: str, data: bytes, **size) -> Path:
+    root = _single_image(tmp_path, name, data, **size)
+    _build(root, tmp_path / "cache")
+    assert verify_cache(tmp_path / "cache").ok
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("trailer", [MOTION_PHOTO_VIDEO, b"\0" * 64], ids=["motion-photo", "zeros"])
+def test_a_jpeg_is_stored_up_to_its_end_of_image_marker(tmp_path, trailer):
+    # a motion photo's video holds FF DA: it was refused as a truncated JPEG; now it is dropped, and said so
+    image = jpeg(STORED)
+    cache = open_cache(_build_one(tmp_path, "IMG_0001.jpg", image + trailer))
+    assert cache.read_members(0).image == image
+    assert np.array_equal(cache[0]["image"], pil_rgb(image))
+    assert cache.manifest.normalised == (
+        NormalisedInfo(5, "IMG_0001.jpg", f"dropped {len(trailer)} bytes after the JPEG's end-of-image marker (appended data)"),
+    )
+
+
+def test_a_jpeg_without_trailing_data_is_stored_unchanged_and_not_listed(tmp_path):
+    image = jpeg(STORED, exif=exif(6))
+    cache = open_cache(_build_one(tmp_path, "a.jpg", image))
+    assert cache.read_members(0).image == image and cache.manifest.normalised == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "tag"),
+    [
+        pytest.param(encode(STORED, "TIFF"), None, id="no-orientation"),
+        pytest.param(encode(STORED, "TIFF", exif=exif(3)), 3, id="orientation-3"),
+        pytest.param(encode(STORED, "TIFF", exif=exif(6), compression="tiff_lzw"), 6, id="orientation-6-lzw"),
+        pytest.param(encode(STORED, "TIFF", exif=exif(8), big_tiff=True), 8, id="bigtiff-orientation-8"),
+    ],
+)
+def test_a_tiff_is_stored_as_a_png_of_its_stored_grid(tmp_path, data, tag):
+    # OpenCV applied the tag (even told not to), DALI did not: now no reader sees anything but the stored grid
+    cache = open_cache(_build_one(tmp_path, "scan.tif", data))
+    members = cache.read_members(0)
+    assert members.image_ext == "png" and members.image.startswith(b"\x89PNG")
+    assert np.array_equal(cache[0]["image"], STORED)
+    [entry] = cache.manifest.normalised
+    assert (entry.image_id, entry.file_name) == (5, "scan.tif")
+    assert entry.what.startswith("TIFF re-encoded as PNG, losslessly from the pixels OpenCV decodes")
+    assert (f"Orientation tag {tag} is not applied" in entry.what) == (tag is not None)
+
+
+def test_a_big_endian_tiff_with_orientation_is_read_on_its_stored_grid(tmp_path):
+    values = STORED[..., 1].astype(np.uint16) * 257 + 100
+    data = encode(gray16_big_endian(values), "TIFF", exif=exif(6))
+    assert data[:2] == b"MM"
+    cache = open_cache(_build_one(tmp_path, "scan.tif", data))
+    assert np.array_equal(cache[0]["image"], np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        pytest.param("a.jpg", jpeg(STORED, exif=exif(6)), id="jpeg-exif"),
+        pytest.param("a.tif", encode(STORED, "TIFF", exif=exif(6)), id="tiff"),
+        pytest.param("a.png", encode(STORED, "PNG", exif=exif(8)), id="png-exif"),
+        pytest.param("a.webp", encode(STORED, "WEBP", lossless=True, exif=exif(5)), id="webp-exif"),
+    ],
+)
+def test_coco_giving_the_displayed_size_is_refused_with_the_stored_grid_convention(tmp_path, name, data):
+    # the file is 40 x 56 as stored, its tag displays it 56 x 40, and COCO says 56 x 40
+    root = _single_image(tmp_path, name, data, height=56, width=40)
+    with pytest.raises(ImageError) as info:
+        _build(root, tmp_path / "cache")
+    message = str(info.value)
+    assert message.startswith(f"image 5 (file '{name}'): decoded size 40 x 56 (H x W) differs from the COCO entry's 56 x 40")
+    assert "the size its orientation tag" in message and "fastload never applies orientation tags" in message
+    assert "annotate the stored grid (40 x 56)" in message and "rotate the file's pixels and drop the tag" in message
+
+
+def test_a_webp_loses_its_metadata_chunks(tmp_path):
+    # DALI's WebP parser fails ("Unexpected end of stream") on an EXIF chunk after an odd-length VP8L chunk
+    pixels, data = odd_lossless_webp(STORED, exif=exif(1))
+    assert [(f, len(p) % 2) for f, p in images.webp_chunks(data)[0]] == [(b"VP8X", 0), (b"VP8L", 1), (b"EXIF", 0)]
+    cache = open_cache(_build_one(tmp_path, "a.webp", data))
+    stored = cache.read_members(0).image
+    assert [f for f, _ in images.webp_chunks(stored)[0]] == [b"VP8L"]
+    assert np.array_equal(cache[0]["image"], pixels)
+    [entry] = cache.manifest.normalised
+    assert entry.what == "removed the metadata chunk(s) EXIF from the WebP container (image data unchanged)"
+
+
+def test_an_animated_webp_is_refused(tmp_path):
+    frames = [Image.fromarray(STORED), Image.fromarray(STORED[::-1].copy())]
+    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    root = _single_image(tmp_path, "anim.webp", data)
+    with pytest.raises(ImageError, match=r"image 5 \(file 'anim.webp'\): animated WebP: .*save the annotated frame as PNG"):
+        _build(root, tmp_path / "cache")
+
+
+def test_a_completion_record_without_the_normalised_list_is_rebuilt(tmp_path):
+    # records written before normalisations were recorded cannot say what they changed: --resume rebuilds them
+    root = _single_image(tmp_path, "a.jpg", jpeg(STORED) + b"\0")
+    _build(root, tmp_path / "cache")
+    done = tmp_path / "cache" / "shard-00000.done.json"
+    record = json.loads(done.read_text())
+    assert record["normalised"][0]["image_id"] == 5
+    del record["normalised"]
+    done.write_text(json.dumps(record))
+    _build(root, tmp_path / "cache", resume=True)
+    assert json.loads(done.read_text())["normalised"][0]["image_id"] == 5
+    assert len(load_manifest(tmp_path / "cache").normalised) == 1

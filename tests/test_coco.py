@@ -344,6 +344,19 @@ def test_categories_problems_always_raise(tmp_path: Path):
         load_coco(coco.write(), on_error="skip")
 
 
+@pytest.mark.parametrize("category_id", [-1, 2**63])
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_category_id_outside_0_to_int64_is_refused_naming_it(tmp_path: Path, category_id: int, on_error: str):
+    # the manifest stores category ids as integers in 0..2**63-1; refused here, not after the whole build
+    coco = one_image(tmp_path)
+    coco.category(category_id, "unlabeled")
+    with pytest.raises(AnnotationError) as err:
+        load_coco(coco.write(), on_error=on_error)
+    message = str(err.value)
+    assert message.startswith(f"categories[1]: category id {category_id} ('unlabeled') is outside 0..2**63-1")
+    assert "renumber it to an unused positive id" in message and "iscrowd=1" in message
+
+
 def test_more_than_254_categories_is_refused(tmp_path: Path):
     coco = CocoFactory(tmp_path)
     for k in range(1, 256):
@@ -383,3 +396,48 @@ def test_compressed_rle_counts_are_validated_like_pycocotools_reads_them(tmp_pat
     for inst, mask in zip(loaded, masks, strict=True):
         assert inst.rle["counts"] == compressed_rle(mask)["counts"].encode()
         np.testing.assert_array_equal(mask_utils.decode(inst.rle).astype(bool), mask)
+
+
+# ------------------------------------------------------------------------------------------ id range
+
+
+@pytest.mark.parametrize("image_id", [2**63 + 5, -(2**63) - 1])
+def test_image_id_beyond_int64_fails_or_is_skipped_naming_it(tmp_path: Path, image_id: int):
+    # the cache keeps image ids in int64 tables: a larger one is refused at load time, not by open_cache
+    coco = one_image(tmp_path)
+    coco.image("big.png", image_id=image_id, write_pixels=False)
+    path = coco.write()
+    with pytest.raises(AnnotationError) as err:
+        load_coco(path)
+    message = str(err.value)
+    assert message.startswith(f"image {image_id}: id {image_id} is outside the 64-bit signed range")
+    assert "renumber the image (its id and its annotations' image_id)" in message and FIX in message
+    dataset = load_coco(path, on_error="skip")
+    assert [image.image_id for image in dataset.images] == [7]
+    [skip] = dataset.skips
+    # a Skip records ids the manifest can hold: this one only in its reason
+    assert (skip.image_id, skip.file_name) == (None, "big.png") and str(image_id) in skip.reason
+
+
+@pytest.mark.parametrize("ann_id", [2**63, -(2**63) - 1])
+def test_annotation_id_beyond_int64_fails_or_is_skipped_naming_it(tmp_path: Path, ann_id: int):
+    path = break_annotation(tmp_path, id=ann_id)
+    with pytest.raises(AnnotationError) as err:
+        load_coco(path)
+    message = str(err.value)
+    assert message.startswith(f"image 7, annotation {ann_id}: annotation id {ann_id} is outside the 64-bit")
+    assert "renumber the annotation" in message and FIX in message
+    dataset = load_coco(path, on_error="skip")
+    [skip] = dataset.skips
+    assert (skip.image_id, skip.annotation_id) == (7, None) and str(ann_id) in skip.reason
+
+
+def test_ids_at_the_int64_limits_load(tmp_path: Path):
+    coco = one_image(tmp_path)
+    coco.image("low.png", image_id=-(2**63), write_pixels=False)
+    coco.images[0]["id"] = 2**63 - 1
+    coco.polygon(2**63 - 1, 1, [(1, 1), (9, 1), (9, 9)], ann_id=-(2**63))
+    coco.polygon(-(2**63), 1, [(1, 1), (9, 1), (9, 9)], ann_id=2**63 - 1)
+    dataset = load_coco(coco.write())
+    assert [image.image_id for image in dataset.images] == [2**63 - 1, -(2**63)]
+    assert [inst.annotation_id for inst in instances(dataset)] == [-(2**63), 2**63 - 1]

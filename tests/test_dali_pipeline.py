@@ -399,6 +399,9 @@ def test_only_decoder_failures_become_cache_errors():
     )
     failure = _named_failure(["shard-00001.tar:00000007 (cache index 7)"], decoder)
     assert isinstance(failure, CacheError) and "00000007" in str(failure) and "bad JPEG" in str(failure)
+    # verify decodes with OpenCV, so it may pass: the message says so, and gives the fix that works then
+    assert "fastload cache verify" in str(failure) and "If verify passes" in str(failure)
+    assert "re-encode that image file (e.g. as PNG)" in str(failure)
     other = RuntimeError(
         "Error in GPU operator `nvidia.dali.fn.warp_affine`,\nencountered:\n\nout of memory\n"
     )

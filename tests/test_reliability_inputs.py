@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from imagefactory import MOTION_PHOTO_VIDEO
 
 from fastload.cache.manifest import load_manifest
 from fastload.cache.reader import open_cache
@@ -98,3 +99,20 @@ def test_a_clean_build_prints_no_skip(tmp_path):
     result = _build(tmp_path / "data", tmp_path / "cache")
     assert result.returncode == 0 and "3 samples of 3 images in 1 shard(s), 0 skipped" in result.stdout
     assert "skipped:" not in result.stderr
+
+
+def test_normalised_images_are_printed_and_listed_by_info(tmp_path):
+    # a motion photo (JPEG + video): stored up to the JPEG's end marker, and the build and `info` say so
+    synth_coco(out=tmp_path / "data", n=3, size=(32, 48), instances=(1, 2), seed=4, workers=1)
+    photo = tmp_path / "data" / "images" / "000001.jpg"
+    photo.write_bytes(photo.read_bytes() + MOTION_PHOTO_VIDEO)
+    out = tmp_path / "cache"
+    result = _build(tmp_path / "data", out)
+    assert result.returncode == 0, result.stderr
+    assert "3 samples of 3 images in 1 shard(s), 0 skipped, 1 normalised" in result.stdout
+    note = f"normalised: image 2 (000001.jpg): dropped {len(MOTION_PHOTO_VIDEO)} bytes after the JPEG's end-of-image marker"
+    assert note in result.stdout
+    info = subprocess.run([*CLI, "cache", "info", str(out)], capture_output=True, text=True, timeout=120).stdout
+    assert "normalised 1" in info and note in info
+    verify = subprocess.run([*CLI, "cache", "verify", str(out), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0 and "OK (1 shards, 3 samples)" in verify.stdout

@@ -229,7 +229,17 @@ def _set(path: str, value):
     return edit
 
 
-MISSING = ["config", "config.label_format", "counts.samples", "categories.0.name", "shards.1.sha256", "bytes.members.ins", "source"]
+MISSING = [
+    "config",
+    "config.label_format",
+    "counts.samples",
+    "counts.normalised",
+    "categories.0.name",
+    "shards.1.sha256",
+    "bytes.members.ins",
+    "source",
+    "normalised",
+]
 WRONG_TYPES = [
     ("config.samples_per_shard", 1.5),  # int("1.5"-ish) used to become 1 silently
     ("config.label_compression", "3"),
@@ -242,6 +252,8 @@ WRONG_TYPES = [
     ("categories", {"a": 1}),
     ("skips", None),
     ("num_classes", [5]),
+    ("normalised", {}),
+    ("counts.normalised", -1),
 ]
 
 
@@ -267,6 +279,31 @@ def _shown(key: str) -> str:
     for part in key.split("."):
         out.append(f"[{part}]" if part.isdigit() else (f".{part}" if out else part))
     return "".join(out)
+
+
+NORMALISED = {"image_id": 3, "file_name": "a.jpg", "what": "dropped 5 bytes after the JPEG's end-of-image marker"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("image_id", "3"), ("image_id", 2**63), ("file_name", None), ("what", 7)],
+)
+def test_manifest_normalised_entries_are_checked(cache_copy, key, value):
+    def edit(data):
+        data["normalised"] = [{**NORMALISED, key: value}]
+        data["counts"]["normalised"] = 1
+
+    _edit_manifest(cache_copy, edit)
+    with pytest.raises(CacheError, match=rf"malformed manifest \(normalised\[0\]\.{key} must be"):
+        open_cache(cache_copy)
+
+
+def test_manifest_normalised_count_must_match_the_list(cache_copy):
+    _edit_manifest(cache_copy, _set("normalised", [NORMALISED]))
+    with pytest.raises(CacheError, match=r"counts.normalised is 0, normalised lists 1 samples"):
+        open_cache(cache_copy)
+    _edit_manifest(cache_copy, _set("counts.normalised", 1))
+    assert open_cache(cache_copy).manifest.normalised[0].what == NORMALISED["what"]
 
 
 @pytest.mark.parametrize("field", ["file", "index_file", "dali_index"])

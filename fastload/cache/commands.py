@@ -83,8 +83,9 @@ def _build(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.out)
         print(
             f"wrote {path}: {manifest.samples} samples of {manifest.images} images in {len(manifest.shards)} shard(s), "
-            f"{len(manifest.skips)} skipped"
+            f"{len(manifest.skips)} skipped, {len(manifest.normalised)} normalised"
         )
+        _print_normalised(manifest, args.out)
         _print_skips(manifest, args.out)
     else:
         print(f"wrote {path}; when all {num_nodes} nodes are done run `fastload cache merge {args.out}`")
@@ -97,6 +98,14 @@ def _print_skips(m: Manifest, root: str | Path, *, limit: int = 10) -> None:
         print(f"skipped: image {skip.image_id} annotation {skip.annotation_id} ({skip.file_name}): {skip.reason}", file=sys.stderr)
     if len(m.skips) > limit:
         print(f"... and {len(m.skips) - limit} more: `fastload cache info {root}` lists every skip", file=sys.stderr)
+
+
+def _print_normalised(m: Manifest, root: str | Path, *, limit: int = 10) -> None:
+    """The build's summary of the images stored with changed bytes (on stdout: nothing is wrong with them)."""
+    for entry in m.normalised[:limit]:
+        print(f"normalised: image {entry.image_id} ({entry.file_name}): {entry.what}")
+    if len(m.normalised) > limit:
+        print(f"... and {len(m.normalised) - limit} more: `fastload cache info {root}` lists every one")
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -146,7 +155,7 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
         f"config: samples_per_shard={m.samples_per_shard} label_compression={m.label_compression} "
         f"label_format={m.label_format}",
         f"images {m.images}  samples {m.samples}  instances {m.instances}  skipped {len(m.skips)}  "
-        f"shards {len(m.shards)}",
+        f"normalised {len(m.normalised)}  shards {len(m.shards)}",
         f"classes ({m.num_classes} with background = train id 0; 255 = ignore):",
         f"  {'train_id':>8}  {'coco_id':>7}  {'instances':>9}  name",
     ]
@@ -157,6 +166,10 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
     for kind, n in kinds:
         share = f"{100 * n / mb.image:5.1f}% of image" if mb.image and kind != "image" else ""
         lines.append(f"  {kind:<6} {_size(n):>10} total  {_size(n / per):>10} per sample  {share}")
+    for entry in m.normalised[:20]:
+        lines.append(f"normalised: image {entry.image_id} ({entry.file_name}): {entry.what}")
+    if len(m.normalised) > 20:
+        lines.append(f"... and {len(m.normalised) - 20} more normalised images (see manifest.json)")
     for skip in m.skips[:20]:
         lines.append(f"skip: image {skip.image_id} annotation {skip.annotation_id} ({skip.file_name}): {skip.reason}")
     if len(m.skips) > 20:

@@ -6,8 +6,9 @@ reader, `verify` and the CPU loader share one definition of every member. A samp
 ==========  =================  ==========================================================================
 kind        name               content
 ==========  =================  ==========================================================================
-``image``   ``KEY.<ext>``      the source image bytes unchanged; ``ext`` names the *content* (jpg, png, bmp,
-                               tif, webp), sniffed from the magic bytes, not the source file's suffix
+``image``   ``KEY.<ext>``      the source image bytes, unchanged unless the build normalised them (the
+                               manifest lists each: `fastload.cache.images`); ``ext`` names the *content*
+                               (jpg, png, bmp, webp; a TIFF is stored as png), sniffed from the magic bytes
 ``sem``     ``KEY.sem.lz4``    uint8 (H, W) semantic train ids, 0 background, 255 ignore; LZ4 label member
 ``ins``     ``KEY.ins.lz4``    uint16 (H, W) instance ids 1..N (N <= 32767), 0 background; LZ4 label member
 ``meta``    ``KEY.json``       JSON ``{image_id, file_name, height, width, instances: [...]}``: the instance
@@ -33,6 +34,7 @@ import cv2
 import lz4.block
 import numpy as np
 
+from fastload.cache.images import jpeg_end, webp_chunks
 from fastload.errors import CacheError
 
 SCHEMA_VERSION = 2  # of manifest.json, the shard indexes and the completion records (1: label PNGs and maps)
@@ -72,7 +74,7 @@ def sniff_image_format(data: bytes) -> str | None:
         return "png"
     if data[:2] == b"BM":
         return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "tif"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
@@ -83,17 +85,16 @@ def truncation_problem(data: bytes, fmt: str) -> str | None:
     """Why an encoded image looks cut short, or ``None``.
 
     OpenCV decodes a truncated JPEG "successfully" (the missing rows come out grey, with a warning on
-    stderr), so a full decode is not enough: a JPEG must have an end-of-image marker after its last
-    start-of-scan marker (markers cannot occur inside entropy-coded data), a PNG must have its IEND chunk.
+    stderr), so a full decode is not enough: a JPEG's marker structure must reach its end-of-image marker
+    (`fastload.cache.images.jpeg_end`; data appended after it is not a truncation), a PNG must have its IEND
+    chunk, a WebP's chunks must fit in its RIFF container.
     """
     if fmt == "jpg":
-        last_scan = data.rfind(b"\xff\xda")
-        if last_scan < 0:
-            return "JPEG has no image data (no start-of-scan marker)"
-        if data.find(b"\xff\xd9", last_scan) < 0:
-            return "JPEG is truncated (no end-of-image marker after the last scan)"
-    elif fmt == "png" and data.rfind(b"IEND") < 0:
+        return jpeg_end(data)[1]
+    if fmt == "png" and data.rfind(b"IEND") < 0:
         return "PNG is truncated (no IEND chunk)"
+    if fmt == "webp":
+        return webp_chunks(data)[2]
     return None
 
 

@@ -27,6 +27,7 @@ from fastload.cache.format import (
 from fastload.errors import CacheError
 
 MANIFEST_NAME = "manifest.json"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of image and annotation ids (the reader's int64 tables)
 BYTE_KINDS = MEMBER_KINDS
 LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' layout (fastload.cache.format)
 
@@ -93,6 +94,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
     per_class: dict[str, int] = {}
     member_bytes = dict.fromkeys(BYTE_KINDS, 0)
     skips = [dict(s) for s in header["coco_skips"]]
+    normalised: list[dict[str, Any]] = []
     shards = []
     for rec in records:
         for train_id, count in rec["instances_per_class"].items():
@@ -100,6 +102,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
         for kind in BYTE_KINDS:
             member_bytes[kind] += rec["member_bytes"][kind]
         skips.extend(rec["skips"])
+        normalised.extend(rec["normalised"])
         if rec["samples"]:
             files = rec["files"]
             shards.append(
@@ -131,8 +134,10 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
             "samples": sum(r["samples"] for r in records),
             "instances": sum(r["instances"] for r in records),
             "skipped": len(skips),
+            "normalised": len(normalised),
         },
         "skips": skips,
+        "normalised": normalised,
         "shards": shards,
         "bytes": {
             "total": sum(s["bytes"] for s in shards),
@@ -174,6 +179,15 @@ class SkipInfo:
 
 
 @dataclass(frozen=True)
+class NormalisedInfo:
+    """A sample whose image bytes the build changed so that every decoder reads the same grid (what: how)."""
+
+    image_id: int
+    file_name: str
+    what: str
+
+
+@dataclass(frozen=True)
 class MemberBytes:
     image: int
     sem: int
@@ -197,6 +211,7 @@ class Manifest:
     samples: int
     instances: int
     skips: tuple[SkipInfo, ...]
+    normalised: tuple[NormalisedInfo, ...]  # samples stored with changed image bytes (fastload.cache.images)
     shards: tuple[ShardInfo, ...]
     total_bytes: int
     member_bytes: MemberBytes
@@ -300,7 +315,7 @@ def _parse(m: _Node, version: int) -> Manifest:
         label_compression=cfg.integer("label_compression", maximum=12),
         label_format=label_format,
         categories=tuple(
-            CategoryInfo(coco_id=c.integer("coco_id"), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
+            CategoryInfo(coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
             for c in m.nodes("categories")
         ),
         num_classes=m.integer("num_classes", minimum=1),
@@ -310,13 +325,14 @@ def _parse(m: _Node, version: int) -> Manifest:
         instances=counts.integer("instances"),
         skips=tuple(
             SkipInfo(
-                image_id=s.integer("image_id", minimum=-(2**63), optional=True),
-                annotation_id=s.integer("annotation_id", minimum=-(2**63), optional=True),
+                image_id=s.integer("image_id", minimum=INT64_MIN, maximum=INT64_MAX, optional=True),
+                annotation_id=s.integer("annotation_id", minimum=INT64_MIN, maximum=INT64_MAX, optional=True),
                 file_name=s.text("file_name", optional=True),
                 reason=s.text("reason"),
             )
             for s in m.nodes("skips")
         ),
+        normalised=_normalised(m, counts),
         shards=tuple(
             ShardInfo(
                 index=s.integer("index"),
@@ -334,6 +350,16 @@ def _parse(m: _Node, version: int) -> Manifest:
         total_bytes=m.node("bytes").integer("total"),
         member_bytes=MemberBytes(**{kind: members.integer(kind) for kind in BYTE_KINDS}),
     )
+
+
+def _normalised(m: _Node, counts: _Node) -> tuple[NormalisedInfo, ...]:
+    entries = tuple(
+        NormalisedInfo(image_id=n.integer("image_id", minimum=INT64_MIN, maximum=INT64_MAX), file_name=n.text("file_name"), what=n.text("what"))
+        for n in m.nodes("normalised")
+    )
+    if counts.integer("normalised") != len(entries):
+        raise _Malformed(f"counts.normalised is {counts.value['normalised']}, normalised lists {len(entries)} samples")
+    return entries
 
 
 def load_manifest(cache_dir: str | Path) -> Manifest:

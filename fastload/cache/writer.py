@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fastload import __version__
+from fastload.cache import images
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
     LABEL_DTYPES,
@@ -82,12 +83,28 @@ class _SampleProblem(Exception):
         self.reason = reason
 
 
-def read_checked_image(path: Path, height: int, width: int) -> tuple[bytes, str]:
-    """Read an image file and check it fully; return its bytes and the extension of its *content*.
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image ready to store: its bytes, the extension of their content, and how the build normalised them.
+
+    normalised : None when ``data`` are the file's bytes unchanged; else what was done, in words (the
+        manifest's ``normalised[].what``)
+    """
+
+    data: bytes
+    fmt: str
+    normalised: str | None = None
+
+
+def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
+    """Read an image file, check it fully and normalise what decoders would read differently.
 
     Checks: the file exists and is not empty, its magic bytes name a supported format, it is not truncated
     (see `truncation_problem`), it decodes completely, and the decoded size equals the COCO ``height`` x
-    ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``.
+    ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``. Normalised
+    (`fastload.cache.images`): a JPEG is cut after its end-of-image marker, a WebP loses its metadata chunks,
+    a TIFF becomes a PNG of its stored pixel grid. An orientation tag is never applied: COCO coordinates
+    address the stored grid, and a COCO size that is the *displayed* size is refused with that explanation.
 
     Raises
     ------
@@ -108,24 +125,59 @@ def read_checked_image(path: Path, height: int, width: int) -> tuple[bytes, str]
     problem = truncation_problem(data, fmt)
     if problem:
         raise _SampleProblem("image", f"{problem}: {path}")
+    tag = images.orientation(data, fmt)
+    data, normalised = _normalise_container(data, fmt, tag, path)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None:
         raise _SampleProblem("image", f"{fmt} file does not decode: {path}")
     if decoded.shape[:2] != (height, width):
-        raise _SampleProblem(
-            "image",
-            f"decoded size {decoded.shape[0]} x {decoded.shape[1]} (H x W) differs from the COCO entry's "
-            f"{height} x {width}: {path}",
+        raise _SampleProblem("image", _size_problem(decoded.shape[:2], (height, width), tag, path))
+    if fmt == "tif":
+        # OpenCV's reading of the stored grid (tag set to 1 above), losslessly: every loader decodes a PNG alike
+        data, fmt = cv2.imencode(".png", decoded)[1].tobytes(), "png"
+    return CheckedImage(data, fmt, normalised)
+
+
+def _normalise_container(data: bytes, fmt: str, tag: int | None, path: Path) -> tuple[bytes, str | None]:
+    """The bytes to decode and store (before a TIFF's re-encoding), and what was changed, or None."""
+    if fmt == "jpg":
+        end, _ = images.jpeg_end(data)  # truncation_problem checked that it has one
+        if end is not None and end < len(data):
+            return data[:end], f"dropped {len(data) - end} bytes after the JPEG's end-of-image marker (appended data)"
+    elif fmt == "webp":
+        if images.webp_animated(data):
+            raise _SampleProblem(
+                "image", f"animated WebP: a COCO image is one still picture; save the annotated frame as PNG: {path}"
+            )
+        return images.webp_without_metadata(data)
+    elif fmt == "tif":
+        turned = f"; its Orientation tag {tag} is not applied: COCO coordinates address the stored grid" if tag not in (None, 1) else ""
+        return images.tiff_with_orientation_1(data), f"TIFF re-encoded as PNG, losslessly from the pixels OpenCV decodes{turned}"
+    return data, None
+
+
+def _size_problem(decoded: tuple[int, int], coco: tuple[int, int], tag: int | None, path: Path) -> str:
+    text = f"decoded size {decoded[0]} x {decoded[1]} (H x W) differs from the COCO entry's {coco[0]} x {coco[1]}"
+    if images.transposes(tag) and tuple(coco) == tuple(decoded)[::-1]:
+        text += (
+            f", the size its orientation tag ({tag}) displays it at; fastload never applies orientation tags (COCO "
+            "coordinates address the stored pixel grid, in every loader): annotate the stored grid "
+            f"({decoded[0]} x {decoded[1]}), or rotate the file's pixels and drop the tag (e.g. "
+            "PIL.ImageOps.exif_transpose, then save) and annotate the rotated image"
         )
-    return data, fmt
+    return f"{text}: {path}"
 
 
 @dataclass(frozen=True)
 class EncodedSample:
-    """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it."""
+    """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it.
+
+    normalised : how the build changed the image's bytes (`CheckedImage.normalised`), or None
+    """
 
     members: tuple[tuple[str, str, bytes], ...]
     instances_per_class: dict[int, int]
+    normalised: str | None = None
 
 
 def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig) -> EncodedSample:
@@ -134,7 +186,7 @@ def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig
         path = resolve_image_path(image_root, record)
     except AnnotationError as exc:
         raise _SampleProblem("annotation", str(exc)) from None
-    data, fmt = read_checked_image(path, record.height, record.width)
+    image = read_checked_image(path, record.height, record.width)
     raster = rasterize_image(record)
     if len(raster.instances) > MAX_INSTANCES:
         raise _SampleProblem(
@@ -151,13 +203,13 @@ def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig
     }
     key = sample_key(position)
     members = (
-        ("image", f"{key}.{fmt}", data),
+        ("image", f"{key}.{image.fmt}", image.data),
         ("sem", f"{key}.{LABEL_EXTENSIONS['sem']}", encode_label(raster.semantic, kind="sem", level=level)),
         ("ins", f"{key}.{LABEL_EXTENSIONS['ins']}", encode_label(raster.instance, kind="ins", level=level)),
         ("meta", f"{key}.{LABEL_EXTENSIONS['meta']}", encode_meta(meta)),
     )
     per_class = Counter(int(row["train_id"]) for row in table)
-    return EncodedSample(members, dict(per_class))
+    return EncodedSample(members, dict(per_class), image.normalised)
 
 
 # ----------------------------------------------------------------------------------------------- one shard
@@ -190,6 +242,7 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
     index_entries: list[dict[str, Any]] = []
     dali_entries: list[list[tuple[str, int, int, str]]] = []
     skips: list[dict[str, Any]] = []
+    normalised: list[dict[str, Any]] = []
     per_class: Counter[int] = Counter()
     member_bytes = dict.fromkeys(MEMBER_KINDS, 0)
     try:
@@ -226,6 +279,10 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
                     }
                 )
                 dali_entries.append(dali_members)
+                if sample.normalised:
+                    normalised.append(
+                        {"image_id": record.image_id, "file_name": record.file_name, "what": sample.normalised}
+                    )
                 per_class.update(sample.instances_per_class)
                 progress(1)
             tar_bytes, tar_sha = writer.finish()
@@ -260,6 +317,7 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
         "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},
         "member_bytes": member_bytes,
         "skips": skips,
+        "normalised": normalised,
         "files": files,
     }
     write_atomic(done_path, pretty_json(record))
@@ -282,6 +340,8 @@ def check_done_record(out: Path, shard: int, fingerprint: str, on_error: OnError
     if record.get("shard") != shard or record.get("fingerprint") != fingerprint:
         return None
     if record.get("skips") and on_error == "fail":
+        return None
+    if not isinstance(record.get("normalised"), list):  # a record from before normalisations were recorded
         return None
     files = record.get("files")
     if files is None:

@@ -1,0 +1,202 @@
+"""The rule for images: every image the build accepts decodes to the same pixel grid, in the same orientation,
+in `open_cache`, `CpuLoader` and `Loader` (DALI's graph on the CPU here, on the GPU under the cuda marker).
+
+One cache holds one image of each format and variant real data sets contain, each 40 x 56 (H != W, so a
+quarter turn changes the shape and a half turn or a flip the pixels), made here with Pillow. Each path's
+image is compared with the *expected stored grid*: the pixels as stored, ignoring any orientation tag (COCO
+coordinates address the stored grid), converted to RGB as the format defines it. The loaders run without
+augmentation at the native size, one sample per batch; their normalised output is mapped back to 0..255.
+
+Tolerances, per kind of case:
+
+==========  ==========================================================================================
+exact       lossless formats: every pixel equal
+rounding    at most 1 grey level: a 16-bit PNG is reduced to 8 bits by OpenCV keeping the high byte
+            (v >> 8) and by DALI rounding v * 255 / 65535; the two differ by 0 or 1 (DALI: 1 on about a
+            fifth of the values)
+lossy       JPEG and lossy WebP against Pillow's decode: mean |difference| <= 1.5 and max <= 10 grey levels.
+            On the CPU every path decodes with libjpeg-turbo / libwebp, as Pillow does, and matches it
+            exactly, except OpenCV on the CMYK JPEG: its CMYK → RGB rounds 1 level off Pillow's (and
+            DALI's) everywhere; the margin is for nvJPEG on the GPU (its own IDCT and chroma upsampling)
+==========  ==========================================================================================
+
+Orientation is checked on its own: the correlation with the expected grid must be above 0.99, with the grid
+flipped left-right, upside down or turned by 180 degrees below 0.5 (the test pattern's own are below 0.35).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from cocofactory import CocoFactory
+from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, jpeg, odd_lossless_webp, pattern, pil_rgb
+from PIL import Image
+
+from fastload.augment.config import AugmentConfig
+from fastload.cache.reader import open_cache
+from fastload.cache.writer import build_cache
+
+H, W = 40, 56
+STORED = pattern(H, W)
+RNG = np.random.default_rng(12)
+ALPHA = np.linspace(0, 255, W, dtype=np.uint8)[None, :].repeat(H, 0)  # transparent on the left: must not matter
+WIDE = STORED.astype(np.uint16) * 257 + RNG.integers(0, 257, (H, W, 3)).astype(np.uint16)  # 16-bit values
+TOLERANCE = {"exact": (0, 0.0), "rounding": (1, 1.0), "lossy": (10, 1.5)}  # max and mean |difference|
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    file_name: str
+    data: bytes  # the file's bytes
+    expected: np.ndarray  # uint8 (H, W, 3) RGB: the stored grid, as the format defines its RGB
+    kind: str  # a key of TOLERANCE
+
+
+def _gray(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels).convert("L")
+
+
+def _cases() -> list[Case]:
+    plain, progressive = jpeg(STORED), jpeg(STORED, progressive=True)
+    gray = np.asarray(_gray(STORED))
+    gray_jpeg = jpeg(_gray(STORED))
+    cmyk = encode(Image.fromarray(STORED).convert("CMYK"), "JPEG", quality=95)
+    palette = Image.fromarray(STORED).quantize(64)
+    wide_png = cv2.imencode(".png", WIDE[..., ::-1])[1].tobytes()  # Pillow writes no 16-bit colour PNG
+    lossy = encode(STORED, "WEBP", quality=90)
+    odd, odd_webp = odd_lossless_webp(STORED, exif=exif(6))
+    return [
+        Case("jpeg-gray", "gray.jpg", gray_jpeg, pil_rgb(gray_jpeg), "lossy"),
+        Case("jpeg-cmyk", "cmyk.jpg", cmyk, pil_rgb(cmyk), "lossy"),
+        Case("jpeg-progressive", "progressive.jpg", progressive, pil_rgb(progressive), "lossy"),
+        # EXIF says "turn a quarter", COCO gives the stored size: every path keeps the stored grid
+        Case("jpeg-exif-orientation-6", "exif6.jpg", jpeg(STORED, exif=exif(6)), pil_rgb(plain), "lossy"),
+        Case("jpeg-trailing-zeros", "zeros.jpg", plain + b"\0" * 300, pil_rgb(plain), "lossy"),
+        Case("jpeg-motion-photo", "motion.jpg", plain + MOTION_PHOTO_VIDEO, pil_rgb(plain), "lossy"),
+        Case("png-rgba", "rgba.png", encode(np.dstack([STORED, ALPHA]), "PNG"), STORED, "exact"),
+        Case("png-palette", "palette.png", encode(palette, "PNG"), np.asarray(palette.convert("RGB")), "exact"),
+        Case("png-16-bit", "wide.png", wide_png, (WIDE >> 8).astype(np.uint8), "rounding"),
+        Case("png-gray", "gray.png", encode(gray, "PNG"), np.repeat(gray[..., None], 3, axis=2), "exact"),
+        Case("bmp", "plain.bmp", encode(STORED, "BMP"), STORED, "exact"),
+        Case("tiff", "plain.tif", encode(STORED, "TIFF"), STORED, "exact"),
+        Case("tiff-orientation-3", "turned3.tif", encode(STORED, "TIFF", exif=exif(3)), STORED, "exact"),
+        Case("tiff-orientation-6", "turned6.tif", encode(STORED, "TIFF", exif=exif(6)), STORED, "exact"),
+        Case("webp-lossy", "lossy.webp", lossy, pil_rgb(lossy), "lossy"),
+        Case("webp-lossy-exif", "lossy-exif.webp", encode(STORED, "WEBP", quality=90, exif=exif(6)), pil_rgb(lossy), "lossy"),
+        Case("webp-lossless", "lossless.webp", encode(STORED, "WEBP", lossless=True), STORED, "exact"),
+        Case("webp-lossless-exif", "lossless-exif.webp", encode(STORED, "WEBP", lossless=True, exif=exif(6)), STORED, "exact"),
+        # an EXIF chunk after an odd-length VP8L chunk: the file DALI's WebP parser failed on
+        Case("webp-lossless-exif-after-pad-byte", "pad-exif.webp", odd_webp, odd, "exact"),
+    ]
+
+
+CASES = _cases()
+NORMALISED = {  # file name → the start of what the manifest says was done
+    "zeros.jpg": "dropped 300 bytes after the JPEG's end-of-image marker",
+    "motion.jpg": f"dropped {len(MOTION_PHOTO_VIDEO)} bytes after the JPEG's end-of-image marker",
+    "plain.tif": "TIFF re-encoded as PNG",
+    "turned3.tif": "TIFF re-encoded as PNG",
+    "turned6.tif": "TIFF re-encoded as PNG",
+    "lossy-exif.webp": "removed the metadata chunk(s) EXIF",
+    "lossless-exif.webp": "removed the metadata chunk(s) EXIF",
+    "pad-exif.webp": "removed the metadata chunk(s) EXIF",
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """All cases in one cache, in the order of CASES (image ids 1, 2, ...)."""
+    root = tmp_path_factory.mktemp("formats")
+    coco = CocoFactory(root)
+    coco.category(1, "blob")
+    coco.image_root.mkdir(parents=True)
+    for k, case in enumerate(CASES, start=1):
+        coco.image(case.file_name, height=H, width=W, image_id=k, write_pixels=False)
+        (coco.image_root / case.file_name).write_bytes(case.data)
+        coco.polygon(k, 1, [(2, 2), (30, 4), (12, 30)])
+    build_cache(coco=coco.write(), images=coco.image_root, out=root / "cache", progress=False)
+    return root / "cache"
+
+
+def _denormalised(batch_image) -> np.ndarray:
+    """uint8 (H, W, 3) from a loader's float32 (1, 3, H, W) image normalised with the "none" config."""
+    norm = AugmentConfig.none().normalize
+    chw = batch_image[0].detach().cpu().numpy().astype(np.float64)
+    hwc = chw.transpose(1, 2, 0) * np.asarray(norm.std) + np.asarray(norm.mean)
+    return np.clip(np.rint(hwc * 255.0), 0, 255).astype(np.uint8)
+
+
+def _through(loader_class, cache: Path, **kwargs) -> list[np.ndarray]:
+    import fastload
+
+    loader = getattr(fastload, loader_class)(
+        cache, batch_size=1, shuffle=False, size=(H, W), augment="none", **kwargs
+    )
+    try:
+        return [_denormalised(batch["image"]) for batch in loader]
+    finally:
+        loader.close()
+
+
+@pytest.fixture(scope="module")
+def decoded(cache) -> dict[str, list[np.ndarray]]:
+    """Each path's images, in cache order, computed once per path on first use."""
+    paths = {
+        "open_cache": lambda: [sample["image"] for sample in open_cache(cache)],
+        "CpuLoader": lambda: _through("CpuLoader", cache, device="cpu", num_threads=0),
+        "Loader-cpu": lambda: _through("Loader", cache, device="cpu", num_threads=1),
+        "Loader-cuda": lambda: _through("Loader", cache, device="cuda", num_threads=1),
+    }
+
+    class Lazy(dict):
+        def __missing__(self, path: str) -> list[np.ndarray]:
+            self[path] = paths[path]()
+            return self[path]
+
+    return Lazy()
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+PATHS = [
+    pytest.param("open_cache"),
+    pytest.param("CpuLoader"),
+    pytest.param("Loader-cpu"),
+    pytest.param("Loader-cuda", marks=pytest.mark.cuda),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_every_path_decodes_the_stored_grid(decoded, case, path):
+    got = decoded[path][CASES.index(case)]
+    assert got.shape == case.expected.shape, f"{path} gives {got.shape}: the grid was turned a quarter"
+    diff = np.abs(got.astype(np.int16) - case.expected.astype(np.int16))
+    most, mean = TOLERANCE[case.kind]
+    assert diff.max() <= most and diff.mean() <= mean, (
+        f"{path}: max |difference| {diff.max()}, mean {diff.mean():.2f}; {case.kind} allows {most}, {mean}"
+    )
+    same = _correlation(got, case.expected)
+    turned = {
+        "flipped left-right": case.expected[:, ::-1],
+        "upside down": case.expected[::-1],
+        "turned 180 degrees": case.expected[::-1, ::-1],
+    }
+    for how, grid in turned.items():
+        assert same > 0.99 and _correlation(got, grid) < 0.5, f"{path} looks {how}"
+
+
+def test_the_manifest_lists_each_normalised_image(cache):
+    normalised = open_cache(cache).manifest.normalised
+    assert {n.file_name for n in normalised} == set(NORMALISED)
+    for entry in normalised:
+        assert entry.what.startswith(NORMALISED[entry.file_name]), entry
+        assert CASES[entry.image_id - 1].file_name == entry.file_name
