@@ -90,6 +90,20 @@ def test_segnet_loss_handles_strided_maps_and_an_all_ignored_batch():
     assert torch.isfinite(loss.total)
 
 
+def test_segnet_loss_weights_small_instances_and_masks_the_centre_loss_by_ignore():
+    batch = fake_batch(1, 32, 32)
+    pred = SegNet(3, width=8)(batch["image"])
+    plain = segnet_loss(pred, {k: v for k, v in batch.items() if k != "semantic_weight"})
+    batch["semantic_weight"] = torch.full((1, 32, 32), 3.0)
+    assert torch.allclose(segnet_loss(pred, batch).semantic, 3 * plain.semantic)  # weights scale each pixel's loss
+    batch["heatmap"][:] = 0
+    batch["heatmap"][0, 0, :16] = 1.0  # a wrong centre where the ignore region will be
+    before = segnet_loss(pred, batch).heatmap
+    batch["semantic"][0, :16] = 255
+    after = segnet_loss(pred, batch).heatmap
+    assert after < before  # the ignored half no longer counts
+
+
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
     step = TrainStep(3, "cpu", width=8, precision="bf16")
     batch = fake_batch(2, 32, 32)

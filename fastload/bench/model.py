@@ -109,10 +109,12 @@ def _instance_at_map(instance: torch.Tensor, size: tuple[int, int]) -> torch.Ten
 
 
 def segnet_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> LossParts:
-    """Panoptic-DeepLab style loss.
+    """Panoptic-DeepLab style loss, with the batch's own weights and masks.
 
-    semantic : cross-entropy over (N, K+1, H, W) logits vs int64 (N, H, W) targets, 255 ignored
-    heatmap  : MSE vs float32 (N, 1, H', W')
+    semantic : cross-entropy over (N, K+1, H, W) logits vs int64 (N, H, W) targets, 255 ignored, each pixel
+               weighted by ``batch["semantic_weight"]`` (small instances count 3x) when the batch has it
+    heatmap  : MSE vs float32 (N, 1, H', W') where ``semantic != 255`` (crowd and outside-image pixels hold no
+               centre the model could be asked for)
     offset   : L1 vs float32 (N, 2, H', W'), averaged over pixels that belong to an instance (instance > 0)
 
     Predictions are computed in float32 whatever the autocast dtype of the forward pass.
@@ -123,11 +125,17 @@ def segnet_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -
         target = target.long()
     # sum / count rather than the mean reduction: a fully ignored batch gives 0, not 0/0 = nan, and no
     # host-side check (which would make CUDA wait) is needed
-    valid = (target != IGNORE_INDEX).sum().clamp_min(1)
-    sem = F.cross_entropy(semantic, target, ignore_index=IGNORE_INDEX, reduction="sum") / valid
+    valid = target != IGNORE_INDEX
+    ce = F.cross_entropy(semantic, target, ignore_index=IGNORE_INDEX, reduction="none")  # 0 where ignored
+    weight = batch.get("semantic_weight")
+    if weight is not None:
+        ce = ce * weight
+    sem = ce.sum() / valid.sum().clamp_min(1)
 
     map_size = tuple(batch["heatmap"].shape[-2:])
-    heat = F.mse_loss(_to_map_size(pred["heatmap"].float(), map_size), batch["heatmap"])
+    centre_mask = (_instance_at_map(target, map_size) != IGNORE_INDEX).unsqueeze(1).to(torch.float32)
+    squared = (_to_map_size(pred["heatmap"].float(), map_size) - batch["heatmap"]).square() * centre_mask
+    heat = squared.sum() / centre_mask.sum().clamp_min(1.0)
 
     mask = (
         (_instance_at_map(batch["instance"], map_size) > 0).unsqueeze(1).to(torch.float32)
