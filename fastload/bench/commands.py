@@ -149,7 +149,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     command = (
         shlex.join(["fastload", *sys.argv[1:]])
-        if Path(sys.argv[0]).name in ("fastload", "__main__.py")
+        # `fastload ...` or `python -m fastload ...`; not another program's __main__ (python -m pytest)
+        if Path(sys.argv[0]).name == "fastload" or Path(sys.argv[0]).parent.name == "fastload"
         else None
     )
     report = run_bench(cfg, command=command, log=lambda msg: print(msg, file=sys.stderr))
