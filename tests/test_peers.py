@@ -38,16 +38,18 @@ def _expected(n: int, size=SIZE) -> dict[str, tuple[torch.dtype, tuple[int, ...]
     }
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("name", PEERS)
-def test_peer_batch_contract_on_the_sample_photos(name, sample_cache):
-    loader = make_peer(name, sample_cache, batch_size=4, size=SIZE, augment="default", device="cpu", num_workers=0)
+def test_peer_batch_contract_on_the_sample_photos(name, device, sample_cache):
+    loader = make_peer(name, sample_cache, batch_size=4, size=SIZE, augment="default", device=device, num_workers=0)
     batch = next(iter(loader))
-    loader.close()
     assert tuple(batch) == BATCH_KEYS
     for key, (dtype, shape) in _expected(4).items():
         assert (batch[key].dtype, tuple(batch[key].shape)) == (dtype, shape), key
-        assert batch[key].device == torch.device("cpu"), key
+        assert batch[key].device == loader.device, key
+    loader.close()
     assert torch.isfinite(batch["image"]).all()
+    batch = {key: value.cpu() for key, value in batch.items()}
 
     cache = open_cache(sample_cache)
     t = AugmentConfig.default().targets

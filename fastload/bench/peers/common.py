@@ -69,7 +69,8 @@ def fit_to_output(
         image = cv2.copyMakeBorder(image, *pads, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         semantic = cv2.copyMakeBorder(semantic, *pads, cv2.BORDER_CONSTANT, value=SEMANTIC_FILL)
         instance = cv2.copyMakeBorder(instance, *pads, cv2.BORDER_CONSTANT, value=INSTANCE_FILL)
-    return np.ascontiguousarray(image), np.ascontiguousarray(semantic), np.ascontiguousarray(instance)
+    # decoded members may be read-only views of the read buffer: torch's collate wants arrays it may own
+    return tuple(a if a.flags.writeable and a.flags.c_contiguous else np.array(a) for a in (image, semantic, instance))
 
 
 class CacheSamples(Dataset):
