@@ -5,7 +5,7 @@
 #   bash benchmarks/run_gpu.sh [OUTDIR]                     (default OUTDIR: benchmarks/results)
 #
 # Runs from a checkout with only PYTHONPATH set (fastload need not be pip-installed): every command is
-# `python -m fastload`. A failing CUDA test does not stop the run: the benchmark still runs, and the script
+# `"$py" -m fastload`. A failing CUDA test does not stop the run: the benchmark still runs, and the script
 # exits nonzero at the end. Sized by environment variables, so a short GPU lease can use it:
 #   FASTLOAD_GPU_N       synthetic images in the cache      (default 2000)
 #   FASTLOAD_GPU_STEPS   measured steps per loader          (default 100)
@@ -13,6 +13,7 @@
 #   FASTLOAD_GPU_ROUNDS  interleaved rounds                 (default 1)
 #   FASTLOAD_GPU_LOADERS loaders                            (default cpu,dali,albumentations,kornia)
 #   FASTLOAD_GPU_TESTS   0 skips the CUDA tests             (default 1)
+#   PYTHON               the interpreter                    (default: python, else python3)
 # Writes into OUTDIR: nvidia-smi output, the CUDA test log, and bench-<gpu>-<date>.json/.png, the JSON that `python benchmarks/results_table.py` turns into the README table.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,12 +23,13 @@ steps=${FASTLOAD_GPU_STEPS:-100}
 warmup=${FASTLOAD_GPU_WARMUP:-10}
 rounds=${FASTLOAD_GPU_ROUNDS:-1}
 loaders=${FASTLOAD_GPU_LOADERS:-cpu,dali,albumentations,kornia}
+py=${PYTHON:-$(command -v python || command -v python3)}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
 cd "$repo"
-gpu=$(python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))") || {
+gpu=$("$py" -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))") || {
     echo "run_gpu.sh: torch sees no CUDA GPU" >&2
     exit 2
 }
@@ -37,17 +39,17 @@ nvidia-smi > "$out/nvidia-smi-$tag.txt" 2>&1 || true
 tests_rc=0
 if [ "${FASTLOAD_GPU_TESTS:-1}" != 0 ]; then
     # the sample data ships inside the package: fastload.sample_data() finds it without any path set up
-    python -m pytest -m cuda -q -rs -p no:cacheprovider tests/ > "$out/gpu-tests-$tag.txt" 2>&1
+    "$py" -m pytest -m cuda -q -rs -p no:cacheprovider tests/ > "$out/gpu-tests-$tag.txt" 2>&1
     tests_rc=$?
     tail -n 20 "$out/gpu-tests-$tag.txt"
     [ "$tests_rc" -eq 0 ] || echo "run_gpu.sh: CUDA tests failed (exit $tests_rc); running the benchmark anyway" >&2
 fi
 
 set -e
-python -m fastload synth --out "$work/synth" --n "$n" --size 512 512 --instances 5 20 --seed 0
-python -m fastload cache build --coco "$work/synth/annotations.json" --images "$work/synth/images" \
+"$py" -m fastload synth --out "$work/synth" --n "$n" --size 512 512 --instances 5 20 --seed 0
+"$py" -m fastload cache build --coco "$work/synth/annotations.json" --images "$work/synth/images" \
     --out "$work/cache" --workers "$(nproc)" --no-progress
-python -m fastload bench --cache "$work/cache" --config configs/default.yaml --loaders "$loaders" \
+"$py" -m fastload bench --cache "$work/cache" --config configs/default.yaml --loaders "$loaders" \
     --batch-size 48 --size 512 512 --steps "$steps" --warmup "$warmup" --rounds "$rounds" \
     --workers "$(nproc)" --device cuda --model segnet --precision bf16 \
     --out "$out/bench-$tag.json" --plot "$out/bench-$tag.png"
