@@ -5,7 +5,7 @@
 #   bash benchmarks/run_gpu.sh [OUTDIR]                     (default OUTDIR: benchmarks/results)
 #
 # Runs from a checkout with only PYTHONPATH set (fastload need not be pip-installed): every command is
-# `"$py" -m fastload`. A failing CUDA test does not stop the run: the benchmark still runs, and the script
+# `python -m fastload`. A failing CUDA test does not stop the run: the benchmark still runs, and the script
 # exits nonzero at the end. Sized by environment variables, so a short GPU lease can use it:
 #   FASTLOAD_GPU_N       synthetic images in the cache      (default 2000)
 #   FASTLOAD_GPU_STEPS   measured steps per loader          (default 100)
@@ -14,7 +14,8 @@
 #   FASTLOAD_GPU_LOADERS loaders                            (default cpu,dali,albumentations,kornia)
 #   FASTLOAD_GPU_TESTS   0 skips the CUDA tests             (default 1)
 #   PYTHON               the interpreter                    (default: python, else python3)
-# Writes into OUTDIR: nvidia-smi output, the CUDA test log, and bench-<gpu>-<date>.json/.png, the JSON that `python benchmarks/results_table.py` turns into the README table.
+# Writes into OUTDIR: nvidia-smi output, the CUDA test log, and bench-<gpu>-<date>.json/.png, the JSON that
+# `python benchmarks/results_table.py` turns into the README table.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-"$repo/benchmarks/results"}
