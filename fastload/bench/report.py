@@ -148,9 +148,12 @@ def plot(path: str | Path, report: dict[str, Any], *, batch_size: int | None = N
     bs = batch_size if batch_size in sizes else sizes[-1]
     at_bs = [r for r in results if r["batch_size"] == bs]
     sweep = len(sizes) > 1
-    fig, axes = plt.subplots(1, 3 if sweep else 2, figsize=(14 if sweep else 9, 4.2), constrained_layout=True)
+    panel = max(4.5, 1.3 * len(at_bs))  # room for every loader's bar and label
+    fig, axes = plt.subplots(
+        1, 3 if sweep else 2, figsize=(2 * panel + (5 if sweep else 0), 4.4), constrained_layout=True
+    )
     colours = COLOURS
-    labels = [f"{r['loader']}\n({r['device']})" for r in at_bs]
+    labels = [f"{r['loader'].replace('-', '-' + chr(10))}\n({r['device']})" for r in at_bs]
     bar_colours = [colours.get(r["loader"], "#888888") for r in at_bs]
 
     ax = axes[0]
@@ -158,6 +161,7 @@ def plot(path: str | Path, report: dict[str, Any], *, batch_size: int | None = N
     bars = ax.bar(labels, values, color=bar_colours)
     ratios = [f"{r['samples_per_s'] or 0:.1f}" + (f"\n{r['vs_baseline']:.2f}x" if r.get("vs_baseline") else "") for r in at_bs]
     ax.bar_label(bars, labels=ratios)
+    ax.set_ylim(0, 1.2 * max(values, default=0.0) or 1.0)
     ax.set_ylabel("samples / s")
     ax.set_title(f"throughput, batch {bs}")
 
