@@ -205,3 +205,11 @@ def test_limited_cores_reaches_processes_that_already_run():
     finally:
         child.kill()
         child.wait()
+
+
+def test_cores_flag_takes_a_list_or_all():
+    from fastload.bench.commands import _cores_list
+    from fastload.cores import usable_cores
+
+    assert _cores_list("1,2") == (1, 2)
+    assert _cores_list("all") == (usable_cores(),)
