@@ -111,6 +111,17 @@ def test_a_missing_library_names_the_extra(name, module, sample_cache, monkeypat
     assert 'pip install "fastload[peers]"' in message and "\n" not in message
 
 
+def test_the_bench_says_a_peer_is_missing_before_measuring_anything(synth_cache, monkeypatch, capsys):
+    from fastload.cli import main
+
+    monkeypatch.setitem(sys.modules, "kornia", None)
+    monkeypatch.delitem(sys.modules, "kornia.augmentation", raising=False)
+    argv = ["bench", "--cache", str(synth_cache), "--loaders", "cpu,kornia", "--device", "cpu", "--model", "none"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert 'pip install "fastload[peers]"' in captured.err and "bench: cpu loader" not in captured.err
+
+
 def test_fastload_and_its_bench_do_not_import_the_peer_libraries():
     code = (
         "import sys, fastload, fastload.bench.run, fastload.bench.commands, fastload.bench.peers, fastload.cli\n"

@@ -195,6 +195,12 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure every loader at every batch size (and core count), ``cfg.rounds`` times interleaved; return the
     report dict (schema: fastload.bench.report)."""
+    if loader_factory is make_loader:  # a missing peer library is said before anything is measured
+        from fastload.bench.peers import require_peer
+
+        for name in cfg.loaders:
+            if name in PEERS:
+                require_peer(name)
     if cfg.model == "segnet" and num_classes is None:
         num_classes = foreground_classes(cfg.cache)
     runs = []

@@ -21,6 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 PEERS = ("albumentations", "albumentations-loop", "kornia")
+_LIBRARY = {"albumentations": "albumentations", "albumentations-loop": "albumentations", "kornia": "kornia.augmentation"}
+
+
+def require_peer(name: str) -> None:
+    """Raise the one-line ConfigError naming the ``peers`` extra unless peer ``name``'s library imports."""
+    from fastload.bench.peers.common import require
+
+    require(_LIBRARY[name], peer=name)
 
 
 def make_peer(
