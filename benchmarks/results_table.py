@@ -2,8 +2,10 @@
 
     python benchmarks/results_table.py [DIR ...]
 
-One row per (report, loader, batch size): machine, loader, device, batch, samples/s, stall %, the command that
-produced it, date. Reports are the JSON files ``fastload bench --out`` writes (schema: fastload.bench.report);
+One row per (report, cores, batch size, loader): machine, loader, device, batch, samples/s (the median over
+``--rounds``, with the spread), stall %, the ratio to the report's baseline loader, wait p50/p95, CPU cores busy,
+peak RSS, device-wide GPU memory, the command that produced it, date. Older reports (before peers, rounds and
+core sweeps) render with "-" where they have no value. Reports are the JSON files ``fastload bench --out`` writes (schema: fastload.bench.report);
 other JSON files in the folder are skipped with a note on stderr.
 """
 
@@ -15,7 +17,22 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HEADER = ("machine", "loader", "device", "batch", "samples/s", "stall %", "command", "date")
+HEADER = (
+    "machine",
+    "loader",
+    "device",
+    "batch",
+    "samples/s",
+    "stall %",
+    "x baseline",
+    "cores",
+    "wait p50/p95 ms",
+    "cores busy",
+    "peak RSS MB",
+    "GPU MB",
+    "command",
+    "date",
+)
 
 
 def machine_label(machine: dict[str, Any]) -> str:
@@ -32,16 +49,28 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     machine = machine_label(report.get("machine", {}))
     command = report.get("command", "")
     date = str(report.get("date", ""))[:10]
+    baseline = report.get("baseline")
     out = []
     for r in report.get("results", []):
+        rate = _num(r.get("samples_per_s"), ".1f")
+        if (r.get("rounds") or 1) > 1 and r.get("spread_pct") is not None:
+            lo, hi = r.get("samples_per_s_min"), r.get("samples_per_s_max")
+            rate += f" ({_num(lo, '.1f')}–{_num(hi, '.1f')}, {r['rounds']} rounds)"
+        ratio = _num(r.get("vs_baseline"), ".2f")
         out.append(
             (
                 machine,
                 r["loader"],
                 r["device"],
                 str(r["batch_size"]),
-                _num(r.get("samples_per_s"), ".1f"),
+                rate,
                 _num(r.get("stall_pct"), ".1f"),
+                f"{ratio}× {baseline}" if r.get("vs_baseline") is not None else "-",
+                str(r.get("cores") or r.get("workers") or "-"),
+                f"{_num(r.get('wait_p50_ms'), '.0f')} / {_num(r.get('wait_p95_ms'), '.0f')}",
+                _num(r.get("cpu_cores_busy"), ".2f"),
+                _num(r.get("peak_rss_mb"), ".0f"),
+                _num(r.get("gpu_mem_device_mb", r.get("gpu_mem_peak_mb")), ".0f"),
                 f"`{command}`" if command else "",
                 date,
             )

@@ -294,3 +294,20 @@ def test_results_table_prints_markdown_rows_from_reports(tmp_path, capsys):
     assert len(lines) == 2 + 2  # header, rule, cpu and dali rows
     assert "| cpu | cpu | 48 |" in lines[2] and "`fastload bench --cache" in lines[2]
     assert "skipping" in out.err
+
+
+@pytest.mark.cuda
+def test_gpu_memory_is_counted_device_wide_beyond_torchs_allocator():
+    # what a library allocates itself (DALI's pool; CuPy's here) is invisible to torch.cuda.max_memory_allocated
+    from fastload.bench.measure import device_used_bytes
+
+    cupy = pytest.importorskip("cupy")
+    device = torch.device("cuda", torch.cuda.current_device())
+    loader = FakeLoader(batch_size=2, batches_per_epoch=2)
+    before = device_used_bytes(device)
+    held = cupy.zeros(512 * 2**20, dtype=cupy.uint8)  # the loader's own pool, made after the reading before
+    m = measure(loader, None, steps=3, warmup=1, device=device, gpu_before_bytes=before)
+    del held
+    assert m["gpu_mem_device_mb"] >= 500
+    assert m["gpu_mem_device_peak_mb"] >= m["gpu_mem_device_mb"]
+    assert m["gpu_mem_peak_mb"] < 100

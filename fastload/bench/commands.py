@@ -32,18 +32,36 @@ def _loader_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _cores_list(text: str) -> tuple[int, ...]:
+    from fastload.cores import usable_cores
+
+    if text.strip() == "all":
+        return (usable_cores(),)
+    return _int_list(text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="measure loader throughput and data stall under a training step",
-        description="Measure both loaders side by side under the same training step: samples/s, wait for the "
-        "next batch, data stall, CPU, memory. Prints a table; writes JSON and a PNG chart.",
+        description="Measure loaders side by side under the same training step, in one process tree: fastload's "
+        "(cpu: CpuLoader, dali: Loader) and the peers users run today (albumentations, albumentations-loop, "
+        "kornia; pip install \"fastload[peers]\"). samples/s, wait for the next batch, data stall, CPU cores "
+        "busy, memory, GPU memory, and the ratio to a baseline. Prints a table; writes JSON and a PNG chart.",
     )
     p.add_argument("--cache", required=True, help="cache directory (fastload cache build)")
     p.add_argument(
         "--config", default="default", help="augmentation YAML, or 'default' / 'none' (default: default)"
     )
-    p.add_argument("--loaders", type=_loader_list, default=("cpu", "dali"), help="comma-separated: cpu,dali")
+    p.add_argument(
+        "--loaders",
+        type=_loader_list,
+        default=("cpu", "dali"),
+        help="comma-separated, any of: cpu (CpuLoader), dali (Loader; DALI's CPU graph without a GPU), "
+        "albumentations (DataLoader + Albumentations + center_targets), albumentations-loop (the same with "
+        "Panoptic-DeepLab's per-instance target loop, the usual starting point), kornia (Kornia batch "
+        "augmentation on the device). Default: cpu,dali",
+    )
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     p.add_argument("--steps", type=int, default=50, help="measured steps per loader (default 50)")
@@ -62,6 +80,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sweep", type=_int_list, default=None, metavar="B1,B2,...", help="also measure these batch sizes"
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the loader list N times, round-robin, so machine noise hits every loader alike; the table "
+        "shows medians and the spread of samples/s (default 1)",
+    )
+    p.add_argument(
+        "--baseline",
+        default="albumentations",
+        help="the loader the others' samples/s are divided by (default albumentations; absent from --loaders: no ratio)",
+    )
+    p.add_argument(
+        "--cores",
+        type=_cores_list,
+        default=None,
+        metavar="N1,N2,...|all",
+        help="sweep CPU cores: for each N, pin the whole process tree to N CPUs and give every loader N workers / "
+        "threads (overrides --workers); with --plot, also writes <plot>-cores.png (samples/s vs cores)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--out", default=None, help="write the JSON report here")
@@ -74,7 +112,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from fastload.bench.report import format_table, plot, write_json
+    from fastload.bench.report import (
+        baseline_sentence,
+        cores_plot_path,
+        format_table,
+        plot,
+        plot_cores,
+        write_json,
+    )
     from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
 
     if not Path(args.cache).is_dir():
@@ -96,16 +141,21 @@ def _bench(args: argparse.Namespace) -> int:
             width=args.width,
             seed=args.seed,
             prefetch=args.prefetch,
+            rounds=args.rounds,
+            cores=tuple(sorted(set(args.cores))) if args.cores else None,
+            baseline=args.baseline,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     command = (
         shlex.join(["fastload", *sys.argv[1:]])
-        if Path(sys.argv[0]).name in ("fastload", "__main__.py")
+        # `fastload ...` or `python -m fastload ...`; not another program's __main__ (python -m pytest)
+        if Path(sys.argv[0]).name == "fastload" or Path(sys.argv[0]).parent.name == "fastload"
         else None
     )
     report = run_bench(cfg, command=command, log=lambda msg: print(msg, file=sys.stderr))
     print(format_table(report["results"]))
+    print(baseline_sentence(report))
     sentence = dali_device_sentence(report)
     if sentence:
         print(sentence)
@@ -113,4 +163,6 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"wrote {write_json(args.out, report)}")
     if args.plot:
         print(f"wrote {plot(args.plot, report, batch_size=args.batch_size)}")
+        if cfg.cores and len(cfg.cores) > 1:
+            print(f"wrote {plot_cores(cores_plot_path(args.plot), report, batch_size=args.batch_size)}")
     return 0

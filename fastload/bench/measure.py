@@ -21,7 +21,9 @@ Timing rules (what is synchronised, and why):
 
 Resources are sampled by a background thread over the whole process tree (the loop's process and every
 descendant, e.g. DataLoader workers): CPU time (user + system) and the sum of resident set sizes (which counts
-pages shared between forked workers once per process, so it is an upper bound).
+pages shared between forked workers once per process, so it is an upper bound). On CUDA it also samples the
+device-wide GPU memory in use (NVML through ``pynvml`` when installed, else ``torch.cuda.mem_get_info``), which
+counts what torch's allocator does not see: DALI's own memory pool, other libraries, the CUDA context.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ class ProcessTreeSampler:
     CPU time it was last seen with), so the difference of two readings is the tree's CPU time in between.
     """
 
-    def __init__(self, pid: int | None = None, *, interval: float = 0.1) -> None:
+    def __init__(self, pid: int | None = None, *, interval: float = 0.1, gpu: torch.device | None = None) -> None:
         self._root = psutil.Process(pid)
+        self._gpu = gpu
+        self._peak_gpu = 0
         self._interval = interval
         self._cpu: dict[int, float] = {}
         self._base: dict[int, float] = {}
@@ -81,7 +85,9 @@ class ProcessTreeSampler:
                     rss += proc.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
+        gpu_used = device_used_bytes(self._gpu) if self._gpu is not None else 0
         with self._lock:
+            self._peak_gpu = max(self._peak_gpu, gpu_used)
             for pid, cpu in seen.items():
                 # a process first seen after start() began at 0 s; one seen at start() counts from there
                 self._base.setdefault(pid, 0.0 if self._thread is not None else cpu)
@@ -113,9 +119,31 @@ class ProcessTreeSampler:
         with self._lock:
             return self._peak_rss
 
+    def peak_gpu_bytes(self) -> int:
+        """The most device-wide GPU memory in use at any reading (0 without a GPU to watch)."""
+        with self._lock:
+            return self._peak_gpu
+
     def reset_peak(self) -> None:
         with self._lock:
             self._peak_rss = 0
+            self._peak_gpu = 0
+
+
+def device_used_bytes(device: torch.device) -> int:
+    """GPU memory in use on ``device`` by every process and allocator: NVML's ``used`` when ``pynvml`` is
+    installed, else total − free from ``torch.cuda.mem_get_info`` (the same number, from the driver)."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)  # NVML counts devices as CUDA does without masking
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:  # noqa: BLE001 - pynvml missing or NVML unusable (CUDA_VISIBLE_DEVICES remaps): ask CUDA
+        free, total = torch.cuda.mem_get_info(index)
+        return int(total - free)
 
 
 def endless(loader: EpochLoader) -> Iterator[dict[str, torch.Tensor]]:
@@ -161,6 +189,7 @@ def measure(
     warmup: int,
     device: torch.device | str,
     batches: Iterable[dict[str, torch.Tensor]] | None = None,
+    gpu_before_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Run ``warmup`` then ``steps`` training steps and return the measurements.
 
@@ -171,10 +200,13 @@ def measure(
     steps, warmup : measured steps, and steps run before measuring (worker start-up, cuDNN autotuning)
     device : where the step runs; batches elsewhere are moved there (timed as host-to-device)
     batches : an iterator to use instead of ``endless(loader)`` (tests)
+    gpu_before_bytes : device-wide GPU memory in use before the loader was made (`device_used_bytes`); the
+        ``gpu_mem_device_mb`` reported is the peak above it (None: above the reading at the start of measure)
 
     Returns a dict of JSON-ready numbers: samples_per_s, batches_per_s, wait_p50_ms, wait_p95_ms,
     wait_mean_ms, h2d_mean_ms, step_mean_ms, stall_pct, stall_method, cpu_cores_busy, cpu_util_pct, peak_rss_mb,
-    gpu_mem_peak_mb, first_batch_s, wall_s, steps, warmup, samples.
+    gpu_mem_peak_mb (torch's allocator), gpu_mem_device_mb (device-wide, above ``gpu_before_bytes``: DALI's pool
+    too), gpu_mem_device_peak_mb (device-wide in use at the peak), first_batch_s, wall_s, steps, warmup, samples.
     """
     if steps < 1:
         raise ValueError(f"measure: steps must be >= 1, got {steps}")
@@ -183,7 +215,9 @@ def measure(
     device = torch.device(device)
     cuda = device.type == "cuda"
     it = iter(batches) if batches is not None else endless(loader)
-    sampler = ProcessTreeSampler().start()
+    if cuda and gpu_before_bytes is None:
+        gpu_before_bytes = device_used_bytes(device)
+    sampler = ProcessTreeSampler(gpu=device if cuda else None).start()
     try:
         t_first = time.perf_counter()
         for i in range(warmup):
@@ -277,5 +311,7 @@ def measure(
         "cpu_util_pct": 100.0 * cores / usable_cores(),
         "peak_rss_mb": sampler.peak_rss_bytes() / 2**20,
         "gpu_mem_peak_mb": (torch.cuda.max_memory_allocated(device) / 2**20) if cuda else None,
+        "gpu_mem_device_mb": (sampler.peak_gpu_bytes() - gpu_before_bytes) / 2**20 if cuda else None,
+        "gpu_mem_device_peak_mb": sampler.peak_gpu_bytes() / 2**20 if cuda else None,
         "first_batch_s": first_batch_s,
     }

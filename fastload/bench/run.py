@@ -1,19 +1,36 @@
-"""``run_bench``: both loaders side by side under the same training step, in one process, one after the other."""
+"""``run_bench``: fastload's loaders and the peers side by side under the same training step, in one process tree.
+
+Every measurement makes a fresh loader, warms it up, measures it and closes it. The order is
+
+    for cores in the --cores sweep (or just the usable cores):      restrict the process tree's CPUs, workers = cores
+        for round in 1..rounds:                                      interleaved, so noise hits every loader alike
+            for batch_size in batch_sizes:
+                for loader in loaders:                               measure
+
+and the report's ``results`` hold one row per (cores, batch size, loader): the median over the rounds of each
+number (``runs`` keeps every single measurement), the spread of samples/s, and the ratio to the baseline loader.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from fastload.bench.measure import measure
+from fastload.bench.affinity import limited_cores
+from fastload.bench.measure import device_used_bytes, measure
+from fastload.bench.peers import PEERS
 from fastload.bench.sysinfo import machine_info, now_iso
 from fastload.cores import usable_cores
 
-LOADERS = ("cpu", "dali")
+LOADERS = ("cpu", "dali", *PEERS)
+DEFAULT_LOADERS = ("cpu", "dali")
+DEFAULT_BASELINE = "albumentations"
 MODELS = ("none", "segnet")
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -24,7 +41,7 @@ class BenchConfig:
 
     cache : cache directory
     augment : augmentation config: a YAML path, "default" or "none"
-    loaders : names from LOADERS, run in this order
+    loaders : names from LOADERS, run in this order (the peers: fastload.bench.peers)
     batch_sizes : each loader is measured at each batch size
     size : output (height, width)
     steps, warmup : measured steps, and unmeasured steps before them
@@ -33,11 +50,14 @@ class BenchConfig:
     model : "segnet" trains SegNet on each batch; "none" measures the loader alone
     precision : "bf16" (autocast) | "fp32", for the model
     width : SegNet's first-stage channels
+    rounds : repetitions of the whole loader list, interleaved; results are medians over them
+    cores : CPU counts to sweep (the process tree's affinity, and workers = cores); None: no restriction
+    baseline : the loader the others' samples/s are divided by (absent from ``loaders``: no ratio)
     """
 
     cache: str
     augment: str = "default"
-    loaders: tuple[str, ...] = LOADERS
+    loaders: tuple[str, ...] = DEFAULT_LOADERS
     batch_sizes: tuple[int, ...] = (48,)
     size: tuple[int, int] = (512, 512)
     steps: int = 50
@@ -49,6 +69,9 @@ class BenchConfig:
     width: int = 32
     seed: int = 0
     prefetch: int = 2
+    rounds: int = 1
+    cores: tuple[int, ...] | None = None
+    baseline: str = DEFAULT_BASELINE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,6 +92,14 @@ class BenchConfig:
             )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"bench: workers must be >= 1, got {self.workers}")
+        if self.rounds < 1:
+            raise ValueError(f"bench: rounds must be >= 1, got {self.rounds}")
+        if self.baseline not in LOADERS:
+            raise ValueError(f"bench: unknown baseline {self.baseline!r}; choose from {', '.join(LOADERS)}")
+        if self.cores is not None:
+            usable = usable_cores()
+            if not self.cores or min(self.cores) < 1 or max(self.cores) > usable:
+                raise ValueError(f"bench: cores must be in 1..{usable} (the CPUs this process may use), got {self.cores}")
         if self.model == "segnet" and (self.size[0] % 16 or self.size[1] % 16):
             raise ValueError(f"bench: with --model segnet the size must be divisible by 16, got {self.size}")
 
@@ -100,6 +131,12 @@ class BenchConfig:
         ]
         argv += ["--model", self.model, "--precision", self.precision, "--width", str(self.width)]
         argv += ["--seed", str(self.seed)]
+        if self.rounds != 1:
+            argv += ["--rounds", str(self.rounds)]
+        if self.cores is not None:
+            argv += ["--cores", ",".join(map(str, self.cores))]
+        if self.baseline != DEFAULT_BASELINE:
+            argv += ["--baseline", self.baseline]
         return shlex.join(argv)
 
 
@@ -107,10 +144,25 @@ LoaderFactory = Callable[..., Any]
 
 
 def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
-    """``fastload.CpuLoader`` ("cpu") or ``fastload.Loader`` ("dali") for one measurement."""
+    """``fastload.CpuLoader`` ("cpu"), ``fastload.Loader`` ("dali") or a peer (fastload.bench.peers) for one
+    measurement; every one gets ``cfg.resolved_workers`` worker processes or threads."""
     import fastload
     from fastload.show import dali_device
 
+    if name in PEERS:
+        from fastload.bench.peers import make_peer
+
+        return make_peer(
+            name,
+            cfg.cache,
+            batch_size=batch_size,
+            size=tuple(cfg.size),
+            augment=cfg.augment,
+            device=cfg.device,
+            num_workers=cfg.resolved_workers,
+            seed=cfg.seed,
+            prefetch=cfg.prefetch,
+        )
     cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[name]
     return cls(
         cfg.cache,
@@ -141,52 +193,110 @@ def run_bench(
     num_classes: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure every loader at every batch size; return the report dict (schema: fastload.bench.report)."""
-    from fastload.bench.model import TrainStep
+    """Measure every loader at every batch size (and core count), ``cfg.rounds`` times interleaved; return the
+    report dict (schema: fastload.bench.report)."""
+    if loader_factory is make_loader:  # a missing peer library is said before anything is measured
+        from fastload.bench.peers import require_peer
 
+        for name in cfg.loaders:
+            if name in PEERS:
+                require_peer(name)
     if cfg.model == "segnet" and num_classes is None:
         num_classes = foreground_classes(cfg.cache)
-    results = []
-    for batch_size in cfg.batch_sizes:
-        for name in cfg.loaders:
-            log(
-                f"bench: {name} loader, batch {batch_size}: {cfg.warmup} warm-up + {cfg.steps} measured steps ..."
-            )
-            loader = loader_factory(name, cfg, batch_size)
-            try:
-                device = torch.device(loader.device)
-                step = None
-                if cfg.model == "segnet" and device.type == "cpu" and cfg.precision == "bf16":
-                    _warn_cpu_bf16(log)
-                if cfg.model == "segnet":
-                    step = TrainStep(
-                        num_classes, device, width=cfg.width, precision=cfg.precision, seed=cfg.seed
-                    )
-                m = measure(loader, step, steps=cfg.steps, warmup=cfg.warmup, device=device)
-            finally:
-                loader.close()
-            results.append(
-                {
-                    "loader": name,
-                    "device": str(device),
-                    "batch_size": batch_size,
-                    "workers": cfg.resolved_workers,
-                    "model": cfg.model,
-                    "precision": cfg.precision if cfg.model != "none" else None,
-                    **m,
-                }
-            )
-            del step
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    runs = []
+    for cores in cfg.cores or (None,):
+        at = cfg if cores is None else dataclasses.replace(cfg, workers=cores)
+        with limited_cores(cores):
+            for round_ in range(cfg.rounds):
+                for batch_size in cfg.batch_sizes:
+                    for name in cfg.loaders:
+                        where = f"{name} loader, batch {batch_size}" + (f", {cores} cores" if cores else "")
+                        if cfg.rounds > 1:
+                            where += f", round {round_ + 1}/{cfg.rounds}"
+                        log(f"bench: {where}: {cfg.warmup} warm-up + {cfg.steps} measured steps ...")
+                        row = _measure_one(name, at, batch_size, num_classes, loader_factory, log)
+                        runs.append({**row, "cores": cores or usable_cores(), "round": round_})
     return {
         "schema": 1,
         "machine": machine_info(),
         "command": command or cfg.command(),
         "date": now_iso(),
         "config": cfg.to_json(),
-        "results": results,
+        "baseline": cfg.baseline if cfg.baseline in cfg.loaders else None,
+        "results": summarise(runs, cfg.baseline),
+        "runs": runs,
     }
+
+
+def _measure_one(
+    name: str,
+    cfg: BenchConfig,
+    batch_size: int,
+    num_classes: int | None,
+    loader_factory: LoaderFactory,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from fastload.bench.model import TrainStep
+
+    # device-wide GPU memory before the loader exists: what it adds (DALI's own pool too) is the peak above this
+    gpu = cfg.device != "cpu" and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.synchronize()
+    before = device_used_bytes(torch.device("cuda", torch.cuda.current_device())) if gpu else None
+    loader = loader_factory(name, cfg, batch_size)
+    step = None
+    try:
+        device = torch.device(loader.device)
+        if cfg.model == "segnet" and device.type == "cpu" and cfg.precision == "bf16":
+            _warn_cpu_bf16(log)
+        if cfg.model == "segnet":
+            step = TrainStep(num_classes, device, width=cfg.width, precision=cfg.precision, seed=cfg.seed)
+        m = measure(loader, step, steps=cfg.steps, warmup=cfg.warmup, device=device, gpu_before_bytes=before)
+    finally:
+        loader.close()
+    del step
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "loader": name,
+        "device": str(device),
+        "batch_size": batch_size,
+        "workers": cfg.resolved_workers,
+        "model": cfg.model,
+        "precision": cfg.precision if cfg.model != "none" else None,
+        **m,
+    }
+
+
+def summarise(runs: list[dict[str, Any]], baseline: str | None) -> list[dict[str, Any]]:
+    """One row per (cores, batch size, loader), in first-run order: every number the median over its rounds,
+    plus ``rounds``, ``samples_per_s_rounds`` / ``_min`` / ``_max``, ``spread_pct`` ((max − min) / median) and
+    ``vs_baseline`` (samples/s over the baseline's at the same cores and batch size; None without it)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["cores"], r["batch_size"], r["loader"]), []).append(r)
+    rows = []
+    for members in groups.values():
+        row = {k: v for k, v in members[0].items() if k != "round"}
+        for key, value in members[0].items():
+            values = [m.get(key) for m in members]
+            # measured numbers are floats; ints (batch size, workers, steps, cores) name the row
+            if isinstance(value, float) and all(isinstance(v, (int, float)) for v in values):
+                row[key] = statistics.median(values)
+        rates = [m["samples_per_s"] for m in members]
+        row.update(
+            rounds=len(members),
+            samples_per_s_rounds=rates,
+            samples_per_s_min=min(rates),
+            samples_per_s_max=max(rates),
+            spread_pct=100.0 * (max(rates) - min(rates)) / row["samples_per_s"] if row["samples_per_s"] else None,
+        )
+        rows.append(row)
+    base = {(r["cores"], r["batch_size"]): r["samples_per_s"] for r in rows if r["loader"] == baseline}
+    for r in rows:
+        b = base.get((r["cores"], r["batch_size"]))
+        r["vs_baseline"] = r["samples_per_s"] / b if b else None
+    return rows
 
 
 _warned: set[str] = set()

@@ -1,0 +1,75 @@
+"""Peer loaders: what users run today, behind fastload's batch contract, for ``fastload bench --loaders``.
+
+=======================  ========================================================================================
+name                     what it is
+=======================  ========================================================================================
+``albumentations``       torch DataLoader workers: OpenCV decode, ``A.Compose``, `fastload.targets.center_targets`
+``albumentations-loop``  the same with Panoptic-DeepLab's per-instance target loop (`center_targets_per_instance`)
+``kornia``               DataLoader workers decode + resize; Kornia batch augmentation and
+                         `fastload.targets.render_targets` on the loader's device
+=======================  ========================================================================================
+
+Each reads the same cache (`fastload.open_cache`) and draws its augmentation from the same YAML
+(`fastload.augment.config.AugmentConfig`) as closely as its library allows; each module's docstring has the table
+of differences. The libraries are optional (``pip install "fastload[peers]"``) and are imported only when a peer
+is made: ``import fastload`` and ``fastload.bench`` never import them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+PEERS = ("albumentations", "albumentations-loop", "kornia")
+_LIBRARY = {"albumentations": "albumentations", "albumentations-loop": "albumentations", "kornia": "kornia.augmentation"}
+
+
+def require_peer(name: str) -> None:
+    """Raise the one-line ConfigError naming the ``peers`` extra unless peer ``name``'s library imports."""
+    from fastload.bench.peers.common import require
+
+    require(_LIBRARY[name], peer=name)
+
+
+def make_peer(
+    name: str,
+    cache: Any,
+    *,
+    batch_size: int,
+    size: Sequence[int] = (512, 512),
+    augment: Any = "default",
+    device: str = "cpu",
+    num_workers: int = 2,
+    seed: int = 0,
+    prefetch: int = 2,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> Any:
+    """A peer loader (``name`` from `PEERS`) over ``cache`` (a path or an opened cache).
+
+    ``augment`` is what `fastload.Loader` takes (None, "default", "none", a YAML path, an AugmentConfig);
+    ``device`` "auto" | "cpu" | "cuda[:N]" as there. The loader yields fastload's batch dicts on ``device``.
+    """
+    from fastload.loader import _augment, _device, _open, _size
+
+    if name not in PEERS:
+        raise ValueError(f"unknown peer loader {name!r}; choose from {', '.join(PEERS)}")
+    cfg = _augment(augment)
+    kwargs = dict(
+        augment=cfg,
+        batch_size=int(batch_size),
+        size=_size(size, stride=cfg.targets.stride),
+        device=_device(device),
+        num_workers=int(num_workers),
+        seed=int(seed),
+        prefetch=int(prefetch),
+        shuffle=shuffle,
+        drop_last=drop_last,
+    )
+    if name == "kornia":
+        from fastload.bench.peers.kornia_peer import make_kornia_loader
+
+        return make_kornia_loader(_open(cache), **kwargs)
+    from fastload.bench.peers.albu import make_albumentations_loader
+
+    return make_albumentations_loader(_open(cache), loop=name == "albumentations-loop", **kwargs)

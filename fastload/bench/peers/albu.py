@@ -1,0 +1,203 @@
+"""The ``albumentations`` peer: what a competent engineer writes today with a torch DataLoader and Albumentations.
+
+Per sample, in DataLoader worker processes (persistent, one OpenCV thread each, as many as the CpuLoader gets):
+read the cache sample, OpenCV decode, resize to fit the output (`fastload.bench.peers.common.fit_to_output`),
+one ``A.Compose`` on uint8 pixels, then the Panoptic-DeepLab targets from the *augmented* instance mask with
+`fastload.targets.center_targets` and `semantic_weights` (or, as ``albumentations-loop``, with Panoptic-DeepLab's
+per-instance loop `fastload.targets.center_targets_per_instance`: the user's true starting point). On a CPU
+loader the worker also normalises (once, uint8 → float32 CHW); for CUDA it hands over uint8 and the main process
+normalises on the GPU, from pinned memory.
+
+The pipeline, built from the same YAML (`fastload.augment.config.AugmentConfig`), and where it differs from
+fastload's distribution (``configs/default.yaml``):
+
+=====================  ==============================================  =============================================
+fastload               Albumentations                                  difference
+=====================  ==============================================  =============================================
+flip_x / flip_y        ``HorizontalFlip`` / ``VerticalFlip``           same
+rotation, scale,       one ``Affine(rotate, scale, translate_percent,  one gate: applied with p = P(any of the three
+translation            linear image, nearest masks, fill 0, mask       is on) = 0.825 by default, and then all three
+(independent gates)    fill semantic 255 / instance 0)                 are drawn (fastload gates each); a second
+                                                                       resampling after the resize-to-fit
+hue (degrees), sat     ``HueSaturationValue(hue_shift_limit=hue/2,     OpenCV HSV (hue in 2-degree units, saturation
+(factor)               sat_shift_limit=±(f−1)·128)``, one gate         *added*, ±(f − 1)·128 ≈ the factor at mid
+                                                                       saturation) instead of DALI's YIQ rotation;
+                                                                       one gate p = 1 − (1 − p_h)(1 − p_s)
+brightness, contrast   ``RandomBrightnessContrast(brightness_by_max=   brightness added as a fraction of the image
+(factors)              False)``, one gate                              mean, contrast about 0 (fastload: factors,
+                                                                       contrast about 128); one gate as above
+noise σ (0..255)       ``GaussNoise(std_range=σ/255)``                 fresh per-pixel Gaussian noise (fastload: a
+                                                                       window of a fixed, replayable texture)
+shadow (straight band) ``RandomShadow`` (whole image, one shadow,      a random polygon (5 vertices) instead of a
+                       shadow_intensity_range=strength)                straight band of drawn half-width
+=====================  ==============================================  =============================================
+
+Order as fastload: geometry, hue/saturation, brightness/contrast, shadow, noise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from fastload.augment.config import AugmentConfig, TargetsConfig
+from fastload.augment.reference import INSTANCE_FILL, SEMANTIC_FILL, normalize_image
+from fastload.bench.peers.common import CacheSamples, PeerLoader, require, widen_labels
+from fastload.errors import ConfigError
+from fastload.pipeline.batch import normalize_batch, numpy_targets
+from fastload.targets import center_targets_per_instance, semantic_weights
+
+
+def _either(*ps: float) -> float:
+    """P(at least one of independent gates is on): one Albumentations gate for several fastload gates."""
+    off = 1.0
+    for p in ps:
+        off *= 1.0 - p
+    return 1.0 - off
+
+
+def build_compose(cfg: AugmentConfig, *, seed: int | None = None) -> Any:
+    """The ``A.Compose`` for ``cfg`` (see the module docstring for the mapping); masks as one uint16 (H, W, 2)
+    stack (semantic, instance) so one nearest warp moves both, with per-channel fill (255, 0)."""
+    A = require("albumentations", peer="albumentations")
+    geo, pho = cfg.geometry, cfg.photometric
+    ops: list[Any] = []
+    if geo.flip_x > 0:
+        ops.append(A.HorizontalFlip(p=geo.flip_x))
+    if geo.flip_y > 0:
+        ops.append(A.VerticalFlip(p=geo.flip_y))
+    p_affine = _either(geo.rotation.p, geo.scale.p, geo.translation.p)
+    if p_affine > 0:
+        m = geo.translation.max_fraction if geo.translation.p > 0 else 0.0
+        ops.append(
+            A.Affine(
+                rotate=tuple(geo.rotation.range) if geo.rotation.p > 0 else 0.0,
+                scale=tuple(geo.scale.range) if geo.scale.p > 0 else 1.0,
+                translate_percent={"x": (-m, m), "y": (-m, m)},
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=(SEMANTIC_FILL, INSTANCE_FILL),
+                p=p_affine,
+            )
+        )
+    p_hs = _either(pho.hue.p, pho.saturation.p)
+    if p_hs > 0:
+        hue = tuple(h / 2.0 for h in pho.hue.range) if pho.hue.p > 0 else 0.0  # OpenCV hue: 2 degrees per unit
+        sat = tuple((f - 1.0) * 128.0 for f in pho.saturation.range) if pho.saturation.p > 0 else 0.0
+        ops.append(A.HueSaturationValue(hue_shift_limit=hue, sat_shift_limit=sat, val_shift_limit=0, p=p_hs))
+    p_bc = _either(pho.brightness.p, pho.contrast.p)
+    if p_bc > 0:
+        bri = tuple(f - 1.0 for f in pho.brightness.range) if pho.brightness.p > 0 else 0.0
+        con = tuple(f - 1.0 for f in pho.contrast.range) if pho.contrast.p > 0 else 0.0
+        ops.append(A.RandomBrightnessContrast(brightness_limit=bri, contrast_limit=con, brightness_by_max=False, p=p_bc))
+    if pho.shadow.p > 0:
+        ops.append(
+            A.RandomShadow(
+                shadow_roi=(0.0, 0.0, 1.0, 1.0),
+                num_shadows_limit=(1, 1),
+                shadow_intensity_range=tuple(pho.shadow.strength),
+                p=pho.shadow.p,
+            )
+        )
+    if pho.noise.p > 0:
+        ops.append(A.GaussNoise(std_range=tuple(s / 255.0 for s in pho.noise.range), p=pho.noise.p))
+    return A.Compose(ops, seed=seed)
+
+
+def loop_targets(instance: np.ndarray, targets: TargetsConfig) -> dict[str, np.ndarray]:
+    """`fastload.pipeline.batch.numpy_targets` with Panoptic-DeepLab's per-instance loop for heat and offsets."""
+    heatmap, offset = center_targets_per_instance(instance, sigma=int(targets.sigma))
+    weight = semantic_weights(
+        instance, small_instance_area=targets.small_instance_area, small_instance_weight=targets.small_instance_weight
+    )
+    return {"heatmap": heatmap[None], "offset": offset, "semantic_weight": weight}
+
+
+class AlbumentationsTransform:
+    """The worker's per-sample step: ``A.Compose``, targets, and (CPU loader) normalisation."""
+
+    def __init__(self, cfg: AugmentConfig, *, loop: bool, normalize: bool) -> None:
+        self.cfg, self.loop, self.normalize = cfg, loop, normalize
+        self.compose = build_compose(cfg)
+
+    def reseed(self, seed: int) -> None:
+        self.compose.set_random_seed(seed)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        masks = np.stack([sample["semantic"].astype(np.uint16), sample["instance"]], axis=-1)
+        out = self.compose(image=sample["image"], mask=masks)
+        image, masks = out["image"], out["mask"]
+        semantic, instance = masks[..., 0].astype(np.uint8), masks[..., 1].view(np.int16)  # ids <= 32767
+        targets = (loop_targets if self.loop else numpy_targets)(instance, self.cfg.targets)
+        if self.normalize:
+            image = normalize_image(image, self.cfg.normalize.mean, self.cfg.normalize.std)
+        return {
+            "image": image,
+            "semantic": semantic,
+            "instance": instance,
+            **targets,
+            "index": sample["index"],
+        }
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch.utils.data as tud
+
+    cv2.setNumThreads(1)
+    info = tud.get_worker_info()
+    # each worker its own augmentation stream (torch gives every worker a different seed)
+    info.dataset.transform.reseed(info.seed % 2**32)
+
+
+def make_albumentations_loader(
+    cache: Any,
+    *,
+    augment: AugmentConfig,
+    batch_size: int,
+    size: tuple[int, int],
+    device: torch.device,
+    num_workers: int,
+    seed: int = 0,
+    prefetch: int = 2,
+    loop: bool = False,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> PeerLoader:
+    """The Albumentations peer (``loop``: Panoptic-DeepLab's per-instance target loop) over an opened cache."""
+    if loop and (augment.targets.stride != 1 or augment.targets.sigma != int(augment.targets.sigma)):
+        raise ConfigError(
+            "albumentations-loop: Panoptic-DeepLab's per-instance loop renders stride 1 with an integer sigma; "
+            f"the config has stride {augment.targets.stride}, sigma {augment.targets.sigma}"
+        )
+    device = torch.device(device)
+    transform = AlbumentationsTransform(augment, loop=loop, normalize=device.type == "cpu")
+    transform.reseed(seed)
+    dataset = CacheSamples(cache, size, augment.geometry.fit, transform)
+    norm = augment.normalize
+
+    def finish(raw: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
+        cuda = dev.type == "cuda"
+        batch = widen_labels(raw, dev)
+        image = raw["image"].to(dev, non_blocking=cuda)
+        batch["image"] = image if image.dtype == torch.float32 else normalize_batch(image, norm.mean, norm.std)
+        for key in ("heatmap", "offset", "semantic_weight"):
+            batch[key] = raw[key].to(dev, non_blocking=cuda)
+        return batch
+
+    return PeerLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        device=device,
+        prefetch=prefetch,
+        finish=finish,
+        worker_init=_worker_init,
+    )
