@@ -13,7 +13,8 @@ Heat and offset maps and the semantic loss weights are rendered here, after augm
 - on CUDA, `fastload.targets.render_targets`, the batched torch twin: integer scatter-adds, one gather, one
   scatter-max, no Python loop over samples or instances and, given the largest instance id from the samples'
   metadata, no host synchronisation;
-- on the CPU, `fastload.targets.center_targets` and `semantic_weights` per sample (NumPy over runs of pixels:
+- on the CPU, `fastload.targets.center_targets` and `semantic_weights` per sample (`sample_targets`: both from one
+  pass, NumPy over runs of pixels:
   1.5-6x faster there than the torch twin, which touches every pixel several times; see
   benchmarks/test_bench_targets.py). The CPU loader's workers call `numpy_targets` themselves, in parallel.
 
@@ -31,7 +32,7 @@ from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import map_hw
 from fastload.augment.reference import normalize_constants
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.targets import center_targets, semantic_weights
+from fastload.targets import sample_targets
 
 
 def normalize_batch(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -64,9 +65,12 @@ def _widen(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def numpy_targets(instance: np.ndarray, targets: TargetsConfig) -> dict[str, np.ndarray]:
     """One sample's targets from its augmented instance mask (H, W): ``heatmap`` float32 (1, H', W'),
     ``offset`` float32 (2, H', W'), ``semantic_weight`` float32 (H, W) — the NumPy definition."""
-    heatmap, offset = center_targets(instance, targets.sigma, stride=targets.stride)
-    weight = semantic_weights(
-        instance, small_instance_area=targets.small_instance_area, small_instance_weight=targets.small_instance_weight
+    heatmap, offset, weight = sample_targets(
+        instance,
+        sigma=targets.sigma,
+        stride=targets.stride,
+        small_instance_area=targets.small_instance_area,
+        small_instance_weight=targets.small_instance_weight,
     )
     return {"heatmap": heatmap[None], "offset": offset, "semantic_weight": weight}
 
