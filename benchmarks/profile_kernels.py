@@ -14,8 +14,9 @@ each stage by it: the expected CPU time of one sample.
 Inputs: ``--samples`` synthetic images (``fastload.synth``, textured JPEGs with 5-20 overlapping instances)
 built into a cache in a temporary folder, or an existing ``--cache``; both sides start from the same decoded
 image and masks. The process is set up as a CpuLoader worker is: one OpenCV thread, one torch thread, and the
-worker's allocator setting (freed memory kept for reuse; ``--default-malloc`` to leave glibc's defaults and
-see what first-touch page faults cost). Albumentations is optional (``pip install albumentations``): without
+worker's allocator setting (freed memory kept for reuse; ``--default-malloc`` leaves glibc's defaults, whose
+first-touch page faults depend on the process's allocation history: a loader worker suffered them on every
+sample, this warm loop may not). Albumentations is optional (``pip install albumentations``): without
 it only fastload's column is filled.
 
 The two columns do the same *job*, not the same arithmetic: fastload warps once (flip, rotation, scale and
