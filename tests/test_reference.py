@@ -93,6 +93,59 @@ def test_labels_after_any_warp_are_a_subset_plus_fill(index):
     assert set(np.unique(ins)) <= set(np.unique(instance)) | {0}
 
 
+def _dali_source_points(matrix: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """DALI CPU's warp coordinates written plainly: per row, per 256-pixel tile, float32 steps one at a time."""
+    inv = R.dali_inverse_affine(matrix)
+    oh, ow = out_hw
+    out = np.empty((2, oh, ow), dtype=np.float32)
+    for r in range(2):
+        for i in range(oh):
+            for j in range(ow):
+                if j % 256 == 0:  # a tile's first pixel: mapped directly (start + k·tile·step)
+                    x = inv[r, 0] * np.float32(0.5) + inv[r, 1] * (np.float32(i) + np.float32(0.5)) + inv[r, 2]
+                    for _ in range(j // 256):
+                        x = x + np.float32(256) * inv[r, 0]
+                else:
+                    x = x + inv[r, 0]
+                out[r, i, j] = x
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SampleParams(angle=12.5, scale=1.3, shift=(0.1, -0.2)), SampleParams(flip_x=True, scale=0.8, shift=(0.05, 0.1)),
+     SampleParams(angle=90.0), SampleParams()],
+    ids=["rotated", "no-rotation", "quarter-turn", "identity"],
+)
+def test_source_points_follow_dali_float32_steps(params):
+    # rows without rotation take short forms (one row's tile sums, or one value per row): the same numbers
+    m = affine_matrix(params, (50, 70), (6, 600))
+    expected = _dali_source_points(m, (6, 600))
+    got = R.source_points(m, (6, 600))
+    for axis in range(2):
+        np.testing.assert_array_equal(got[axis], expected[axis])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.uint32])
+@pytest.mark.parametrize("src_hw", [(90, 70), (3, 40000)], ids=["small", "wider-than-opencv-maps"])
+def test_nearest_warp_takes_the_pixel_under_the_floored_source_point(dtype, src_hw):
+    # the definition, by NumPy indexing: cv2.remap (uint8..int32) and the NumPy gather (int64, uint32, sources
+    # over 32766 px) must both copy exactly this
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    mask = rng.integers(max(info.min, -(1 << 40)), min(info.max, 1 << 40), src_hw, dtype=dtype, endpoint=True)
+    out_hw = (40, 72)
+    for k in range(4):
+        m = affine_matrix(draw_params(sample_rng(5, 0, k), DEFAULT), src_hw, out_hw, fit="cover")
+        sx, sy = (np.floor(v).astype(np.int64) for v in R.source_points(m, out_hw))
+        inside = (sx >= 0) & (sx < src_hw[1]) & (sy >= 0) & (sy < src_hw[0])
+        expected = np.full(out_hw, 9, dtype=dtype)
+        expected[inside] = mask[sy[inside], sx[inside]]
+        got = R.warp_mask(mask, m, out_hw, fill=9)
+        assert got.dtype == mask.dtype
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_targets_rendered_after_a_flip_are_the_flipped_vector_field():
     # why the loaders render targets after augmentation: an offset map is a vector field, and a flip must mirror
     # the pixels *and* negate dx. Rendering from the warped mask does that by definition, exactly.

@@ -25,6 +25,7 @@ from fastload.targets import (
     instance_centres,
     instance_table,
     render_targets,
+    sample_targets,
     semantic_weights,
 )
 
@@ -287,6 +288,18 @@ def warped_masks(photo_masks: np.ndarray) -> np.ndarray:
     vanished = sum(np.unique(a).size - np.unique(b).size for a, b in zip(before, warped, strict=True))
     assert vanished > 10  # the zoomed crops lose instances, as the test means them to
     return np.stack(warped)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize("sigma", [8.0, 2.5])
+def test_sample_targets_are_center_targets_and_semantic_weights(warped_masks, stride: int, sigma: float):
+    # one pass over the runs for all three maps (what the CPU loader renders per sample): the same arrays
+    for mask in warped_masks[::3]:
+        heat, offset, weight = sample_targets(mask, sigma=sigma, stride=stride, small_instance_area=900)
+        expected_heat, expected_offset = center_targets(mask, sigma, stride=stride)
+        np.testing.assert_array_equal(heat, expected_heat)
+        np.testing.assert_array_equal(offset, expected_offset)
+        np.testing.assert_array_equal(weight, semantic_weights(mask, small_instance_area=900))
 
 
 @pytest.mark.parametrize("stride", [1, 2, 4])

@@ -23,8 +23,9 @@ Nearest-neighbour sampling follows DALI: output pixel ``(i, j)`` takes the sourc
 DALI's CPU kernel (:func:`source_points`); on random label maps under the default augmentation this
 picks the same source pixel as DALI CPU ``fn.warp_affine(interp_type=INTERP_NN)`` for 99.9998 % of
 pixels (``cv2.warpAffine(INTER_NEAREST)`` with the half-pixel shift: 99.991 %, its 10-bit fixed-point
-coordinates round differently near pixel edges). It is done with NumPy indexing, so label values
-(int32 instance ids included) are copied exactly, never interpolated.
+coordinates round differently near pixel edges). The floored points become an integer map
+(:func:`nearest_map`) that `cv2.remap` copies from, so label values (int32 instance ids included) are
+copied exactly, never interpolated, and OpenCV's own coordinate rounding never enters.
 """
 
 from __future__ import annotations
@@ -90,21 +91,34 @@ def source_points(matrix: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarr
     """
     inv = dali_inverse_affine(matrix)
     oh, ow = out_hw
+    return tuple(np.ascontiguousarray(np.broadcast_to(_axis_points(inv[r], out_hw), (oh, ow))) for r in range(2))
+
+
+def _axis_points(inv_row: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """One source coordinate (row ``r`` of the float32 inverse) of every output pixel centre, float32.
+
+    Shaped to broadcast to (H, W): (1, W) when the coordinate does not change down the rows (its
+    y-derivative is 0: no rotation), (H, 1) when it does not change along a row (x-derivative 0), else
+    (H, W). The short forms are the same numbers, not an approximation: ``0·y`` adds a signed zero to
+    every row's start, and stepping by 0 adds nothing. Without rotation both coordinates take a short form,
+    so the float32 tile sums of :func:`source_points` run over one row instead of all of them.
+    """
+    oh, ow = out_hw
+    dx, dy, c = inv_row
+    rows = 1 if dy == 0 else oh
+    ys = np.arange(rows, dtype=np.float32) + np.float32(0.5)
+    start = dx * np.float32(0.5) + dy * ys + c  # (rows,): pixel (0, y)
+    if dx == 0:
+        return start[:, None]
     tile = _DALI_WARP_TILE
-    n_tiles = max(1, -(-ow // tile))
-    ys = np.arange(oh, dtype=np.float32) + np.float32(0.5)
-    half = np.float32(0.5)
-    coords = []
-    for r in range(2):
-        step = inv[r, 0]
-        tile_step = np.float32(tile) * step
-        start = inv[r, 0] * half + inv[r, 1] * ys + inv[r, 2]  # (oh,): pixel (0, y)
-        steps = np.full((oh, n_tiles, tile), step, dtype=np.float32)
-        for k in range(n_tiles):
-            steps[:, k, 0] = start
-            start = start + tile_step
-        coords.append(np.cumsum(steps, axis=2, dtype=np.float32).reshape(oh, n_tiles * tile)[:, :ow])
-    return coords[0], coords[1]
+    n_tiles = -(-ow // tile)
+    tile_step = np.float32(tile) * dx
+    steps = np.full((rows, n_tiles, tile), dx, dtype=np.float32)
+    for k in range(n_tiles):
+        steps[:, k, 0] = start
+        start = start + tile_step
+    np.cumsum(steps, axis=2, dtype=np.float32, out=steps)  # sequential float32 sums, as DALI steps
+    return steps.reshape(rows, n_tiles * tile)[:, :ow]
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -133,33 +147,44 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -
     return out.reshape(oh, ow, image.shape[2])  # OpenCV drops a channel axis of length 1
 
 
-def nearest_lookup(matrix: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
-    """For each output pixel, the flat index of its nearest source pixel, or ``H·W`` outside: int64 (H, W).
+_REMAP_MAX_SIDE = 32766  # cv2.remap takes sources up to SHRT_MAX - 1 pixels on a side (int16 maps)
+_REMAP_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
 
-    ``H·W`` is one past the last source pixel: `take_nearest` appends the fill value there, so one gather does
-    the whole warp. Computing the lookup once serves every label map of a sample (semantic and instance share
-    the matrix).
+
+def nearest_map(matrix: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """For each output pixel, the ``(column, row)`` of the source pixel it takes: (out_h, out_w, 2).
+
+    ``floor`` of :func:`source_points`, clamped to ``[-1, W]`` × ``[-1, H]``: -1, W and H mean "outside",
+    and the fill is taken there. int16, OpenCV's ``CV_16SC2`` map for `cv2.remap`, when the source is at
+    most 32766 pixels on a side; int32 otherwise. Computing the map once serves every label map of a sample
+    (semantic and instance share the matrix).
     """
-    sx, sy = source_points(matrix, out_hw)
+    inv = dali_inverse_affine(matrix)
     h, w = src_hw
-    np.floor(sx, out=sx)
-    np.floor(sy, out=sy)
-    outside = (sx < 0) | (sx >= w) | (sy < 0) | (sy >= h)
-    np.clip(sx, 0, w - 1, out=sx)
-    np.clip(sy, 0, h - 1, out=sy)
-    index = sy.astype(np.int64)
-    index *= w
-    index += sx.astype(np.int64)
-    index[outside] = h * w
-    return index
+    oh, ow = out_hw
+    coords = []
+    for r, size in ((0, w), (1, h)):
+        points = np.floor(_axis_points(inv[r], out_hw))
+        np.clip(points, -1, size, out=points)  # within int16, and still outside when it was
+        coords.append(np.ascontiguousarray(np.broadcast_to(points, (oh, ow))))
+    if max(h, w) <= _REMAP_MAX_SIDE:
+        # integral float32 coordinates: the conversion copies them exactly (any rounding mode) into (x, y) pairs
+        return cv2.convertMaps(coords[0], coords[1], cv2.CV_16SC2, nninterpolation=True)[0]
+    return np.stack(coords, axis=2).astype(np.int32)
 
 
-def take_nearest(array: np.ndarray, lookup: np.ndarray, fill) -> np.ndarray:
-    """Gather ``array`` (H, W) at ``lookup`` (from `nearest_lookup`); ``fill`` where the lookup is outside."""
-    flat = np.empty(array.size + 1, dtype=array.dtype)
-    flat[:-1] = array.reshape(-1)
-    flat[-1] = fill
-    return np.take(flat, lookup)
+def take_nearest(array: np.ndarray, xy_map: np.ndarray, fill) -> np.ndarray:
+    """``array`` (H, W) sampled at ``xy_map`` (from :func:`nearest_map`); ``fill`` where the map is outside.
+
+    Values are copied, never interpolated: `cv2.remap` (``INTER_NEAREST`` on an integer map is a pure copy)
+    for the dtypes and sizes OpenCV takes, otherwise a NumPy gather from the array padded with ``fill``.
+    Returns the array's dtype, the map's (out_h, out_w).
+    """
+    if xy_map.dtype == np.int16 and array.dtype in _REMAP_DTYPES:
+        out = cv2.remap(array, xy_map, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+        return out.reshape(xy_map.shape[:2])
+    padded = np.pad(array, 1, constant_values=fill)
+    return padded[xy_map[:, :, 1].astype(np.intp) + 1, xy_map[:, :, 0].astype(np.intp) + 1]
 
 
 def warp_mask(mask: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], *, fill: int) -> np.ndarray:
@@ -169,7 +194,7 @@ def warp_mask(mask: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], *, 
     exactly. Returns the same dtype, (out_h, out_w).
     """
     _check_hw("warp_mask", mask, 2)
-    return take_nearest(mask, nearest_lookup(matrix, mask.shape, out_hw), fill)
+    return take_nearest(mask, nearest_map(matrix, mask.shape, out_hw), fill)
 
 
 # ------------------------------------------------------------------------------------------- colour
@@ -198,8 +223,7 @@ def _round_saturate_uint8(x: np.ndarray) -> np.ndarray:
     # buffer is a temporary of the caller's: rounded in place.
     np.clip(x, 0.0, 255.0, out=x)
     x += np.float32(0.5)
-    np.floor(x, out=x)
-    return x.astype(np.uint8)
+    return x.astype(np.uint8)  # truncation: floor for these non-negative values
 
 
 def adjust_hue_saturation(image: np.ndarray, hue: float, saturation: float) -> np.ndarray:
@@ -249,13 +273,21 @@ def apply_shadow(image: np.ndarray, band: tuple[float, float, float, float, floa
     band : ``(nx, ny, c, half_width, strength)`` in output pixels (:func:`~fastload.augment.params.shadow_band`).
     """
     _check_hw("apply_shadow", image, 3)
-    strength = np.float32(band[4])
     out = image.astype(np.float32, copy=True)
-    if strength == 0.0:
-        return out
-    factor = np.where(shadow_mask(image.shape[:2], band), np.float32(1.0) - strength, np.float32(1.0))
-    out *= factor[:, :, None]
+    _shade(out, band)
     return out
+
+
+def _shade(image: np.ndarray, band: tuple[float, float, float, float, float]) -> None:
+    """`apply_shadow` in place on a float32 (H, W, C) array."""
+    strength = np.float32(band[4])
+    if strength == 0.0:
+        return
+    h, w, c = image.shape
+    factor = np.where(shadow_mask((h, w), band), np.float32(1.0) - strength, np.float32(1.0))
+    # one factor per value, laid out as the pixels' values: a broadcast over a trailing axis of 3 runs NumPy's
+    # inner loop 3 values at a time, several times slower than this contiguous multiply
+    image.reshape(h, w * c).__imul__(np.repeat(factor, c, axis=1))
 
 
 NOISE_TEXTURE_SEED = 0x0015E
@@ -290,10 +322,16 @@ def add_noise(image: np.ndarray, sigma: float, offset: tuple[int, int]) -> np.nd
     """``img + sigma·noise``, clamped to [0, 255]; float32 (H, W, C) → float32 (H, W, C)."""
     _check_hw("add_noise", image, 3)
     out = image.astype(np.float32, copy=True)
+    _add_noise(out, sigma, offset)
+    return out
+
+
+def _add_noise(image: np.ndarray, sigma: float, offset: tuple[int, int]) -> None:
+    """`add_noise` in place on a float32 (H, W, C) array."""
     if sigma == 0.0:
-        return out
-    out += np.float32(sigma) * noise_window(image.shape[:2], offset, image.shape[2])
-    return np.clip(out, 0.0, 255.0, out=out)
+        return
+    image += np.float32(sigma) * noise_window(image.shape[:2], offset, image.shape[2])
+    np.clip(image, 0.0, 255.0, out=image)
 
 
 def round_to_uint8(image: np.ndarray) -> np.ndarray:
@@ -301,15 +339,17 @@ def round_to_uint8(image: np.ndarray) -> np.ndarray:
     return _round_saturate_uint8(np.array(image, dtype=np.float32))
 
 
-def normalize_image(image: np.ndarray, mean, std) -> np.ndarray:
+def normalize_image(image: np.ndarray, mean, std, *, out: np.ndarray | None = None) -> np.ndarray:
     """``(img / 255 − mean) / std`` per channel; (H, W, 3) 0..255 → float32 (3, H, W) contiguous.
 
     Computed as ``(x − 255·mean) · (1 / (255·std))`` in float32, plane by plane (``cv2.split`` then NumPy in
     place: 8x faster than a transposed copy). The loaders normalise whole batches on their device
-    (`fastload.pipeline.batch`) with the same arithmetic; this is the per-sample definition they equal."""
+    (`fastload.pipeline.batch`, which calls this per sample on the CPU) with the same arithmetic; this is the
+    per-sample definition they equal. ``out``: a float32 (3, H, W) array to write into (e.g. a batch's row)."""
     _check_hw("normalize_image", image, 3)
     shift, inv_scale = normalize_constants(mean, std)
-    out = np.empty((image.shape[2], *image.shape[:2]), dtype=np.float32)
+    if out is None:
+        out = np.empty((image.shape[2], *image.shape[:2]), dtype=np.float32)
     for c, plane in enumerate(cv2.split(np.ascontiguousarray(image))):
         np.subtract(plane, shift[c], out=out[c], dtype=np.float32)
         out[c] *= inv_scale[c]
@@ -354,16 +394,18 @@ def augment_sample(
     img = adjust_hue_saturation(img, params.hue, params.saturation)
     img = adjust_brightness_contrast(img, params.brightness, params.contrast)
     if params.shadow[4] != 0.0 or params.noise_sigma != 0.0:
-        imgf = apply_shadow(img.astype(np.float32), shadow_band(params, out_hw))
-        img = _round_saturate_uint8(add_noise(imgf, params.noise_sigma, params.noise_offset))  # a temporary
+        imgf = img.astype(np.float32)  # one float32 buffer for shadow, noise and the rounding
+        _shade(imgf, shadow_band(params, out_hw))
+        _add_noise(imgf, params.noise_sigma, params.noise_offset)
+        img = _round_saturate_uint8(imgf)
 
     _check_label_shape("semantic", sample["semantic"], src_hw)
     _check_label_shape("instance", sample["instance"], src_hw)
-    lookup = nearest_lookup(m, src_hw, out_hw)
+    xy_map = nearest_map(m, src_hw, out_hw)
     return {
         "image": img,
-        "semantic": take_nearest(sample["semantic"], lookup, SEMANTIC_FILL),
-        "instance": take_nearest(sample["instance"], lookup, INSTANCE_FILL),
+        "semantic": take_nearest(sample["semantic"], xy_map, SEMANTIC_FILL),
+        "instance": take_nearest(sample["instance"], xy_map, INSTANCE_FILL),
     }
 
 

@@ -10,11 +10,13 @@ worker will most likely get next); a worker
    not mean N reads in flight;
 2. decodes the image (OpenCV) and the LZ4 masks, applies `fastload.augment.reference.augment_sample`, and
    writes the results into one preallocated array per key;
-3. finishes the batch where it costs least: for a CPU loader the worker itself normalises and renders the targets
-   after augmentation (NumPy, faster on the CPU than the torch twin, and spread over the workers); for a CUDA
-   loader it returns uint8 images, uint8 semantic and int16 instance masks (~1 MB per 512x512 sample instead of
-   ~9 MB finished) and the main process finishes them on the GPU (`fastload.pipeline.batch`). Arrays are
-   written straight into shared memory, so the hand-over to the main process copies nothing.
+3. hands over uint8 images, uint8 semantic and int16 instance masks (1.5 MB per 512x512 sample, where the
+   finished image and masks take 6 MB): for a CUDA loader the main process finishes them on the GPU
+   (`fastload.pipeline.batch`); for a CPU loader the worker also renders the targets after augmentation
+   (NumPy, faster on the CPU than the torch twin, and spread over the workers) and the main process only
+   normalises and widens (`widen_batch`, ~1.5 ms of CPU per 512x512 sample into huge-page memory, where
+   writing the 4.5 MB more into fresh shared memory cost the worker ~5 ms). Arrays are written straight into
+   shared memory, so the hand-over to the main process copies nothing.
 
 Workers start with ``forkserver``: a fresh process forked from a clean server, which inherits nothing of the
 parent's threads or objects (a forked worker copied DALI pipelines and their half-dead threads and could hang).
@@ -40,11 +42,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import SampleParams, map_hw
-from fastload.augment.reference import augment_sample, normalize_image
+from fastload.augment.reference import augment_sample
 from fastload.cache.format import decode_image
 from fastload.cache.reader import decode_labels
 from fastload.errors import CacheError, FastloadError, add_note
-from fastload.pipeline.batch import finish_batch, numpy_targets
+from fastload.pipeline.batch import finish_batch, numpy_targets, widen_batch
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
 from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES
@@ -114,10 +116,10 @@ class _Reads:
 class _AugmentedBatches(Dataset):
     """Map-style dataset whose "indices" are `_Work` items; ``__getitems__`` builds a whole batch at once.
 
-    ``finish`` (the loader's device is the CPU): the worker also normalises the image and renders the targets
-    (NumPy, `fastload.pipeline.batch.numpy_targets`), so that the work is spread over the workers and the batch
-    arrives complete. Otherwise (CUDA) it returns the compact uint8 image and masks, and the main process
-    finishes them on the GPU. Either way the arrays are written straight into shared memory (as torch's own
+    ``finish`` (the loader's device is the CPU): the worker also renders the targets (NumPy,
+    `fastload.pipeline.batch.numpy_targets`), so that the work is spread over the workers; the main process
+    normalises the compact uint8 image and widens the masks. Otherwise (CUDA) the main process finishes the
+    compact image and masks on the GPU, targets included. Either way the arrays are written straight into shared memory (as torch's own
     collate does in a worker), so handing a batch to the main process copies nothing.
     """
 
@@ -152,17 +154,16 @@ class _AugmentedBatches(Dataset):
 
     def _layout(self, n: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         (oh, ow), targets = self.out_hw, self.augment.targets
+        compact = {
+            "image": ((n, oh, ow, 3), torch.uint8),
+            "semantic": ((n, oh, ow), torch.uint8),
+            "instance": ((n, oh, ow), torch.int16),
+        }
         if not self.finish:
-            return {
-                "image": ((n, oh, ow, 3), torch.uint8),
-                "semantic": ((n, oh, ow), torch.uint8),
-                "instance": ((n, oh, ow), torch.int16),
-            }
+            return compact
         mh, mw = map_hw(self.out_hw, targets.stride)
         return {
-            "image": ((n, 3, oh, ow), torch.float32),
-            "semantic": ((n, oh, ow), torch.int64),
-            "instance": ((n, oh, ow), torch.int32),
+            **compact,
             "heatmap": ((n, 1, mh, mw), torch.float32),
             "offset": ((n, 2, mh, mw), torch.float32),
             "semantic_weight": ((n, oh, ow), torch.float32),
@@ -184,8 +185,7 @@ class _AugmentedBatches(Dataset):
             with nvtx_range("fastload/augment"):
                 augmented = augment_sample(sample, params, cfg, out_hw=self.out_hw)
             if self.finish:
-                with nvtx_range("fastload/finish"):
-                    augmented["image"] = normalize_image(augmented["image"], cfg.normalize.mean, cfg.normalize.std)
+                with nvtx_range("fastload/targets"):
                     augmented.update(numpy_targets(augmented["instance"], cfg.targets))
             for key, row in rows.items():
                 row[k] = augmented[key]
@@ -287,6 +287,33 @@ def _worker_init(_worker_id: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    _keep_freed_memory()
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _keep_freed_memory() -> bool:
+    """Let this worker's allocator reuse freed memory instead of handing it back to the kernel.
+
+    A sample's kernels allocate and free a dozen arrays of 0.25-3 MB. With glibc's defaults such blocks are
+    mmap'ed and unmapped, or trimmed off the heap's top, so each new one is first-touch memory: on a VM a page
+    fault costs ~4 us, ~4,000 of them per 512x512 sample, as much CPU time as all the kernels together. Served
+    from the heap (mmap only above 32 MiB, trim only above 512 MiB free) they are reused as they are. The
+    worker's resident memory stays at its peak working set (one batch's temporaries). A no-op off glibc.
+    Returns whether the settings took.
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))
 
 
 class TorchBackend:
@@ -387,7 +414,9 @@ class TorchBackend:
             first = False
             if raw is None:
                 return
-            if not self._dataset.finish:  # compact uint8 batch: finish it on the device
+            if self._dataset.finish:  # targets rendered by the workers: normalise and widen here
+                raw.update(widen_batch(image=raw["image"], semantic=raw["semantic"], instance=raw["instance"], cfg=self.augment))
+            else:  # compact uint8 batch: finish it on the device
                 raw = finish_batch(
                     image=raw["image"],
                     semantic=raw["semantic"],
