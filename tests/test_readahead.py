@@ -120,7 +120,7 @@ def test_bytes_in_flight_stay_within_max_bytes(sizes, max_bytes, bound):
         iter(plans(batches)), reads, sample_bytes=reads.size, io_threads=8, max_bytes=max_bytes, max_plans=8
     )
     out = []
-    for plan, samples in ahead:
+    for _plan, samples in ahead:
         held.append(ahead.bytes_held)
         out.append(samples)
     assert [[i for i, _ in s] for s in out] == batches
