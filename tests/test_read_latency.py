@@ -112,7 +112,9 @@ def flip_image_byte(cache: Path, index: int) -> None:
 
 
 @pytest.mark.parametrize("kind, extra", SETUPS)
-def test_the_first_bad_sample_of_its_batch_is_reported_after_the_batches_before(kind, extra, clean, reference, tmp_path):
+def test_the_first_bad_sample_of_its_batch_is_reported_after_the_batches_before(
+    kind, extra, clean, reference, tmp_path
+):
     # samples 9 and 10 of batch 2 (8..11) are corrupt; 9 is slow, so 10 fails first: 9 must still be the error
     root = tmp_path / "cache"
     shutil.copytree(clean, root)
@@ -139,7 +141,8 @@ def _os_threads() -> int:
 @pytest.mark.parametrize("kind, extra", SETUPS)
 def test_close_with_reads_in_flight_leaves_no_thread_or_process(kind, extra, clean):
     start_mp_helpers()
-    warm = make_loader(kind, clean, **ARGS, **extra)  # whatever a first loader starts for good (torch's pools)
+    # whatever a first loader starts for good (torch's thread pools) is started before counting
+    warm = make_loader(kind, clean, **ARGS, **extra)
     next(iter(warm))
     warm.close()
     threads, processes = _os_threads(), loader_processes()
@@ -177,7 +180,9 @@ class Metered(DelayedCache):
 def _backend(kind: str, cache, workers: int, io_threads: int, max_read_bytes: int, batch_size: int = BATCH):
     from fastload.augment.config import load_augment
 
-    args = dict(cache=cache, out_size=(32, 32), augment=load_augment("none"), batch_size=batch_size, prefetch=2)
+    args = dict(
+        cache=cache, out_size=(32, 32), augment=load_augment("none"), batch_size=batch_size, prefetch=2
+    )
     if kind == "dali":
         from fastload.pipeline.dali import DaliBackend
 
@@ -190,8 +195,12 @@ def _backend(kind: str, cache, workers: int, io_threads: int, max_read_bytes: in
 
 
 @pytest.mark.parametrize("kind, extra", SETUPS)
-@pytest.mark.parametrize("io_threads, samples_of_bytes", [(3, 100), (8, 2.5)], ids=["3-threads", "8-threads-2.5-samples"])
-def test_reads_in_flight_stay_within_io_threads_and_max_read_bytes(kind, extra, io_threads, samples_of_bytes, clean, tmp_path):
+@pytest.mark.parametrize(
+    "io_threads, samples_of_bytes", [(3, 100), (8, 2.5)], ids=["3-threads", "8-threads-2.5-samples"]
+)
+def test_reads_in_flight_stay_within_io_threads_and_max_read_bytes(
+    kind, extra, io_threads, samples_of_bytes, clean, tmp_path
+):
     cache = Metered(clean, latency_s=0.01, jitter_s=0.01)
     cache.meter_dir = str(tmp_path)
     sizes = [cache.span_bytes(i) for i in range(N)]
@@ -220,3 +229,34 @@ def test_small_batches_still_keep_io_threads_reads_in_flight(kind, extra, clean,
     assert np.array_equal(np.concatenate(out), np.concatenate([p.indices for p in loader.plans(0)]))
     peaks = [json.loads(p.read_text())["reads"] for p in tmp_path.iterdir()]
     assert peaks == [8] * (extra.get("num_threads") or 1)
+
+
+def test_delayed_cache_counts_its_reads_and_travels_to_workers_with_its_latency(clean):
+    import pickle
+
+    with pytest.raises(ValueError, match="latency_s must be a number of seconds >= 0"):
+        DelayedCache(clean, latency_s=-1)
+    with pytest.raises(ValueError, match="jitter_s"):
+        DelayedCache(clean, latency_s=0, jitter_s=float("nan"))
+    cache = DelayedCache.from_ms(clean, 5, jitter_s=0.001, seed=4)
+    started = time.perf_counter()
+    cache.read_members(3)
+    assert time.perf_counter() - started >= 0.005
+    assert (cache.reads, cache.peak_reads, cache.peak_bytes, cache.reads_in_flight) == (
+        1,
+        1,
+        cache.span_bytes(3),
+        0,
+    )
+    copy = pickle.loads(pickle.dumps(cache))  # what a DataLoader worker gets: the latency, fresh counters
+    assert (copy.latency_s, copy.jitter_s, copy.seed, copy.reads) == (0.005, 0.001, 4, 0)
+    assert copy[3]["meta"] == cache[3]["meta"]
+    cache.reset_peaks()
+    assert (cache.reads, cache.peak_reads) == (0, 0)
+
+
+def test_drop_page_cache_advises_every_shard(clean):
+    from fastload.bench.storage import drop_page_cache
+
+    shards = open_cache(clean).manifest.shards
+    assert drop_page_cache(clean) == sum(s.bytes for s in shards)

@@ -18,7 +18,9 @@ from fastload.pipeline.readahead import ReadAhead, plans_for
 
 
 def plans(batches: list[list[int]]) -> list[BatchPlan]:
-    return [BatchPlan(indices=np.asarray(b, dtype=np.int64), params=tuple(f"p{i}" for i in b)) for b in batches]
+    return [
+        BatchPlan(indices=np.asarray(b, dtype=np.int64), params=tuple(f"p{i}" for i in b)) for b in batches
+    ]
 
 
 class Reads:
