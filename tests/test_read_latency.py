@@ -260,3 +260,19 @@ def test_drop_page_cache_advises_every_shard(clean):
 
     shards = open_cache(clean).manifest.shards
     assert drop_page_cache(clean) == sum(s.bytes for s in shards)
+
+
+@pytest.mark.parametrize("workers, depth", [(0, 1), (0, 3), (1, 2), (2, 1), (2, 4), (3, 2)])
+def test_each_work_item_names_the_plans_its_worker_gets_next(workers, depth):
+    from fastload.pipeline.cpu import _PlanFeed
+    from fastload.pipeline.plan import BatchPlan
+
+    plans = [BatchPlan(indices=np.array([2 * k, 2 * k + 1]), params=(None, None)) for k in range(11)]
+    feed = _PlanFeed(workers, depth=depth)
+    feed.source = iter(plans)
+    items = list(feed)
+    stride = max(1, workers)  # DataLoader's round-robin: item k goes to worker k mod W; W = 0: this process
+    assert [[i for i, _ in item.pairs] for item in items] == [list(p.indices) for p in plans]
+    for k, item in enumerate(items):
+        later = [plans[j] for j in range(k + stride, min(k + stride * depth, len(plans) - 1) + 1, stride)]
+        assert list(item.ahead) == [int(i) for p in later for i in p.indices], k
