@@ -59,7 +59,7 @@ _PRELOAD = ["fastload.pipeline.cpu"]
 
 @dataclass(frozen=True)
 class _Work:
-    """What the batch sampler hands a worker: a plan's samples, and what to read ahead for the next one."""
+    """What the batch sampler hands a worker: a plan's samples, and what to read ahead for its next ones."""
 
     pairs: tuple[tuple[int, SampleParams], ...]
     ahead: tuple[int, ...] = ()  # the cache indices of this worker's next plans, in the order it will need them
