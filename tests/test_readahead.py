@@ -63,8 +63,10 @@ def _io_threads() -> list[threading.Thread]:
 def test_plans_come_out_in_order_with_every_sample_at_its_position():
     batches = [list(range(k * 5, k * 5 + 5)) for k in range(12)] + [[]] + [[60, 61]]
     reads = Reads()
-    with ReadAhead(iter(plans(batches)), reads, sample_bytes=reads.size, io_threads=6, max_plans=4) as ahead:
-        out = list(ahead)
+    before = set(_io_threads())
+    ahead = ReadAhead(iter(plans(batches)), reads, sample_bytes=reads.size, io_threads=6, max_plans=4)
+    out = list(ahead)
+    assert not set(_io_threads()) - before  # the last plan handed out closed the pool
     assert [list(plan.indices) for plan, _ in out] == batches
     for plan, samples in out:
         assert samples == [(int(i), f"p{i}") for i in plan.indices]
@@ -118,13 +120,13 @@ def test_bytes_in_flight_stay_within_max_bytes(sizes, max_bytes, bound):
     reads = Reads(sizes=sizes, max_delay=0.01)
     batches = [list(range(k * 4, k * 4 + 4)) for k in range(10)]
     held = []
-    ahead = ReadAhead(
-        iter(plans(batches)), reads, sample_bytes=reads.size, io_threads=8, max_bytes=max_bytes, max_plans=8
-    )
     out = []
-    for _plan, samples in ahead:
-        held.append(ahead.bytes_held)
-        out.append(samples)
+    with ReadAhead(
+        iter(plans(batches)), reads, sample_bytes=reads.size, io_threads=8, max_bytes=max_bytes, max_plans=8
+    ) as ahead:
+        for _plan, samples in ahead:
+            held.append(ahead.bytes_held)
+            out.append(samples)
     assert [[i for i, _ in s] for s in out] == batches
     assert reads.peak_bytes <= bound, (reads.peak_bytes, bound)
     # what is read ahead and not yet handed out: within the bound, or one plan that alone exceeds it
@@ -135,12 +137,12 @@ def test_bytes_in_flight_stay_within_max_bytes(sizes, max_bytes, bound):
 def test_close_with_reads_in_flight_leaves_no_thread_and_starts_nothing_more():
     reads = Reads(max_delay=0.0, slow={i: 0.1 for i in range(100)})
     batches = [list(range(k * 4, k * 4 + 4)) for k in range(25)]
-    before = len(_io_threads())
+    before = set(_io_threads())  # another test's loader may still be waiting for the garbage collector
     ahead = ReadAhead(iter(plans(batches)), reads, sample_bytes=reads.size, io_threads=8, max_plans=6)
     next(ahead)
     assert reads.running > 0  # reads of the next plans are in flight
     ahead.close()
-    assert reads.running == 0 and len(_io_threads()) == before
+    assert reads.running == 0 and not set(_io_threads()) - before
     calls = reads.calls
     time.sleep(0.15)
     assert reads.calls == calls and calls < 100  # the queued reads were cancelled, not run

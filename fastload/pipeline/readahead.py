@@ -16,7 +16,8 @@ other and the consumer's work. Bounds:
 Order and errors: plans come out in order, each sample at its position; a sample whose function raised makes
 its plan raise that error — the first failing sample of the plan in plan order — after every earlier plan was
 handed out. An error of the plan iterator itself is raised at its place in the order too. `close` cancels what
-has not started, waits for the reads in progress, and leaves no thread behind.
+has not started, waits for the reads in progress, and leaves no thread behind; the last plan handed out closes
+the read-ahead by itself.
 
 Little's law gives the default depth: reads in flight = samples/s × latency, so 16 reads hide 2 ms per read at
 8,000 samples/s (a GPU loader's rate), 5 ms at 3,200 samples/s or 20 ms at 800 samples/s. Threads that wait on
@@ -113,6 +114,7 @@ class ReadAhead(Generic[T]):
             raise StopIteration
         self._fill()
         if not self._window:
+            self.close()  # every plan handed out: the threads end now, not when the consumer gets to close()
             raise StopIteration
         head = self._window[0]
         if head.error is not None:
@@ -120,7 +122,8 @@ class ReadAhead(Generic[T]):
             raise head.error
         self._submit_rest(head)  # the plan the consumer waits for is completed whatever the byte bound
         try:
-            results = [future.result() for future in head.futures]  # the first failing sample raises, in order
+            # the first failing sample raises, in plan order, whichever read failed first
+            results = [future.result() for future in head.futures]
         finally:
             self._window.popleft()
             self._held -= head.held
