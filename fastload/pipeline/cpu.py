@@ -2,12 +2,13 @@
 
 It is the benchmark's "before" and the reference the DALI backend is checked against, so it is made a good
 one. The loader shell (`fastload.loader.CpuLoader`) hands it an iterator of `BatchPlan`s; a batch sampler turns
-each into a `_Work` item (the plan's ``(cache index, SampleParams)`` pairs, and the indices of the plan this
-worker will most likely get next); a worker
+each into a `_Work` item (the plan's ``(cache index, SampleParams)`` pairs, and the indices of the plans this
+worker will most likely get next: enough of them to keep ``io_threads`` reads busy); a worker
 
 1. reads the batch's samples concurrently on a small thread pool (one CRC-checked ``pread`` each; ``pread``
-   releases the GIL), and starts reading its next batch's samples while it works on this one, so N workers do
-   not mean N reads in flight;
+   releases the GIL), and keeps reading its next batches' samples while it works on this one and while it
+   waits for its next work item, so N workers do not mean N reads in flight; with ``num_workers=0`` the
+   calling process does the same, so the next batch is read while the caller trains;
 2. decodes the image (OpenCV) and the LZ4 masks, applies `fastload.augment.reference.augment_sample`, and
    writes the results into one preallocated array per key;
 3. hands over uint8 images, uint8 semantic and int16 instance masks (1.5 MB per 512x512 sample, where the
@@ -32,7 +33,7 @@ import math
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ from fastload.errors import CacheError, FastloadError, add_note
 from fastload.pipeline.batch import finish_batch, numpy_targets, widen_batch
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
-from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES
+from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, plans_for
 
 # how worker processes start: a clean process forked from a server that never ran DALI, torch threads or OpenCV
 # threads (Python 3.14 makes forkserver the default on Linux for the same reason)
@@ -60,17 +61,19 @@ _PRELOAD = ["fastload.pipeline.cpu"]
 
 @dataclass(frozen=True)
 class _Work:
-    """What the batch sampler hands a worker: a plan's samples, and what to read ahead for the next one."""
+    """What the batch sampler hands a worker: a plan's samples, and what to read ahead for its next ones."""
 
     pairs: tuple[tuple[int, SampleParams], ...]
-    ahead: tuple[int, ...] = ()
+    ahead: tuple[int, ...] = ()  # the cache indices of this worker's next plans, in the order it will need them
 
 
 class _Reads:
     """A worker's concurrent reads: ``take(i)`` returns sample i's members, read on a thread pool ahead of time.
 
-    ``want(indices)`` starts reads (the current batch's, then the next batch's) while the bytes held by reads
-    not yet taken stay within ``max_bytes``; the current batch is always read in full. Created lazily in the
+    ``want(indices)`` starts reads (the current batch's, then the next batches') while the bytes held by reads
+    not yet taken stay within ``max_bytes``; the current batch is always read in full. At most ``io_threads``
+    reads run at once (the pool's size), and whatever runs in the pool runs on in the background: reads
+    continue while the process augments, and while it waits for its next work item. Created lazily in the
     process that reads (a worker, or the main process with ``num_workers=0``): threads do not survive pickling.
     """
 
@@ -82,14 +85,26 @@ class _Reads:
         self._held = 0
 
     def want(self, indices: Sequence[int], *, bounded: bool) -> None:
+        """Start reading ``indices`` in order: while ``max_bytes`` allow (``bounded``), or all of them (the batch
+        being made), then as reads in flight finish, so that they never hold more than ``max_bytes`` (unless one
+        sample alone is larger)."""
         for i in indices:
             if i in self._futures:
                 continue
             size = self._cache.span_bytes(i)
             if bounded and self._held and self._held + size > self._max_bytes:
                 return
+            if not bounded:
+                self._wait_for_room(size)
             self._futures[i] = (self._pool.submit(self._cache.read_members, i), size)
             self._held += size
+
+    def _wait_for_room(self, size: int) -> None:
+        while True:
+            running = [(f, s) for f, s in self._futures.values() if not f.done()]
+            if not running or sum(s for _, s in running) + size <= self._max_bytes:
+                return
+            wait([f for f, _ in running], return_when=FIRST_COMPLETED)
 
     def take(self, i: int):
         future, size = self._futures.pop(i, (None, 0))
@@ -99,7 +114,7 @@ class _Reads:
         return future.result()
 
     def forget_except(self, keep: set[int]) -> None:
-        """Drop read-ahead results that were not used (a misprediction), so they do not hold memory."""
+        """Drop reads that are neither wanted now nor ahead (a misprediction), so they do not hold memory."""
         for i in [i for i in self._futures if i not in keep]:
             future, size = self._futures.pop(i)
             future.cancel()
@@ -173,7 +188,7 @@ class _AugmentedBatches(Dataset):
         if self._reads is None:
             self._reads = _Reads(self.cache, self.io_threads, self.max_read_bytes)
         indices = [i for i, _ in work.pairs]
-        self._reads.forget_except(set(indices))
+        self._reads.forget_except(set(indices) | set(work.ahead))
         self._reads.want(indices, bounded=False)
         self._reads.want(work.ahead, bounded=True)
         batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self._layout(len(indices)).items()}
@@ -246,31 +261,40 @@ class _PlanFeed:
     """Batch sampler: yields each plan of the current source as a `_Work` item, with what to read ahead.
 
     DataLoader hands batches to its workers in turn (batch k of a pass to worker k mod W, in order), so the
-    plan W places later goes to the same worker: that is the one its reads ahead for. A wrong guess only
-    costs reads that are dropped.
+    plans W, 2W, ... places later go to the same worker: those are the ones it reads ahead, ``depth`` of them
+    (`fastload.pipeline.readahead.plans_for`: enough to keep ``io_threads`` reads busy). With W = 0 every batch
+    is made in the calling process and the next ``depth`` plans are read ahead. A wrong guess only costs reads
+    that are dropped.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, depth: int = 1) -> None:
         self.source: Iterator[BatchPlan] = iter(())
         self.workers = workers
+        self.depth = depth
 
     def __iter__(self) -> Iterator[_Work]:
-        return self._work(self.source, self.workers)  # bound now: a later iterate() swaps the source
+        return self._work(self.source, max(1, self.workers), self.depth)  # bound now: iterate() swaps the source
 
     @staticmethod
-    def _work(source: Iterator[BatchPlan], workers: int) -> Iterator[_Work]:
+    def _work(source: Iterator[BatchPlan], stride: int, depth: int) -> Iterator[_Work]:
         window: deque[BatchPlan] = deque()
+        span = stride * depth  # the window holds the plan handed out now and the next `span`
         for plan in source:
             window.append(plan)
-            if len(window) > workers:
-                yield _to_work(window.popleft(), window[-1] if workers else None)
+            if len(window) > span:
+                yield _to_work(window.popleft(), _ahead(window, stride, depth))
         while window:
-            yield _to_work(window.popleft(), None)
+            yield _to_work(window.popleft(), _ahead(window, stride, depth))
 
 
-def _to_work(plan: BatchPlan, ahead: BatchPlan | None) -> _Work:
+def _ahead(window: deque[BatchPlan], stride: int, depth: int) -> list[BatchPlan]:
+    """The plans ``stride``, ``2·stride``, ... ``depth·stride`` places after the one just taken from ``window``."""
+    return [window[k * stride - 1] for k in range(1, depth + 1) if k * stride - 1 < len(window)]
+
+
+def _to_work(plan: BatchPlan, ahead: list[BatchPlan]) -> _Work:
     pairs = tuple(zip(plan.indices.tolist(), plan.params, strict=True))
-    return _Work(pairs, tuple(ahead.indices.tolist()) if ahead is not None else ())
+    return _Work(pairs, tuple(i for p in ahead for i in p.indices.tolist()))
 
 
 _GUARD_HINT = (
@@ -328,8 +352,8 @@ class TorchBackend:
     batch_size : the largest batch a plan holds (the DataLoader itself takes the plans as they come)
     num_workers : worker processes; 0 loads in the calling process
     prefetch : batches prepared ahead, at least one per worker
-    io_threads : concurrent reads per worker process
-    max_read_bytes : bytes a worker reads ahead for its next batch, at most
+    io_threads : concurrent reads per worker process (or in the calling process with ``num_workers=0``)
+    max_read_bytes : bytes a worker reads ahead for its next batches, at most (its current batch is read whole)
     """
 
     def __init__(
@@ -355,7 +379,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self._feed = _PlanFeed(self.num_workers)
+        self._feed = _PlanFeed(self.num_workers, depth=plans_for(io_threads, self.batch_size))
         self._generation = 0
         workers = self.num_workers > 0
         self._dataset = _AugmentedBatches(

@@ -52,7 +52,7 @@ from fastload.errors import CacheError, add_note
 from fastload.pipeline.batch import render_batch_targets
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
-from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, ReadAhead
+from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, ReadAhead, plans_for
 
 __all__ = ["DaliBackend", "GraphSpec", "PhotometricOps", "build_pipeline", "define_graph", "sample_inputs"]
 
@@ -603,7 +603,9 @@ class DaliBackend:
             sample_bytes=self.cache.span_bytes,
             io_threads=self.io_threads,
             max_bytes=self.max_read_bytes,
-            max_plans=self.prefetch + 1,
+            # enough plans that io_threads reads can be in flight (batch 8 with one plan: 8 at most), and at
+            # least one beyond what DALI prefetches; the byte bound still caps the memory this holds
+            max_plans=max(self.prefetch, plans_for(self.io_threads, self.batch_size)) + 1,
         )
         feed = _PlanFeed(reads, self.spec.inputs, depth=self.prefetch)
         self._switch.feed = feed
