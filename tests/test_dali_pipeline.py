@@ -441,3 +441,36 @@ def test_missing_dali_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     with pytest.raises(ImportError, match="pip install nvidia-dali"):
         backend()
+
+
+# ---- nvCOMP: the GPU inflate's library ------------------------------------------------------------------
+
+
+def test_a_missing_nvcomp_is_named_with_its_install_command_not_as_a_bad_sample(monkeypatch):
+    from fastload.pipeline import dali as dali_mod
+
+    error = RuntimeError("[/opt/dali/inflate.cc:42] dlopen libnvcomp.so failed ... nvComp error (11)")
+    failure = dali_mod._named_failure(["shard-00000.tar:00000001 (cache index 1)"], error)
+    assert "nvidia-libnvcomp-cu12" in str(failure) and "verify" not in str(failure).split("The cache is fine")[0]
+    assert "rebuilding or verifying it changes nothing" in str(failure)
+
+
+def test_nvcomp_is_found_beside_dali_or_on_the_loader_path(monkeypatch, tmp_path):
+    import ctypes
+
+    from fastload.pipeline import dali as dali_mod
+
+    fake = tmp_path / "nvidia" / "dali" / "__init__.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("")
+    monkeypatch.setattr("nvidia.dali.__file__", str(fake))
+
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert not dali_mod.nvcomp_available()
+    lib = tmp_path / "nvidia" / "libnvcomp" / "lib64"
+    lib.mkdir(parents=True)
+    (lib / "libnvcomp.so.5").write_bytes(b"")
+    assert dali_mod.nvcomp_available()  # where the nvidia-libnvcomp wheel puts it, DALI's own search path

@@ -46,6 +46,10 @@ RNG = np.random.default_rng(12)
 ALPHA = np.linspace(0, 255, W, dtype=np.uint8)[None, :].repeat(H, 0)  # transparent on the left: must not matter
 WIDE = STORED.astype(np.uint16) * 257 + RNG.integers(0, 257, (H, W, 3)).astype(np.uint16)  # 16-bit values
 TOLERANCE = {"exact": (0, 0.0), "rounding": (1, 1.0), "lossy": (10, 1.5)}  # max and mean |difference|
+# nvJPEG (Loader on CUDA) decodes progressive JPEGs with its own IDCT and chroma upsampling: on an H200
+# (2026-12-04) the progressive and the motion-photo JPEG here came out max 11, mean 1.57 from the stored grid,
+# where libjpeg-turbo stays within (10, 1.5). The grid and its orientation are what this test is about.
+GPU_LOSSY = (12, 1.7)
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ def test_every_path_decodes_the_stored_grid(decoded, case, path):
     got = decoded[path][CASES.index(case)]
     assert got.shape == case.expected.shape, f"{path} gives {got.shape}: the grid was turned a quarter"
     diff = np.abs(got.astype(np.int16) - case.expected.astype(np.int16))
-    most, mean = TOLERANCE[case.kind]
+    most, mean = GPU_LOSSY if (path == "Loader-cuda" and case.kind == "lossy") else TOLERANCE[case.kind]
     assert diff.max() <= most and diff.mean() <= mean, (
         f"{path}: max |difference| {diff.max()}, mean {diff.mean():.2f}; {case.kind} allows {most}, {mean}"
     )
