@@ -265,6 +265,31 @@ def test_bench_cli_sweep_without_a_model(synth_cache, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tmp_path, capsys, monkeypatch):
+    """--read-latency-ms: storage planning, every sample read that much slower (DelayedCache), closed after."""
+    from fastload.bench import storage
+    from fastload.cli import main
+
+    opened = []
+    original = storage.DelayedCache.from_ms.__func__
+
+    def spy(cls, root, latency_ms, **kwargs):
+        opened.append(original(cls, root, latency_ms, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(storage.DelayedCache, "from_ms", classmethod(spy))
+    out = tmp_path / "r.json"
+    argv = ["bench", "--cache", str(synth_cache), "--loaders", "dali", "--batch-size", "2", "--size", "32", "32"]
+    argv += ["--steps", "2", "--warmup", "0", "--workers", "1", "--device", "cpu", "--model", "none"]
+    argv += ["--read-latency-ms", "5", "--out", str(out)]
+    assert main(argv) == 0
+    assert "5 ms longer" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["config"]["read_latency_ms"] == 5.0 and "--read-latency-ms 5" in report["command"]
+    assert len(opened) == 1 and opened[0].reads >= 4 and opened[0].latency_s == 0.005
+    assert not opened[0]._fds  # its shard files closed after the measurement
+
+
 def test_bench_cli_refuses_an_unknown_loader_and_a_missing_cache(tmp_path, capsys):
     from fastload.cli import main
 

@@ -100,6 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sweep CPU cores: for each N, pin the whole process tree to N CPUs and give every loader N workers / "
         "threads (overrides --workers); with --plot, also writes <plot>-cores.png (samples/s vs cores)",
     )
+    p.add_argument(
+        "--read-latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="add MS milliseconds to every sample read, as a NAS would (storage planning; default 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--out", default=None, help="write the JSON report here")
@@ -144,6 +151,7 @@ def _bench(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             cores=tuple(sorted(set(args.cores))) if args.cores else None,
             baseline=args.baseline,
+            read_latency_ms=args.read_latency_ms,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -156,6 +164,8 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(cfg, command=command, log=lambda msg: print(msg, file=sys.stderr))
     print(format_table(report["results"]))
     print(baseline_sentence(report))
+    if cfg.read_latency_ms:
+        print(f"every sample read took {cfg.read_latency_ms:g} ms longer than the disk's (--read-latency-ms), as on a NAS")
     sentence = dali_device_sentence(report)
     if sentence:
         print(sentence)

@@ -72,9 +72,12 @@ class BenchConfig:
     rounds: int = 1
     cores: tuple[int, ...] | None = None
     baseline: str = DEFAULT_BASELINE
+    read_latency_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.read_latency_ms, (int, float)) and 0 <= self.read_latency_ms < float("inf")):
+            raise ValueError(f"bench: read latency must be >= 0 ms, got {self.read_latency_ms!r}")
         bad = [name for name in self.loaders if name not in LOADERS]
         if bad or not self.loaders:
             raise ValueError(
@@ -137,6 +140,8 @@ class BenchConfig:
             argv += ["--cores", ",".join(map(str, self.cores))]
         if self.baseline != DEFAULT_BASELINE:
             argv += ["--baseline", self.baseline]
+        if self.read_latency_ms:
+            argv += ["--read-latency-ms", f"{self.read_latency_ms:g}"]
         return shlex.join(argv)
 
 
@@ -149,12 +154,30 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
     import fastload
     from fastload.show import dali_device
 
+    cache: Any = cfg.cache
+    if cfg.read_latency_ms:
+        # storage planning: every sample read takes this much longer, as on a NAS (fastload.bench.storage)
+        from fastload.bench.storage import DelayedCache
+
+        cache = DelayedCache.from_ms(cfg.cache, cfg.read_latency_ms)
+    try:
+        loader = _make(name, cfg, batch_size, cache, fastload, dali_device)
+    except BaseException:
+        if cache is not cfg.cache:
+            cache.close()
+        raise
+    if cache is not cfg.cache:
+        loader._bench_cache = cache  # a loader does not close a cache it was handed: _measure_one does
+    return loader
+
+
+def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any, fastload: Any, dali_device: Any) -> Any:
     if name in PEERS:
         from fastload.bench.peers import make_peer
 
         return make_peer(
             name,
-            cfg.cache,
+            cache,
             batch_size=batch_size,
             size=tuple(cfg.size),
             augment=cfg.augment,
@@ -165,7 +188,7 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
         )
     cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[name]
     return cls(
-        cfg.cache,
+        cache,
         batch_size=batch_size,
         shuffle=True,
         seed=cfg.seed,
@@ -254,6 +277,9 @@ def _measure_one(
         m = measure(loader, step, steps=cfg.steps, warmup=cfg.warmup, device=device, gpu_before_bytes=before)
     finally:
         loader.close()
+        delayed = getattr(loader, "_bench_cache", None)
+        if delayed is not None:
+            delayed.close()
     del step
     if device.type == "cuda":
         torch.cuda.empty_cache()
