@@ -33,6 +33,7 @@ same device (`fastload.pipeline.batch`). Each op mirrors a kernel of `fastload.a
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import threading
@@ -566,8 +567,8 @@ class DaliBackend:
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise ValueError("device='cuda' but torch sees no CUDA device; pass device='cpu'")
-            if not nvcomp_available():
-                raise RuntimeError(NVCOMP_MISSING)
+            if not nvcomp_available():  # a warning, not an error: DALI may still find it where we do not look
+                logging.getLogger("fastload").warning(NVCOMP_MISSING.replace("DALI cannot load it", "fastload cannot find it"))
             device_id = torch.cuda.current_device() if device_id is None else int(device_id)
         self.cache = cache
         self.augment = augment
@@ -778,9 +779,11 @@ def nvcomp_available() -> bool:
 
     import nvidia.dali
 
-    beside = Path(nvidia.dali.__file__).resolve().parent.parent / "libnvcomp" / "lib64"
+    nvidia_dir = Path(nvidia.dali.__file__).resolve().parent.parent
+    # DALI's own search path (its RUNPATH): beside it, as the nvidia-libnvcomp wheels install it, then CUDA's
+    places = (nvidia_dir / "libnvcomp" / "lib64", nvidia_dir / "cu12" / "lib", Path("/usr/local/cuda/lib64"))
     names = ("libnvcomp.so.5", "libnvcomp.so")
-    if any((beside / name).exists() for name in names):
+    if any((place / name).exists() for place in places for name in names):
         return True
     for name in names:
         try:
