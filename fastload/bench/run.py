@@ -151,9 +151,6 @@ LoaderFactory = Callable[..., Any]
 def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
     """``fastload.CpuLoader`` ("cpu"), ``fastload.Loader`` ("dali") or a peer (fastload.bench.peers) for one
     measurement; every one gets ``cfg.resolved_workers`` worker processes or threads."""
-    import fastload
-    from fastload.show import dali_device
-
     cache: Any = cfg.cache
     if cfg.read_latency_ms:
         # storage planning: every sample read takes this much longer, as on a NAS (fastload.bench.storage)
@@ -161,7 +158,7 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
 
         cache = DelayedCache.from_ms(cfg.cache, cfg.read_latency_ms)
     try:
-        loader = _make(name, cfg, batch_size, cache, fastload, dali_device)
+        loader = _make(name, cfg, batch_size, cache)
     except BaseException:
         if cache is not cfg.cache:
             cache.close()
@@ -171,7 +168,10 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
     return loader
 
 
-def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any, fastload: Any, dali_device: Any) -> Any:
+def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any) -> Any:
+    import fastload
+    from fastload.show import dali_device
+
     if name in PEERS:
         from fastload.bench.peers import make_peer
 

@@ -33,7 +33,7 @@ import math
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ from fastload.errors import CacheError, FastloadError, add_note
 from fastload.pipeline.batch import finish_batch, numpy_targets, widen_batch
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
-from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, plans_for
+from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, plans_for, wait_for_room
 
 # how worker processes start: a clean process forked from a server that never ran DALI, torch threads or OpenCV
 # threads (Python 3.14 makes forkserver the default on Linux for the same reason)
@@ -95,16 +95,9 @@ class _Reads:
             if bounded and self._held and self._held + size > self._max_bytes:
                 return
             if not bounded:
-                self._wait_for_room(size)
+                wait_for_room(self._futures.values, size, self._max_bytes)
             self._futures[i] = (self._pool.submit(self._cache.read_members, i), size)
             self._held += size
-
-    def _wait_for_room(self, size: int) -> None:
-        while True:
-            running = [(f, s) for f, s in self._futures.values() if not f.done()]
-            if not running or sum(s for _, s in running) + size <= self._max_bytes:
-                return
-            wait([f for f, _ in running], return_when=FIRST_COMPLETED)
 
     def take(self, i: int):
         future, size = self._futures.pop(i, (None, 0))

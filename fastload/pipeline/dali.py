@@ -568,7 +568,7 @@ class DaliBackend:
             if not torch.cuda.is_available():
                 raise ValueError("device='cuda' but torch sees no CUDA device; pass device='cpu'")
             if not nvcomp_available():  # a warning, not an error: DALI may still find it where we do not look
-                logging.getLogger("fastload").warning(NVCOMP_MISSING.replace("DALI cannot load it", "fastload cannot find it"))
+                logging.getLogger("fastload").warning(nvcomp_missing("fastload cannot find it where DALI looks"))
             device_id = torch.cuda.current_device() if device_id is None else int(device_id)
         self.cache = cache
         self.augment = augment
@@ -762,13 +762,15 @@ def _checked(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor
 
 
-NVCOMP_MISSING = (
-    "fastload.Loader on the GPU: DALI inflates the LZ4 label members with NVIDIA nvCOMP 5 (libnvcomp.so.5), and "
-    "DALI cannot load it. The nvidia-dali-cuda120 wheel normally brings it (nvidia-libnvcomp-cu12); an environment "
-    "assembled by hand may lack it: pip install 'nvidia-libnvcomp-cu12>=5,<6' (for a CUDA 13 build of DALI, "
-    "nvidia-libnvcomp-cu13), or put a libnvcomp.so.5 on LD_LIBRARY_PATH. The cache is fine: rebuilding or "
-    "verifying it changes nothing"
-)
+def nvcomp_missing(problem: str) -> str:
+    """What to do when DALI's GPU inflate lacks nvCOMP; ``problem`` says how it showed."""
+    return (
+        "fastload.Loader on the GPU: DALI inflates the LZ4 label members with NVIDIA nvCOMP 5 (libnvcomp.so.5), and "
+        f"{problem}. The nvidia-dali-cuda120 wheel normally brings it (nvidia-libnvcomp-cu12); an environment "
+        "assembled by hand may lack it: pip install 'nvidia-libnvcomp-cu12>=5,<6' (for a CUDA 13 build of DALI, "
+        "nvidia-libnvcomp-cu13), or put a libnvcomp.so.5 on LD_LIBRARY_PATH. The cache is fine: rebuilding or "
+        "verifying it changes nothing"
+    )
 
 
 def nvcomp_available() -> bool:
@@ -798,7 +800,7 @@ def _named_failure(names: list[str], exc: RuntimeError) -> Exception:
     """A DALI error for a batch: a decoder's becomes a CacheError naming the samples; others get a note."""
     text = str(exc)
     if "nvcomp" in text.lower():  # the library is missing or broken: no sample is at fault
-        return RuntimeError(f"{NVCOMP_MISSING} (DALI said: {text.strip().splitlines()[0]})")
+        return RuntimeError(nvcomp_missing(f"DALI cannot load it (DALI said: {text.strip().splitlines()[0]})"))
     op = re.search(r"rror in \w+ operator `([^`]+)`", text)
     if op is None or "decoders" not in op.group(1):
         add_note(exc, f"fastload: DALI was processing the samples {', '.join(names)}")

@@ -27,7 +27,7 @@ a read cost ~nothing (a sleeping thread and its stack), so the default errs on t
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -47,6 +47,16 @@ def plans_for(io_threads: int, batch_size: int) -> int:
     one plan ahead: at most 8 reads at once, whatever the pool's size).
     """
     return max(1, -(-int(io_threads) // max(1, int(batch_size))))
+
+
+def wait_for_room(reads: Callable[[], Iterable[tuple[Future, int]]], size: int, max_bytes: int) -> None:
+    """Block until a read of ``size`` bytes fits beside the unfinished ones of ``reads()`` (future, bytes) within
+    ``max_bytes``, or none is left unfinished (a sample larger than the bound alone is then read on its own)."""
+    while True:
+        running = [(future, nbytes) for future, nbytes in reads() if not future.done()]
+        if not running or sum(nbytes for _, nbytes in running) + size <= max_bytes:
+            return
+        wait([future for future, _ in running], return_when=FIRST_COMPLETED)
 
 
 @dataclass
@@ -165,17 +175,10 @@ class ReadAhead(Generic[T]):
         while not slot.complete:
             index = int(slot.plan.indices[len(slot.futures)])
             size = self._sample_bytes(index)
-            self._wait_for_room(slot, size)
+            # only the head plan is in the window when it is incomplete (`_fill` stops at the first incomplete
+            # slot), so its unfinished reads are all the reads in flight
+            wait_for_room(lambda: zip(slot.futures, slot.sizes, strict=True), size, self._max_bytes)
             self._submit(slot, index, size)
-
-    def _wait_for_room(self, slot: _Slot, size: int) -> None:
-        # only the head plan is in the window when it is incomplete (`_fill` stops at the first incomplete
-        # slot), so its unfinished reads are all the reads in flight
-        while True:
-            running = [(f, s) for f, s in zip(slot.futures, slot.sizes, strict=True) if not f.done()]
-            if not running or sum(s for _, s in running) + size <= self._max_bytes:
-                return
-            wait([f for f, _ in running], return_when=FIRST_COMPLETED)
 
     def _submit(self, slot: _Slot, index: int, size: int) -> None:
         params = slot.plan.params[len(slot.futures)]
