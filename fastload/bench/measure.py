@@ -28,6 +28,7 @@ counts what torch's allocator does not see: DALI's own memory pool, other librar
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -138,12 +139,19 @@ def device_used_bytes(device: torch.device) -> int:
     try:
         import pynvml
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)  # NVML counts devices as CUDA does without masking
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(index)).used)
     except Exception:  # noqa: BLE001 - pynvml missing or NVML unusable (CUDA_VISIBLE_DEVICES remaps): ask CUDA
         free, total = torch.cuda.mem_get_info(index)
         return int(total - free)
+
+
+@functools.cache
+def _nvml_handle(index: int) -> Any:
+    """NVML initialised once per process (the sampler reads every 0.1 s), and the device's handle."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml.nvmlDeviceGetHandleByIndex(index)  # NVML counts devices as CUDA does without masking
 
 
 def endless(loader: EpochLoader) -> Iterator[dict[str, torch.Tensor]]:
