@@ -92,16 +92,21 @@ def test_segnet_loss_handles_strided_maps_and_an_all_ignored_batch():
 
 def test_segnet_loss_weights_small_instances_and_masks_the_centre_loss_by_ignore():
     batch = fake_batch(1, 32, 32)
-    pred = SegNet(3, width=8)(batch["image"])
+    g = torch.Generator().manual_seed(0)
+    pred = {
+        "semantic": torch.randn(1, 4, 32, 32, generator=g),
+        "heatmap": torch.zeros(1, 1, 32, 32),
+        "offset": torch.zeros(1, 2, 32, 32),
+    }
     plain = segnet_loss(pred, {k: v for k, v in batch.items() if k != "semantic_weight"})
     batch["semantic_weight"] = torch.full((1, 32, 32), 3.0)
     assert torch.allclose(segnet_loss(pred, batch).semantic, 3 * plain.semantic)  # weights scale each pixel's loss
+    batch["semantic"][:] = 1
     batch["heatmap"][:] = 0
-    batch["heatmap"][0, 0, :16] = 1.0  # a wrong centre where the ignore region will be
-    before = segnet_loss(pred, batch).heatmap
-    batch["semantic"][0, :16] = 255
-    after = segnet_loss(pred, batch).heatmap
-    assert after < before  # the ignored half no longer counts
+    batch["heatmap"][0, 0, :16] = 1.0  # a centre the prediction (0) misses, in the top half
+    assert segnet_loss(pred, batch).heatmap.item() == 0.5  # counted: half the pixels off by 1
+    batch["semantic"][0, :16] = 255  # the top half becomes ignore
+    assert segnet_loss(pred, batch).heatmap.item() == 0.0  # not counted any more
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
