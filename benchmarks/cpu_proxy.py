@@ -84,9 +84,10 @@ def loader_rate(cache: Path, threads: int, epochs: int) -> float:
 
 def one(kind: str, cache: Path, threads: int, epochs: int) -> float:
     """One measurement in a fresh interpreter, so that neither run inherits the other's threads or memory."""
+    here = str(Path(__file__).parent)
     code = (
-        "import sys; sys.path.insert(0, %r); from cpu_proxy import *; from pathlib import Path; "
-        "print(%s_rate(Path(%r), %d, %d))" % (str(Path(__file__).parent), kind, str(cache), threads, epochs)
+        f"import sys; sys.path.insert(0, {here!r}); import cpu_proxy; from pathlib import Path; "
+        f"print(cpu_proxy.{kind}_rate(Path({str(cache)!r}), {threads}, {epochs}))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from fastload.augment.config import AugmentConfig, load_augment
-from fastload.augment.params import draw_params, sample_rng
 from fastload.cores import usable_cores
 from fastload.errors import CacheError, ConfigError
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BatchPlan
-from fastload.pipeline.readahead import DEFAULT_IO_THREADS
+from fastload.pipeline.prefetch import DEFAULT_IO_THREADS
 from fastload.sampling import epoch_order, num_batches, rank_batches
 
 DEVICES = ("auto", "cuda", "cuda:N", "cpu")
@@ -119,7 +118,8 @@ class _LoaderShell:
             self._epoch, self._yielded = epoch + 1, 0
 
     def plans(self, epoch: int, *, start: int = 0) -> Iterator[BatchPlan]:
-        """This rank's batch plans for ``epoch`` from batch ``start`` on (indices + augmentation parameters)."""
+        """This rank's batch plans for ``epoch`` from batch ``start`` on: each batch's indices, and the (seed, epoch)
+        the worker that makes the batch draws the samples' augmentation from (nothing per sample happens here)."""
         order = epoch_order(len(self.cache), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
         batches = rank_batches(
             order,
@@ -129,10 +129,7 @@ class _LoaderShell:
             drop_last=self.drop_last,
         )
         for indices in batches[start:]:
-            params = tuple(
-                draw_params(sample_rng(self.seed, epoch, int(i)), self.augment) for i in indices
-            )
-            yield BatchPlan(indices=np.asarray(indices, dtype=np.int64), params=params)
+            yield BatchPlan(indices=np.asarray(indices, dtype=np.int64), seed=self.seed, epoch=epoch)
 
     # --- resumable state (torchdata StatefulDataLoader convention) ---------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -262,8 +259,16 @@ class Loader(_LoaderShell):
             batch_size=self.batch_size,
             num_threads=self.num_threads,
             prefetch=self.prefetch,
+            workers=feed_workers(self.num_threads),
             io_threads=self.io_threads,
         )
+
+
+def feed_workers(num_threads: int) -> int:
+    """Feed worker processes for a DALI loader given ``num_threads`` cores: one per four (at least one, at most
+    eight). A feed worker reads, checks and prepares ~4,000-8,000 samples/s (benchmarks/cpu_proxy.py), so a few
+    keep a GPU pipeline fed while leaving DALI's own threads (nvJPEG's host work) their cores."""
+    return max(1, min(8, num_threads // 4))
 
 
 _noticed: set[str] = set()

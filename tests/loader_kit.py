@@ -84,7 +84,7 @@ def start_mp_helpers() -> None:
     """Start the fork server now, so that tests counting processes and descriptors see it before they count."""
     import multiprocessing.forkserver
 
-    from fastload.pipeline.cpu import START_METHOD
+    from fastload.pipeline.workers import START_METHOD
 
     assert START_METHOD == "forkserver"
     multiprocessing.forkserver.ensure_running()

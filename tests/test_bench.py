@@ -12,6 +12,7 @@ from fastload.bench.measure import ProcessTreeSampler, endless, measure
 from fastload.bench.model import SegNet, TrainStep, segnet_loss
 from fastload.bench.report import format_table, plot, validate_report, write_json
 from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
+from fastload.bench.storage import DelayedCache
 
 
 def fake_batch(
@@ -270,6 +271,19 @@ def test_bench_cli_sweep_without_a_model(synth_cache, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+class _Counted(DelayedCache):
+    """The DelayedCache the bench opens, counting: each read (in whichever process) leaves a file in ``meter_dir``."""
+
+    meter_dir = ""
+
+    def read_bytes(self, fd: int, length: int, start: int) -> bytes:
+        import os
+        from pathlib import Path
+
+        Path(self.meter_dir, f"{os.getpid()}-{time.monotonic_ns()}").touch()
+        return super().read_bytes(fd, length, start)
+
+
 def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tmp_path, capsys, monkeypatch):
     """--read-latency-ms: storage planning, every sample read that much slower (DelayedCache), closed after."""
     from fastload.bench import storage
@@ -277,9 +291,12 @@ def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tm
 
     opened = []
     original = storage.DelayedCache.from_ms.__func__
+    reads = tmp_path / "reads"
+    reads.mkdir()
 
     def spy(cls, root, latency_ms, **kwargs):
-        opened.append(original(cls, root, latency_ms, **kwargs))
+        opened.append(original(_Counted, root, latency_ms, **kwargs))
+        opened[-1].meter_dir = str(reads)  # an instance attribute: it travels to the feed workers
         return opened[-1]
 
     monkeypatch.setattr(storage.DelayedCache, "from_ms", classmethod(spy))
@@ -291,7 +308,8 @@ def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tm
     assert "5 ms longer" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["config"]["read_latency_ms"] == 5.0 and "--read-latency-ms 5" in report["command"]
-    assert len(opened) == 1 and opened[0].reads >= 4 and opened[0].latency_s == 0.005
+    # the reads happen in the loader's feed workers, through this cache: each of them took 5 ms more
+    assert len(opened) == 1 and opened[0].latency_s == 0.005 and len(list(reads.iterdir())) >= 4
     assert not opened[0]._fds  # its shard files closed after the measurement
 
 

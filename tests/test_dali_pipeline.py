@@ -26,12 +26,13 @@ from fastload.targets import center_targets, semantic_weights
 
 pytest.importorskip("nvidia.dali")
 
-from fastload.pipeline.dali import (  # noqa: E402
-    DaliBackend,
-    GraphSpec,
-    PhotometricOps,
-    label_inputs,
-    sample_inputs,
+from fastload.pipeline.dali import DaliBackend, GraphSpec, PhotometricOps  # noqa: E402
+from fastload.pipeline.dali.failures import named_failure  # noqa: E402
+from fastload.pipeline.dali.inputs import (  # noqa: E402
+    cpu_label_columns,
+    gpu_label_columns,
+    label_layouts,
+    param_columns,
 )
 
 OUT = (32, 48)
@@ -101,10 +102,21 @@ def plan(indices, cfg: AugmentConfig = DEFAULT, epoch: int = 0) -> BatchPlan:
     return BatchPlan(indices=idx, params=tuple(draw_params(sample_rng(0, epoch, int(i)), cfg) for i in idx))
 
 
+_made: list[DaliBackend] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_backends():
+    yield
+    while _made:
+        _made.pop().close()
+
+
 def backend(
-    cache=None, *, cfg: AugmentConfig = DEFAULT, batch_size: int = 3, prefetch: int = 2, out_size=OUT
+    cache=None, *, cfg: AugmentConfig = DEFAULT, batch_size: int = 3, prefetch: int = 2, out_size=OUT, workers: int = 1
 ) -> DaliBackend:
-    return DaliBackend(
+    """A DALI backend on the CPU whose feed runs in ``workers`` processes (0: in this process); closed after the test."""
+    be = DaliBackend(
         cache=cache if cache is not None else MemCache(),
         out_size=out_size,
         augment=cfg,
@@ -113,7 +125,10 @@ def backend(
         batch_size=batch_size,
         num_threads=2,
         prefetch=prefetch,
+        workers=workers,
     )
+    _made.append(be)
+    return be
 
 
 def expected_layout(stride: int = 1) -> dict:
@@ -207,65 +222,71 @@ def test_none_config_leaves_photometric_ops_out_of_the_graph():
     assert not PhotometricOps.from_config(NONE.photometric).any
     assert PhotometricOps.from_config(DEFAULT.photometric) == PhotometricOps(True, True, True, True)
     spec = GraphSpec.create(out_size=OUT, augment=NONE, device="cpu")
-    assert spec.inputs == ("image", "sem", "ins", "image_affine")
+    assert spec.inputs == ("image", "image_len", "sem", "ins", "image_affine")
     with pytest.raises(ValueError, match="noise"):
-        sample_inputs(SampleParams(noise_sigma=3.0, noise_offset=(1, 2)), (24, 40), spec)
+        param_columns([SampleParams(noise_sigma=3.0, noise_offset=(1, 2))], np.array([[24, 40]]), spec)
 
 
-def test_parameter_tensors_have_documented_dtypes_and_shapes():
+def test_parameter_columns_have_documented_dtypes_and_shapes():
     spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="cpu")
     params = SampleParams(flip_x=True, angle=30.0, scale=1.2, shift=(0.1, -0.1), noise_sigma=2.0, noise_offset=(7, 3))
-    t = sample_inputs(params, (24, 40), spec)
+    t = param_columns([params, SampleParams()], np.array([[24, 40], [26, 40]]), spec)
     assert {k: (v.dtype, v.shape) for k, v in t.items()} == {
-        "image_affine": (np.float32, (2, 3)),
-        "scalars": (np.float32, (10,)),
-        "noise_anchor": (np.int32, (2,)),
+        "image_affine": (np.float32, (2, 2, 3)),
+        "scalars": (np.float32, (2, 10)),
+        "noise_anchor": (np.int32, (2, 2)),
     }
-    assert t["noise_anchor"].tolist() == [7, 3]
+    assert t["noise_anchor"].tolist() == [[7, 3], [0, 0]]
 
 
-def test_cpu_graph_gets_decoded_padded_labels():
+def test_cpu_graph_gets_decoded_labels_padded_with_the_warps_fill():
     cache = MemCache()
-    members = cache.read_members(2)
-    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="cpu")
-    got = label_inputs(members.semantic, members.instance, cache.image_size(2), spec)
-    h, _ = cache.image_size(2)
-    assert got["sem"].dtype == np.uint8 and got["ins"].dtype == np.int16 and got["sem"].shape[2] == 1
-    assert np.array_equal(got["sem"][:h, :, 0], cache.arrays(2)["semantic"])
-    assert np.array_equal(got["ins"][:h, :, 0], cache.arrays(2)["instance"].astype(np.int16))
-    assert (got["sem"][h:] == 255).all() and (got["ins"][h:] == 0).all()  # padding = the warps' fill
+    members = [cache.read_members(i) for i in (2, 1)]  # 28 and 26 rows
+    hws = np.array([cache.image_size(2), cache.image_size(1)])
+    got = cpu_label_columns([m.semantic for m in members], [m.instance for m in members], hws)
+    assert got["sem"].dtype == np.uint8 and got["ins"].dtype == np.int16 and got["sem"].shape == (2, 28, 40, 1)
+    for k, i in enumerate((2, 1)):
+        h = cache.image_size(i)[0]
+        assert np.array_equal(got["sem"][k, :h, :, 0], cache.arrays(i)["semantic"])
+        assert np.array_equal(got["ins"][k, :h, :, 0], cache.arrays(i)["instance"].astype(np.int16))
+        assert (got["sem"][k, h:] == 255).all() and (got["ins"][k, h:] == 0).all()  # what a warp reads outside
 
 
-def test_gpu_label_inputs_inflate_to_the_decoded_labels():
+def test_gpu_label_columns_inflate_to_the_decoded_labels():
     # fn.decoders.inflate runs on the GPU only; here its arguments are replayed with the lz4 package, as nvCOMP
-    # uses them: each chunk at its offset and size inflates to band_shape; chunks stack; label_shape reshapes
+    # uses them: each band at its offset and size in the sample's `labels` row inflates to (rows, width); the
+    # bands stack; the padded shape reshapes
     import lz4.block
 
     cache = MemCache()
     spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="gpu")
-    assert spec.inputs[:9] == ("image", "sem", "ins", "band_shape", "label_shape", "sem_offsets", "sem_sizes", "ins_offsets", "ins_sizes")
-    members = cache.read_members(3)
-    got = label_inputs(members.semantic, members.instance, cache.image_size(3), spec)
-    for kind, dtype in (("sem", np.uint8), ("ins", np.int16)):
-        data = got[kind].tobytes()
-        rows, width = got["band_shape"].tolist()
-        chunks = [
-            np.frombuffer(lz4.block.decompress(data[o : o + s], uncompressed_size=rows * width * np.dtype(dtype).itemsize), dtype)
-            for o, s in zip(got[f"{kind}_offsets"].tolist(), got[f"{kind}_sizes"].tolist(), strict=True)
-        ]
-        inflated = np.stack(chunks).reshape(got["label_shape"].tolist())
-        decoded = decode_label(members.semantic if kind == "sem" else members.instance, kind=kind, padded=True)
-        assert np.array_equal(inflated[..., 0], decoded.view(dtype))
-    for name in ("band_shape", "label_shape", "sem_offsets", "sem_sizes", "ins_offsets", "ins_sizes"):
+    assert spec.inputs[:7] == ("image", "image_len", "labels", "sem_chunks", "sem_dims", "ins_chunks", "ins_dims")
+    members = [cache.read_members(i) for i in (3, 0)]
+    layouts = [label_layouts(m.semantic, m.instance, cache.image_size(i)) for m, i in zip(members, (3, 0), strict=True)]
+    got = gpu_label_columns([m.semantic for m in members], [m.instance for m in members], layouts)
+    for k, m in enumerate(members):
+        row = got["labels"][k].tobytes()
+        for kind, dtype in (("sem", np.uint8), ("ins", np.int16)):
+            bands, rows, width, *shape = got[f"{kind}_dims"][k].tolist()
+            offsets, sizes = got[f"{kind}_chunks"][k, :, :bands]
+            chunks = [
+                np.frombuffer(lz4.block.decompress(row[o : o + s], uncompressed_size=rows * width * np.dtype(dtype).itemsize), dtype)
+                for o, s in zip(offsets.tolist(), sizes.tolist(), strict=True)
+            ]
+            inflated = np.stack(chunks).reshape(shape)
+            decoded = decode_label(m.semantic if kind == "sem" else m.instance, kind=kind, padded=True)
+            assert np.array_equal(inflated[..., 0], decoded.view(dtype))
+    for name in ("sem_chunks", "sem_dims", "ins_chunks", "ins_dims"):
         assert got[name].dtype == np.int32, name
 
 
 def test_a_label_header_that_disagrees_with_the_index_is_named():
     cache = MemCache()
     members = cache.read_members(1)
-    spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="gpu")
     with pytest.raises(CacheError, match=r"sem member is 26 x 40, the sample 30 x 40"):
-        label_inputs(members.semantic, members.instance, (30, 40), spec)
+        label_layouts(members.semantic, members.instance, (30, 40))
+    with pytest.raises(CacheError, match=r"instance member holds uint8, expected uint16"):
+        label_layouts(members.semantic, members.semantic, (26, 40))
 
 
 # ----------------------------------------------------------------------------------------- plans and passes
@@ -309,18 +330,24 @@ def reader_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(("fastload-feed", "fastload-io"))]
 
 
-def test_reader_threads_end_with_their_pass():
-    be = backend(prefetch=1)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_abandoned_passes_leave_nothing_running_after_close(workers):
+    import psutil
+
+    be = backend(prefetch=1, workers=workers)
     for _ in range(3):
         it = be.iterate(iter([plan([0, 1, 2])] * 20))
         next(it)
-        it.close()  # abandoned with many plans left: its reader thread must not linger
-    list(be.iterate(iter([plan([3])])))
+        it.close()  # abandoned with many plans left: the next pass cancels what its workers still had queued
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([3])]))] == [[3]]
+    pids = be.worker_pids
+    assert len(pids) == workers
     be.close()
     deadline = time.monotonic() + 5.0
-    while reader_threads() and time.monotonic() < deadline:
+    while (reader_threads() or any(psutil.pid_exists(p) for p in pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert reader_threads() == []
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
 
 def test_errors_in_the_plans_surface_in_order():
@@ -392,12 +419,10 @@ def test_a_cache_read_error_surfaces_as_is_after_the_batches_before_it():
 
 
 def test_only_decoder_failures_become_cache_errors():
-    from fastload.pipeline.dali import _named_failure
-
     decoder = RuntimeError(
         "Error in MIXED operator `nvidia.dali.fn.decoders.image`,\nencountered:\n\nbad JPEG\n"
     )
-    failure = _named_failure(["shard-00001.tar:00000007 (cache index 7)"], decoder)
+    failure = named_failure(["shard-00001.tar:00000007 (cache index 7)"], decoder)
     assert isinstance(failure, CacheError) and "00000007" in str(failure) and "bad JPEG" in str(failure)
     # verify decodes with OpenCV, so it may pass: the message says so, and gives the fix that works then
     assert "fastload cache verify" in str(failure) and "If verify passes" in str(failure)
@@ -405,7 +430,7 @@ def test_only_decoder_failures_become_cache_errors():
     other = RuntimeError(
         "Error in GPU operator `nvidia.dali.fn.warp_affine`,\nencountered:\n\nout of memory\n"
     )
-    assert _named_failure(["s:k (cache index 3)"], other) is other  # not blamed on the data
+    assert named_failure(["s:k (cache index 3)"], other) is other  # not blamed on the data
     assert "cache index 3" in " ".join(other.__notes__)
 
 
@@ -447,10 +472,8 @@ def test_missing_dali_gives_an_install_hint(monkeypatch):
 
 
 def test_a_missing_nvcomp_is_named_with_its_install_command_not_as_a_bad_sample(monkeypatch):
-    from fastload.pipeline import dali as dali_mod
-
     error = RuntimeError("dlopen libnvcomp.so failed ... nvComp error (11)")
-    failure = dali_mod._named_failure(["shard-00000.tar:00000001 (cache index 1)"], error)
+    failure = named_failure(["shard-00000.tar:00000001 (cache index 1)"], error)
     assert "nvidia-libnvcomp-cu12" in str(failure) and "verify" not in str(failure).split("The cache is fine")[0]
     assert "rebuilding or verifying it changes nothing" in str(failure)
 
@@ -458,7 +481,7 @@ def test_a_missing_nvcomp_is_named_with_its_install_command_not_as_a_bad_sample(
 def test_nvcomp_is_found_beside_dali_or_on_the_loader_path(monkeypatch, tmp_path):
     import ctypes
 
-    from fastload.pipeline import dali as dali_mod
+    from fastload.pipeline.dali import nvcomp as dali_mod
 
     fake = tmp_path / "nvidia" / "dali" / "__init__.py"
     fake.parent.mkdir(parents=True)

@@ -58,7 +58,7 @@ def test_draws_respect_ranges_and_probabilities():
     assert all(p.noise_sigma == 0.0 or 2.0 <= p.noise_sigma <= 8.0 for p in ps)
     assert all(0 <= p.noise_offset[0] < 256 and 0 <= p.noise_offset[1] < 256 for p in ps)
     assert len({p.noise_offset for p in ps if p.noise_sigma}) > 0.95 * sum(1 for p in ps if p.noise_sigma)
-    shadows = [p.shadow for p in ps if p.shadow[4] > 0]
+    shadows = [p.shadow for p in ps if p.shadow.strength > 0]
     assert 0.15 < len(shadows) / len(ps) < 0.25
     assert all(math.isclose(math.hypot(s[0], s[1]), 1.0) for s in shadows)
 

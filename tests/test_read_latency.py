@@ -154,7 +154,7 @@ def test_close_with_reads_in_flight_leaves_no_thread_or_process(kind, extra, cle
     loader = make_loader(kind, cache, **ARGS, **extra)
     batches = iter(loader)
     next(batches)
-    if kind == "dali" or not extra["num_threads"]:
+    if kind == "cpu" and not extra["num_threads"]:
         assert cache.reads_in_flight > 0  # the next batches' reads are under way in this process
     started = time.monotonic()
     loader.close()
@@ -189,8 +189,8 @@ def _backend(kind: str, cache, workers: int, io_threads: int, max_read_bytes: in
     if kind == "dali":
         from fastload.pipeline.dali import DaliBackend
 
-        return DaliBackend(**args, device="cpu", device_id=None, num_threads=2, io_threads=io_threads,
-                           max_read_bytes=max_read_bytes)  # fmt: skip
+        return DaliBackend(**args, device="cpu", device_id=None, num_threads=2, workers=max(1, workers),
+                           io_threads=io_threads, max_read_bytes=max_read_bytes)  # fmt: skip
     from fastload.pipeline.cpu import TorchBackend
 
     return TorchBackend(**args, device=torch.device("cpu"), num_workers=workers, io_threads=io_threads,
@@ -267,15 +267,15 @@ def test_drop_page_cache_advises_every_shard(clean):
 
 @pytest.mark.parametrize("workers, depth", [(0, 1), (0, 3), (1, 2), (2, 1), (2, 4), (3, 2)])
 def test_each_work_item_names_the_plans_its_worker_gets_next(workers, depth):
-    from fastload.pipeline.cpu import _PlanFeed
+    from fastload.pipeline.cpu import _WorkSampler
     from fastload.pipeline.plan import BatchPlan
 
-    plans = [BatchPlan(indices=np.array([2 * k, 2 * k + 1]), params=(None, None)) for k in range(11)]
-    feed = _PlanFeed(workers, depth=depth)
+    plans = [BatchPlan(indices=np.array([2 * k, 2 * k + 1])) for k in range(11)]
+    feed = _WorkSampler(workers, depth=depth)
     feed.source = iter(plans)
     items = list(feed)
     stride = max(1, workers)  # DataLoader's round-robin: item k goes to worker k mod W; W = 0: this process
-    assert [[i for i, _ in item.pairs] for item in items] == [list(p.indices) for p in plans]
+    assert [list(item.plan.indices) for item in items] == [list(p.indices) for p in plans]
     for k, item in enumerate(items):
         later = [plans[j] for j in range(k + stride, min(k + stride * depth, len(plans) - 1) + 1, stride)]
         assert list(item.ahead) == [int(i) for p in later for i in p.indices], k

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,18 @@ NOISE_SHIFTS = 256
 
 SHADOW_OFFSET_MAX = 0.2
 """The shadow line passes within this many output diagonals of the output centre (see :class:`SampleParams`)."""
+
+
+class ShadowBand(NamedTuple):
+    """A straight shadow band: ``(nx, ny)`` a unit normal, ``c`` the line's offset, ``half_width`` and ``strength``
+    (the darkening factor ``1 - strength``); in normalised output coordinates in `SampleParams`, in output
+    pixels from `shadow_band`."""
+
+    nx: float = 1.0
+    ny: float = 0.0
+    c: float = 0.0
+    half_width: float = 0.0
+    strength: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,11 @@ class SampleParams:
     contrast: float = 1.0
     noise_sigma: float = 0.0
     noise_offset: tuple[int, int] = (0, 0)
-    shadow: tuple[float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 0.0)
+    shadow: ShadowBand = ShadowBand()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shadow, ShadowBand):  # a plain 5-tuple names its fields too
+            object.__setattr__(self, "shadow", ShadowBand(*self.shadow))
 
 
 def identity_params() -> SampleParams:
@@ -111,7 +128,7 @@ def draw_params(rng: np.random.Generator, cfg: AugmentConfig) -> SampleParams:
         (s_lo, s_hi), (w_lo, w_hi) = pho.shadow.strength, pho.shadow.half_width
         half_width = float(w_lo + (w_hi - w_lo) * v[12])
         strength = float(s_lo + (s_hi - s_lo) * v[13])
-        shadow = (math.cos(theta), math.sin(theta), c, half_width, strength)
+        shadow = ShadowBand(math.cos(theta), math.sin(theta), c, half_width, strength)
 
     return SampleParams(
         flip_x=bool(g[0] < geo.flip_x),
@@ -187,8 +204,8 @@ def map_hw(out_hw: tuple[int, int], stride: int) -> tuple[int, int]:
     return oh // stride, ow // stride
 
 
-def shadow_band(params: SampleParams, out_hw: tuple[int, int]) -> tuple[float, float, float, float, float]:
-    """The shadow band in output pixel coordinates: ``(nx, ny, c, half_width, strength)``.
+def shadow_band(params: SampleParams, out_hw: tuple[int, int]) -> ShadowBand:
+    """The shadow band in output pixel coordinates.
 
     A pixel centre ``(x, y)`` (``x = j + 0.5``, ``y = i + 0.5``) is shadowed when
     ``|nx·x + ny·y − c| < half_width``; it is then multiplied by ``1 − strength``.
@@ -196,4 +213,4 @@ def shadow_band(params: SampleParams, out_hw: tuple[int, int]) -> tuple[float, f
     nx, ny, c, half_width, strength = params.shadow
     oh, ow = out_hw
     diag = math.hypot(oh, ow)
-    return (nx, ny, c * diag + nx * ow / 2.0 + ny * oh / 2.0, half_width * diag, strength)
+    return ShadowBand(nx, ny, c * diag + nx * ow / 2.0 + ny * oh / 2.0, half_width * diag, strength)

@@ -393,7 +393,7 @@ def augment_sample(
     img = warp_image(image, m, out_hw)
     img = adjust_hue_saturation(img, params.hue, params.saturation)
     img = adjust_brightness_contrast(img, params.brightness, params.contrast)
-    if params.shadow[4] != 0.0 or params.noise_sigma != 0.0:
+    if params.shadow.strength != 0.0 or params.noise_sigma != 0.0:
         imgf = img.astype(np.float32)  # one float32 buffer for shadow, noise and the rounding
         _shade(imgf, shadow_band(params, out_hw))
         _add_noise(imgf, params.noise_sigma, params.noise_offset)

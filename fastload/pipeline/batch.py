@@ -63,8 +63,16 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.from_numpy(np.empty(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
 
 
-def _widen(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return _empty(tuple(mask.shape), dtype, mask.device).copy_(mask)
+def widen_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` as ``dtype`` (the contract's int64 semantic / int32 instance), a new tensor on its device.
+
+    On the CPU NumPy copies (one thread): torch's parallel copy wakes its OpenMP threads, which then spin for a
+    while after every such copy, taking cores the loader's own threads need."""
+    out = _empty(tuple(mask.shape), dtype, mask.device)
+    if mask.device.type == "cpu":
+        np.copyto(out.numpy(), mask.numpy(), casting="unsafe")
+        return out
+    return out.copy_(mask)
 
 
 def numpy_targets(instance: np.ndarray, targets: TargetsConfig) -> dict[str, np.ndarray]:
@@ -142,6 +150,6 @@ def widen_batch(
     from uint8 (N, H, W, 3) images, uint8 semantic and int16/int32 instance masks, on their device."""
     return {
         "image": normalize_batch(image, cfg.normalize.mean, cfg.normalize.std),
-        "semantic": _widen(semantic, torch.int64),
-        "instance": _widen(instance, torch.int32),
+        "semantic": widen_mask(semantic, torch.int64),
+        "instance": widen_mask(instance, torch.int32),
     }

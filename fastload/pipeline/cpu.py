@@ -30,10 +30,8 @@ of stealing the new epoch's batches.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastload.augment.config import AugmentConfig
-from fastload.augment.params import SampleParams, map_hw
+from fastload.augment.params import map_hw
 from fastload.augment.reference import augment_sample
 from fastload.cache.format import decode_image
 from fastload.cache.reader import decode_labels
@@ -50,75 +48,16 @@ from fastload.errors import CacheError, FastloadError, add_note
 from fastload.pipeline.batch import finish_batch, numpy_targets, widen_batch
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
-from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, plans_for, wait_for_room
-
-# how worker processes start: a clean process forked from a server that never ran DALI, torch threads or OpenCV
-# threads (Python 3.14 makes forkserver the default on Linux for the same reason)
-START_METHOD = "forkserver"
-# imported once by the fork server, so that each worker starts in ~0.1 s instead of importing torch again
-_PRELOAD = ["fastload.pipeline.cpu"]
+from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, Prefetcher, plans_for
+from fastload.pipeline.workers import mp_context
 
 
 @dataclass(frozen=True)
 class _Work:
-    """What the batch sampler hands a worker: a plan's samples, and what to read ahead for its next ones."""
+    """What the batch sampler hands a worker: a plan, and what to read ahead for its next ones."""
 
-    pairs: tuple[tuple[int, SampleParams], ...]
-    ahead: tuple[int, ...] = ()  # the cache indices of this worker's next plans, in the order it will need them
-
-
-class _Reads:
-    """A worker's concurrent reads: ``take(i)`` returns sample i's members, read on a thread pool ahead of time.
-
-    ``want(indices)`` starts reads (the current batch's, then the next batches') while the bytes held by reads
-    not yet taken stay within ``max_bytes``; the current batch is always read in full. At most ``io_threads``
-    reads run at once (the pool's size), and whatever runs in the pool runs on in the background: reads
-    continue while the process augments, and while it waits for its next work item. Created lazily in the
-    process that reads (a worker, or the main process with ``num_workers=0``): threads do not survive pickling.
-    """
-
-    def __init__(self, cache: Any, io_threads: int, max_bytes: int) -> None:
-        self._cache = cache
-        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="fastload-io")
-        self._max_bytes = max_bytes
-        self._futures: dict[int, tuple[Future, int]] = {}
-        self._held = 0
-
-    def want(self, indices: Sequence[int], *, bounded: bool) -> None:
-        """Start reading ``indices`` in order: while ``max_bytes`` allow (``bounded``), or all of them (the batch
-        being made), then as reads in flight finish, so that they never hold more than ``max_bytes`` (unless one
-        sample alone is larger)."""
-        for i in indices:
-            if i in self._futures:
-                continue
-            size = self._cache.span_bytes(i)
-            if bounded and self._held and self._held + size > self._max_bytes:
-                return
-            if not bounded:
-                wait_for_room(self._futures.values, size, self._max_bytes)
-            self._futures[i] = (self._pool.submit(self._cache.read_members, i), size)
-            self._held += size
-
-    def take(self, i: int):
-        future, size = self._futures.pop(i, (None, 0))
-        self._held -= size
-        if future is None:  # not read ahead (e.g. the batch went to another worker than expected)
-            return self._cache.read_members(i)
-        return future.result()
-
-    def forget_except(self, keep: set[int]) -> None:
-        """Drop reads that are neither wanted now nor ahead (a misprediction), so they do not hold memory."""
-        for i in [i for i in self._futures if i not in keep]:
-            future, size = self._futures.pop(i)
-            future.cancel()
-            self._held -= size
-
-    def close(self) -> None:
-        for future, _ in self._futures.values():
-            future.cancel()
-        self._futures.clear()
-        self._held = 0
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    plan: BatchPlan
+    ahead: np.ndarray  # int64: the cache indices of this worker's next plans, in the order it will need them
 
 
 class _AugmentedBatches(Dataset):
@@ -147,7 +86,7 @@ class _AugmentedBatches(Dataset):
         self.finish = finish
         self.io_threads = io_threads
         self.max_read_bytes = max_read_bytes
-        self._reads: _Reads | None = None
+        self._reads: Prefetcher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -179,15 +118,20 @@ class _AugmentedBatches(Dataset):
 
     def __getitems__(self, work: _Work) -> dict[str, torch.Tensor]:
         if self._reads is None:
-            self._reads = _Reads(self.cache, self.io_threads, self.max_read_bytes)
-        indices = [i for i, _ in work.pairs]
-        self._reads.forget_except(set(indices) | set(work.ahead))
-        self._reads.want(indices, bounded=False)
-        self._reads.want(work.ahead, bounded=True)
+            self._reads = Prefetcher(
+                self.cache.read_members,
+                sample_bytes=self.cache.span_bytes,
+                io_threads=self.io_threads,
+                max_bytes=self.max_read_bytes,
+            )
+        indices, ahead = work.plan.indices.tolist(), work.ahead.tolist()
+        self._reads.forget_except(set(indices) | set(ahead))
+        self._reads.want(indices, now=True)
+        self._reads.want(ahead, now=False)
         batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self._layout(len(indices)).items()}
         rows = {key: tensor.numpy() for key, tensor in batch.items()}
         cfg, max_id = self.augment, 0
-        for k, (index, params) in enumerate(work.pairs):
+        for k, (index, params) in enumerate(zip(indices, work.plan.sample_params(cfg), strict=True)):
             sample = self._load(index)
             max_id = max(max_id, int(sample.pop("instances")))
             with nvtx_range("fastload/augment"):
@@ -250,12 +194,12 @@ def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return template.new(storage).resize_(shape)
 
 
-class _PlanFeed:
+class _WorkSampler:
     """Batch sampler: yields each plan of the current source as a `_Work` item, with what to read ahead.
 
     DataLoader hands batches to its workers in turn (batch k of a pass to worker k mod W, in order), so the
     plans W, 2W, ... places later go to the same worker: those are the ones it reads ahead, ``depth`` of them
-    (`fastload.pipeline.readahead.plans_for`: enough to keep ``io_threads`` reads busy). With W = 0 every batch
+    (`fastload.pipeline.prefetch.plans_for`: enough to keep ``io_threads`` reads busy). With W = 0 every batch
     is made in the calling process and the next ``depth`` plans are read ahead. A wrong guess only costs reads
     that are dropped.
     """
@@ -286,8 +230,7 @@ def _ahead(window: deque[BatchPlan], stride: int, depth: int) -> list[BatchPlan]
 
 
 def _to_work(plan: BatchPlan, ahead: list[BatchPlan]) -> _Work:
-    pairs = tuple(zip(plan.indices.tolist(), plan.params, strict=True))
-    return _Work(pairs, tuple(i for p in ahead for i in p.indices.tolist()))
+    return _Work(plan, np.concatenate([p.indices for p in ahead]) if ahead else np.zeros(0, np.int64))
 
 
 _GUARD_HINT = (
@@ -372,7 +315,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self._feed = _PlanFeed(self.num_workers, depth=plans_for(io_threads, self.batch_size))
+        self._feed = _WorkSampler(self.num_workers, depth=plans_for(io_threads, self.batch_size))
         self._generation = 0
         workers = self.num_workers > 0
         self._dataset = _AugmentedBatches(
@@ -385,8 +328,9 @@ class TorchBackend:
         )
         context = None
         if workers:
-            context = mp.get_context(START_METHOD)
-            context.set_forkserver_preload(_PRELOAD)
+            # a clean process forked from a server that never ran DALI, torch threads or OpenCV threads, with
+            # fastload preloaded (fastload.pipeline.workers: the one start method of every fastload worker)
+            context = mp_context()
         self._loader: DataLoader | None = DataLoader(
             self._dataset,
             batch_sampler=self._feed,

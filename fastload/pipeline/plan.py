@@ -1,4 +1,4 @@
-"""What the loader shell hands a backend: one batch's sample indices and their augmentation parameters."""
+"""What the loader shell hands a backend: one batch's sample indices, and where their augmentation comes from."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastload.augment.params import SampleParams
+from fastload.augment.config import AugmentConfig
+from fastload.augment.params import SampleParams, draw_params, sample_rng
 
 
 @dataclass(frozen=True)
@@ -14,15 +15,30 @@ class BatchPlan:
     """One batch for one rank.
 
     indices : int64 (N,) global cache indices, N <= batch_size (N may be 0 on a short last step)
-    params  : one SampleParams per index, drawn by the shell from (seed, epoch, index)
+    params : explicit parameters, one per index (tests, replays of a given augmentation); None: drawn as below
+    seed, epoch : each sample's parameters are ``draw_params(sample_rng(seed, epoch, index), cfg)``, drawn by
+        whoever makes the batch (a worker process), never by the training process
+
+    A plan is a few integers, so that handing it to a worker process costs nothing per sample.
     """
 
     indices: np.ndarray
-    params: tuple[SampleParams, ...]
+    params: tuple[SampleParams, ...] | None = None
+    seed: int = 0
+    epoch: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.indices) != len(self.params):
+        if self.params is not None and len(self.indices) != len(self.params):
             raise ValueError(f"BatchPlan: {len(self.indices)} indices but {len(self.params)} parameter sets")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sample_params(self, cfg: AugmentConfig) -> tuple[SampleParams, ...]:
+        """The samples' augmentation parameters, in order: the explicit ones, or drawn from (seed, epoch, index)."""
+        if self.params is not None:
+            return self.params
+        return tuple(draw_params(sample_rng(self.seed, self.epoch, int(i)), cfg) for i in self.indices)
 
 
 BATCH_KEYS = ("image", "semantic", "instance", "heatmap", "offset", "semantic_weight", "index")

@@ -23,8 +23,8 @@ from fastload.augment.reference import INSTANCE_FILL, SEMANTIC_FILL
 from fastload.cache.format import decode_image
 from fastload.cache.reader import decode_labels
 from fastload.errors import ConfigError
-from fastload.pipeline.cpu import START_METHOD
 from fastload.pipeline.plan import BATCH_KEYS
+from fastload.pipeline.workers import START_METHOD
 from fastload.sampling import epoch_order
 
 EXTRA_HINT = 'pip install "fastload[peers]"'

@@ -1,0 +1,99 @@
+"""A batch's graph inputs as dense arrays (the table in `fastload.pipeline.dali.spec`): pure NumPy, run by the feed
+workers. Nothing here touches DALI; everything is checked before DALI sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fastload.augment.params import SampleParams, affine_matrix, shadow_band
+from fastload.cache.format import LABEL_DTYPES, LABEL_FILL, LabelLayout, decode_label, parse_label
+from fastload.errors import CacheError
+from fastload.pipeline.dali.spec import SCALARS, SHADOW_SCALARS, GraphSpec
+
+KINDS = ("sem", "ins")
+WHAT = {"sem": "semantic", "ins": "instance"}
+
+
+def param_columns(params: Sequence[SampleParams], src_hw: np.ndarray, spec: GraphSpec) -> dict[str, np.ndarray]:
+    """``image_affine`` float32 (N, 2, 3), ``scalars`` float32 (N, len(SCALARS)), ``noise_anchor`` int32 (N, 2).
+
+    src_hw : int (N, 2) each sample's stored (H, W)
+    """
+    n = len(params)
+    affine = np.empty((n, 2, 3), np.float32)
+    scalars = np.empty((n, len(SCALARS)), np.float32)
+    anchor = np.empty((n, 2), np.int32)
+    for k, p in enumerate(params):
+        spec.photometric.check(p)
+        affine[k] = affine_matrix(p, (int(src_hw[k, 0]), int(src_hw[k, 1])), spec.out_size, fit=spec.fit)
+        values = {"hue": p.hue, "saturation": p.saturation, "brightness": p.brightness, "contrast": p.contrast}
+        values.update(zip(SHADOW_SCALARS, shadow_band(p, spec.out_size), strict=True))
+        values["noise_sigma"] = p.noise_sigma
+        scalars[k] = [values[name] for name in SCALARS]
+        anchor[k] = p.noise_offset
+    return {"image_affine": affine, "scalars": scalars, "noise_anchor": anchor}
+
+
+def padded_bytes(members: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, longest) with each member zero-padded, and int32 (N, 1) lengths (the graph slices them back)."""
+    lengths = np.array([[len(m)] for m in members], np.int32).reshape(len(members), 1)
+    out = np.zeros((len(members), int(lengths.max(initial=0))), np.uint8)
+    for k, member in enumerate(members):
+        out[k, : len(member)] = np.frombuffer(member, np.uint8)
+    return out, lengths
+
+
+def label_layouts(semantic: bytes, instance: bytes, hw: tuple[int, int]) -> dict[str, LabelLayout]:
+    """Both label members' headers, checked against each other's kind and the sample's size ``hw``.
+
+    Raises CacheError naming the member and the field when a header is malformed, holds the wrong dtype, or
+    describes another size than the sample's.
+    """
+    layouts = {}
+    for kind, data in (("sem", semantic), ("ins", instance)):
+        layout = parse_label(data, what=WHAT[kind])
+        if layout.dtype != LABEL_DTYPES[kind]:
+            raise CacheError(f"{WHAT[kind]} member holds {layout.dtype.name}, expected {LABEL_DTYPES[kind].name}")
+        if (layout.height, layout.width) != tuple(hw):
+            raise CacheError(f"{kind} member is {layout.height} x {layout.width}, the sample {hw[0]} x {hw[1]}")
+        layouts[kind] = layout
+    return layouts
+
+
+def gpu_label_columns(semantic: Sequence[bytes], instance: Sequence[bytes], layouts: Sequence[dict[str, LabelLayout]]) -> dict[str, np.ndarray]:
+    """``labels`` (both members, padded), and per kind ``*_chunks`` (offsets and sizes of the LZ4 bands in ``labels``)
+    and ``*_dims`` (bands, rows, width, padded height, width, 1): what ``fn.decoders.inflate`` needs."""
+    rows = [s + i for s, i in zip(semantic, instance, strict=True)]
+    labels, _ = padded_bytes(rows)
+    out = {"labels": labels}
+    for kind in KINDS:
+        bands = max((len(lay[kind].band_sizes) for lay in layouts), default=0)
+        chunks = np.zeros((len(layouts), 2, bands), np.int32)
+        dims = np.zeros((len(layouts), 6), np.int32)
+        for k, lay in enumerate(layouts):
+            layout, start = lay[kind], 0 if kind == "sem" else len(semantic[k])
+            b = len(layout.band_sizes)
+            chunks[k, 0, :b] = layout.band_offsets + start
+            chunks[k, 1, :b] = layout.band_sizes
+            dims[k] = (b, layout.rows_per_band, layout.width, layout.padded_height, layout.width, 1)
+        out[f"{kind}_chunks"], out[f"{kind}_dims"] = chunks, dims
+    return out
+
+
+def cpu_label_columns(semantic: Sequence[bytes], instance: Sequence[bytes], hws: np.ndarray) -> dict[str, np.ndarray]:
+    """``sem`` uint8 and ``ins`` int16 (N, H, W, 1): the decoded masks, padded to the batch's largest (H, W) with
+    each mask's fill, which a nearest warp reads exactly as it reads outside the image."""
+    n = len(semantic)
+    h, w = (int(v) for v in hws.max(axis=0)) if n else (0, 0)
+    out = {
+        "sem": np.full((n, h, w, 1), LABEL_FILL["sem"], np.uint8),
+        "ins": np.full((n, h, w, 1), LABEL_FILL["ins"], np.int16),
+    }
+    for k in range(n):
+        sh, sw = int(hws[k, 0]), int(hws[k, 1])
+        out["sem"][k, :sh, :sw, 0] = decode_label(semantic[k], kind="sem")
+        # uint16 ids <= 32767 (the cache's limit, checked by the feed) are the same numbers as int16
+        out["ins"][k, :sh, :sw, 0] = decode_label(instance[k], kind="ins").view(np.int16)
+    return out
