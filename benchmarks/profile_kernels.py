@@ -97,7 +97,7 @@ def always_on(cfg):
 
 def load_samples(cache_root: Path, n: int) -> tuple[Any, list[Sample]]:
     from fastload.augment.config import load_augment
-    from fastload.augment.params import draw_params, sample_rng
+    from fastload.augment.params import draw_params
     from fastload.cache.format import decode_image
     from fastload.cache.reader import decode_labels, open_cache
 
@@ -109,7 +109,7 @@ def load_samples(cache_root: Path, n: int) -> tuple[Any, list[Sample]]:
         members = ds.read_members(i)
         hw = ds.image_size(i)
         semantic, instance = decode_labels(members, hw)
-        params = draw_params(sample_rng(0, 0, i), every)
+        params = draw_params(0, 0, i, every)
         samples.append(
             Sample(members, hw, decode_image(members.image), semantic, instance.view(np.int16), params,
                    dataclasses.replace(params, angle=0.0))

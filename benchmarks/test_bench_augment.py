@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fastload.augment.config import load_augment
-from fastload.augment.params import draw_params, sample_rng
+from fastload.augment.params import draw_params
 from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
 from fastload.cores import usable_cores
@@ -44,7 +44,7 @@ def cache(tmp_path_factory):
 def _plan(n: int, cfg) -> BatchPlan:
     indices = np.arange(n, dtype=np.int64)
     return BatchPlan(
-        indices=indices, params=tuple(draw_params(sample_rng(0, 0, int(i)), cfg) for i in indices)
+        indices=indices, params=tuple(draw_params(0, 0, int(i), cfg) for i in indices)
     )
 
 

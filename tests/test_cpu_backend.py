@@ -12,7 +12,7 @@ import torch
 from loader_kit import loader_processes
 
 from fastload.augment.config import AugmentConfig, TargetsConfig
-from fastload.augment.params import draw_params, sample_rng
+from fastload.augment.params import draw_params
 from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import SampleMembers, encode_label
 from fastload.errors import CacheError
@@ -89,7 +89,7 @@ def reference_batch_row(arrays: dict, params, cfg: AugmentConfig, out_hw) -> dic
 
 def plan(indices, epoch: int = 0) -> BatchPlan:
     idx = np.asarray(indices, dtype=np.int64)
-    return BatchPlan(indices=idx, params=tuple(draw_params(sample_rng(0, epoch, int(i)), CFG) for i in idx))
+    return BatchPlan(indices=idx, params=tuple(draw_params(0, epoch, int(i), CFG) for i in idx))
 
 
 def backend(cache=None, *, workers: int = 0, batch_size: int = 3) -> TorchBackend:

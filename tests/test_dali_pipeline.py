@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fastload.augment.config import AugmentConfig, TargetsConfig
-from fastload.augment.params import SampleParams, draw_params, identity_params, sample_rng
+from fastload.augment.params import ParamsBatch, SampleParams, draw_params, identity_params
 from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import SampleMembers, decode_label, encode_label
 from fastload.errors import CacheError
@@ -99,7 +99,7 @@ class MemCache:
 
 def plan(indices, cfg: AugmentConfig = DEFAULT, epoch: int = 0) -> BatchPlan:
     idx = np.asarray(indices, dtype=np.int64)
-    return BatchPlan(indices=idx, params=tuple(draw_params(sample_rng(0, epoch, int(i)), cfg) for i in idx))
+    return BatchPlan(indices=idx, params=tuple(draw_params(0, epoch, int(i), cfg) for i in idx))
 
 
 _made: list[DaliBackend] = []
@@ -224,13 +224,13 @@ def test_none_config_leaves_photometric_ops_out_of_the_graph():
     spec = GraphSpec.create(out_size=OUT, augment=NONE, device="cpu")
     assert spec.inputs == ("image", "image_len", "sem", "ins", "image_affine")
     with pytest.raises(ValueError, match="noise"):
-        param_columns([SampleParams(noise_sigma=3.0, noise_offset=(1, 2))], np.array([[24, 40]]), spec)
+        param_columns(ParamsBatch.of([SampleParams(noise_sigma=3.0, noise_offset=(1, 2))]), np.array([[24, 40]]), spec)
 
 
 def test_parameter_columns_have_documented_dtypes_and_shapes():
     spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="cpu")
     params = SampleParams(flip_x=True, angle=30.0, scale=1.2, shift=(0.1, -0.1), noise_sigma=2.0, noise_offset=(7, 3))
-    t = param_columns([params, SampleParams()], np.array([[24, 40], [26, 40]]), spec)
+    t = param_columns(ParamsBatch.of([params, SampleParams()]), np.array([[24, 40], [26, 40]]), spec)
     assert {k: (v.dtype, v.shape) for k, v in t.items()} == {
         "image_affine": (np.float32, (2, 2, 3)),
         "scalars": (np.float32, (2, 10)),
@@ -242,8 +242,8 @@ def test_parameter_columns_have_documented_dtypes_and_shapes():
 def test_cpu_graph_gets_decoded_labels_padded_with_the_warps_fill():
     cache = MemCache()
     members = [cache.read_members(i) for i in (2, 1)]  # 28 and 26 rows
-    hws = np.array([cache.image_size(2), cache.image_size(1)])
-    got = cpu_label_columns([m.semantic for m in members], [m.instance for m in members], hws)
+    layouts = [label_layouts(m.semantic, m.instance, cache.image_size(i)) for m, i in zip(members, (2, 1), strict=True)]
+    got = cpu_label_columns([m.semantic for m in members], [m.instance for m in members], layouts)
     assert got["sem"].dtype == np.uint8 and got["ins"].dtype == np.int16 and got["sem"].shape == (2, 28, 40, 1)
     for k, i in enumerate((2, 1)):
         h = cache.image_size(i)[0]

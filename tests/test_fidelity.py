@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from fastload.augment.config import AugmentConfig
-from fastload.augment.params import SampleParams, affine_matrix, draw_params, sample_rng
+from fastload.augment.params import SampleParams, affine_matrix, draw_params
 from fastload.augment.reference import augment_sample, normalize_image
 from fastload.pipeline.plan import BatchPlan
 from fastload.targets import center_targets
@@ -61,9 +61,9 @@ GEOMETRY = {
     "combined": lambda i: SampleParams(flip_x=True, angle=-15.0, scale=0.8, shift=(-0.07, 0.04)),
 }
 PHOTOMETRIC = {
-    "default_draws": lambda i: draw_params(sample_rng(1, 0, i), CFG),
+    "default_draws": lambda i: draw_params(1, 0, i, CFG),
     "all_on": lambda i: dataclasses.replace(
-        draw_params(sample_rng(2, 0, i), CFG),
+        draw_params(2, 0, i, CFG),
         hue=7.0,
         saturation=1.2,
         brightness=0.9,

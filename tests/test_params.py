@@ -11,12 +11,15 @@ import pytest
 
 from fastload.augment.config import AugmentConfig, GeometryConfig, PhotometricConfig, RandomRange
 from fastload.augment.params import (
+    ParamsBatch,
     SampleParams,
+    affine_matrices,
     affine_matrix,
+    draw_batch,
     draw_params,
     identity_params,
     map_hw,
-    sample_rng,
+    sample_uniforms,
     shadow_band,
 )
 from fastload.errors import ConfigError
@@ -29,25 +32,25 @@ def _apply(m: np.ndarray, xy) -> np.ndarray:
 
 def test_same_seed_epoch_index_gives_same_params():
     cfg = AugmentConfig.default()
-    a = [draw_params(sample_rng(7, 3, i), cfg) for i in range(50)]
-    b = [draw_params(sample_rng(7, 3, i), cfg) for i in range(50)]
+    a = [draw_params(7, 3, i, cfg) for i in range(50)]
+    b = [draw_params(7, 3, i, cfg) for i in range(50)]
     assert a == b
-    assert a != [draw_params(sample_rng(7, 4, i), cfg) for i in range(50)]  # another epoch differs
+    assert a != [draw_params(7, 4, i, cfg) for i in range(50)]  # another epoch differs
 
 
 def test_params_pickle_round_trip():
-    p = draw_params(sample_rng(0, 0, 5), AugmentConfig.default())
+    p = draw_params(0, 0, 5, AugmentConfig.default())
     assert pickle.loads(pickle.dumps(p)) == p
 
 
 def test_no_augmentation_draws_identity():
     cfg = AugmentConfig.none()
-    assert all(draw_params(sample_rng(1, 0, i), cfg) == identity_params() for i in range(20))
+    assert all(draw_params(1, 0, i, cfg) == identity_params() for i in range(20))
 
 
 def test_draws_respect_ranges_and_probabilities():
     cfg = AugmentConfig.default()
-    ps = [draw_params(sample_rng(0, 0, i), cfg) for i in range(2000)]
+    ps = [draw_params(0, 0, i, cfg) for i in range(2000)]
     flips = np.mean([p.flip_x for p in ps])
     assert 0.45 < flips < 0.55
     angles = np.array([p.angle for p in ps])
@@ -67,7 +70,7 @@ def test_switching_one_augmentation_leaves_the_others_alone():
     base = AugmentConfig.default()
     no_hue = base.replace(photometric=dataclasses.replace(base.photometric, hue=RandomRange(0.0, (0.0, 0.0))))
     for i in range(20):
-        a, b = draw_params(sample_rng(0, 0, i), base), draw_params(sample_rng(0, 0, i), no_hue)
+        a, b = draw_params(0, 0, i, base), draw_params(0, 0, i, no_hue)
         assert dataclasses.replace(a, hue=0.0) == b
 
 
@@ -132,5 +135,41 @@ def test_shadow_band_in_pixels():
 
 def test_disabled_photometric_is_identity_even_with_geometry():
     cfg = AugmentConfig(geometry=GeometryConfig(flip_x=1.0), photometric=PhotometricConfig())
-    p = draw_params(sample_rng(0, 0, 0), cfg)
+    p = draw_params(0, 0, 0, cfg)
     assert p == SampleParams(flip_x=True)
+
+
+def test_a_sample_draws_the_same_numbers_in_any_batch():
+    # the feed draws whole batches at once; a sample's parameters must not depend on its batch or position
+    cfg = AugmentConfig.default()
+    indices = np.array([40, 3, 17, 3, 999_999, 0])
+    batch = draw_batch(7, 2, indices, cfg)
+    assert [batch.sample(k) for k in range(len(indices))] == [draw_params(7, 2, int(i), cfg) for i in indices]
+    again = draw_batch(7, 2, indices[::-1], cfg)
+    assert again.samples()[::-1] == batch.samples()
+    assert ParamsBatch.of(batch.samples()).samples() == batch.samples()  # the round trip is exact
+
+
+def test_batch_affines_equal_the_one_sample_affine_bit_for_bit():
+    cfg = AugmentConfig.default()
+    indices = np.arange(64)
+    batch = draw_batch(0, 0, indices, cfg)
+    src = np.stack([300 + indices % 7 * 50, 400 + indices % 5 * 30], axis=1)
+    matrices = affine_matrices(batch, src, (96, 128), fit="contain")
+    for k in range(len(indices)):
+        one = affine_matrix(batch.sample(k), tuple(src[k]), (96, 128), fit="contain")
+        assert np.array_equal(matrices[k], one), k
+
+
+def test_uniforms_are_uniform_and_independent_across_slots_indices_and_epochs():
+    u = sample_uniforms(3, 0, np.arange(20_000), 25)
+    assert u.shape == (20_000, 25) and u.min() >= 0.0 and u.max() < 1.0
+    np.testing.assert_allclose(u.mean(axis=0), 0.5, atol=0.01)
+    np.testing.assert_allclose(u.var(axis=0), 1 / 12, atol=0.003)
+    corr = np.corrcoef(u.T)
+    assert np.abs(corr[~np.eye(25, dtype=bool)]).max() < 0.03  # slots are uncorrelated
+    next_index = np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]
+    other_epoch = np.corrcoef(u[:, 0], sample_uniforms(3, 1, np.arange(20_000), 1)[:, 0])[0, 1]
+    other_seed = np.corrcoef(u[:, 0], sample_uniforms(4, 0, np.arange(20_000), 1)[:, 0])[0, 1]
+    assert max(abs(next_index), abs(other_epoch), abs(other_seed)) < 0.03
+    assert np.array_equal(sample_uniforms(3, 0, np.array([5, 9]), 25), u[[5, 9]])

@@ -16,7 +16,6 @@ from fastload.augment.params import (
     SampleParams,
     affine_matrix,
     draw_params,
-    sample_rng,
     shadow_band,
 )
 
@@ -84,7 +83,7 @@ def test_labels_after_any_warp_are_a_subset_plus_fill(index):
     h, w = rng.integers(40, 300, 2)
     semantic = rng.integers(0, 6, (h, w), dtype=np.uint8)
     instance = (rng.integers(0, 5, (h, w)) * 100_003).astype(np.int32)  # ids past uint16 survive exactly
-    params = draw_params(sample_rng(3, 0, index), DEFAULT)
+    params = draw_params(3, 0, index, DEFAULT)
     m = affine_matrix(params, (h, w), (96, 128))
     sem = R.warp_mask(semantic, m, (96, 128), fill=255)
     ins = R.warp_mask(instance, m, (96, 128), fill=0)
@@ -136,7 +135,7 @@ def test_nearest_warp_takes_the_pixel_under_the_floored_source_point(dtype, src_
     mask = rng.integers(max(info.min, -(1 << 40)), min(info.max, 1 << 40), src_hw, dtype=dtype, endpoint=True)
     out_hw = (40, 72)
     for k in range(4):
-        m = affine_matrix(draw_params(sample_rng(5, 0, k), DEFAULT), src_hw, out_hw, fit="cover")
+        m = affine_matrix(draw_params(5, 0, k, DEFAULT), src_hw, out_hw, fit="cover")
         sx, sy = (np.floor(v).astype(np.int64) for v in R.source_points(m, out_hw))
         inside = (sx >= 0) & (sx < src_hw[1]) & (sy >= 0) & (sy < src_hw[0])
         expected = np.full(out_hw, 9, dtype=dtype)
@@ -278,7 +277,7 @@ def test_nearest_warp_matches_dali_warp_affine(dali_cpu):
     for k in range(8):
         h, w = (int(v) for v in rng.integers(60, 300, 2))
         labels.append(rng.integers(0, 255, (h, w, 1), dtype=np.uint8))
-        matrices.append(affine_matrix(draw_params(sample_rng(0, 0, k), DEFAULT), (h, w), (96, 128)))
+        matrices.append(affine_matrix(draw_params(0, 0, k, DEFAULT), (h, w), (96, 128)))
     got = _dali_warp(dali_cpu, labels, matrices, (96, 128), linear=False, fill=255)
     same = [
         np.mean(R.warp_mask(lab[:, :, 0], m, (96, 128), fill=255) == d[:, :, 0])
@@ -290,7 +289,7 @@ def test_nearest_warp_matches_dali_warp_affine(dali_cpu):
 def test_linear_warp_matches_dali_warp_affine(dali_cpu):
     images = _photos(4, seed=6)
     matrices = [
-        affine_matrix(draw_params(sample_rng(1, 0, k), DEFAULT), (60, 80), (64, 64)) for k in range(4)
+        affine_matrix(draw_params(1, 0, k, DEFAULT), (60, 80), (64, 64)) for k in range(4)
     ]
     got = _dali_warp(dali_cpu, images, matrices, (64, 64), linear=True, fill=0)
     for img, m, d in zip(images, matrices, got, strict=True):
@@ -374,7 +373,7 @@ def _sample(hw=(60, 80), seed=0):
 
 def test_augment_sample_shapes_and_dtypes():
     sample = _sample()
-    params = draw_params(sample_rng(0, 0, 1), DEFAULT)
+    params = draw_params(0, 0, 1, DEFAULT)
     params = dataclasses.replace(params, noise_sigma=4.0, noise_offset=(9, 3), shadow=(0.6, 0.8, 0.0, 0.05, 0.3))
     out = R.augment_sample(sample, params, DEFAULT, out_hw=(64, 96))
     assert sorted(out) == ["image", "instance", "semantic"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastload.augment.config import AugmentConfig, GeometryConfig, RandomRange, Translation
-from fastload.augment.params import affine_matrix, draw_params, sample_rng
+from fastload.augment.params import affine_matrix, draw_params
 from fastload.augment.reference import warp_mask
 from fastload.coco import load_coco
 from fastload.errors import ConfigError
@@ -281,7 +281,7 @@ def warped_masks(photo_masks: np.ndarray) -> np.ndarray:
     warped = []
     for epoch, cfg in enumerate([AugmentConfig.default(), ZOOM]):
         for i, mask in enumerate(photo_masks):
-            params = draw_params(sample_rng(7, epoch, i), cfg)
+            params = draw_params(7, epoch, i, cfg)
             matrix = affine_matrix(params, mask.shape, (256, 256), fit=cfg.geometry.fit)
             warped.append(warp_mask(mask, matrix, (256, 256), fill=0))
     before = np.concatenate([photo_masks, photo_masks])

@@ -1,7 +1,7 @@
 """Augmentation configuration: small frozen dataclasses, loaded strictly from YAML.
 
 Every augmentation is switched on per sample with its own probability ``p``; when on, its value is drawn
-uniformly from ``range`` (see :func:`fastload.augment.params.draw_params`). A field left out of a YAML file
+uniformly from ``range`` (see :func:`fastload.augment.params.draw_batch`). A field left out of a YAML file
 keeps its dataclass default, which is always the *identity* (no augmentation), so ``AugmentConfig()`` equals
 ``AugmentConfig.none()``. Unknown and duplicate keys are errors.
 

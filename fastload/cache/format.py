@@ -219,13 +219,14 @@ def parse_label(data: bytes | memoryview, *, what: str = "label") -> LabelLayout
     return LabelLayout(_DTYPE_CODES[code], int(height), int(width), int(rows), offsets, sizes)
 
 
-def decode_label(data: bytes, *, kind: str, padded: bool = False) -> np.ndarray:
+def decode_label(data: bytes, *, kind: str, padded: bool = False, layout: LabelLayout | None = None) -> np.ndarray:
     """A label member → its array: ``LABEL_DTYPES[kind]`` (H, W), or (padded_height, W) with ``padded=True``.
 
-    The lz4 package releases the GIL while it decompresses, so reader threads decode labels in parallel.
+    ``layout``: the member's header when the caller parsed it already (`parse_label`). The lz4 package releases
+    the GIL while it decompresses, so reader threads decode labels in parallel.
     """
     what = {"sem": "semantic", "ins": "instance"}[kind]
-    layout = parse_label(data, what=what)
+    layout = parse_label(data, what=what) if layout is None else layout
     if layout.dtype != LABEL_DTYPES[kind]:
         raise CacheError(f"{what} member holds {layout.dtype.name}, expected {LABEL_DTYPES[kind].name}")
     band_bytes = layout.rows_per_band * layout.width * layout.dtype.itemsize

@@ -131,7 +131,7 @@ class _AugmentedBatches(Dataset):
         batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self._layout(len(indices)).items()}
         rows = {key: tensor.numpy() for key, tensor in batch.items()}
         cfg, max_id = self.augment, 0
-        for k, (index, params) in enumerate(zip(indices, work.plan.sample_params(cfg), strict=True)):
+        for k, (index, params) in enumerate(zip(indices, work.plan.sample_params(cfg).samples(), strict=True)):
             sample = self._load(index)
             max_id = max(max_id, int(sample.pop("instances")))
             with nvtx_range("fastload/augment"):

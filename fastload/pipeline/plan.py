@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastload.augment.config import AugmentConfig
-from fastload.augment.params import SampleParams, draw_params, sample_rng
+from fastload.augment.params import ParamsBatch, SampleParams, draw_batch
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class BatchPlan:
 
     indices : int64 (N,) global cache indices, N <= batch_size (N may be 0 on a short last step)
     params : explicit parameters, one per index (tests, replays of a given augmentation); None: drawn as below
-    seed, epoch : each sample's parameters are ``draw_params(sample_rng(seed, epoch, index), cfg)``, drawn by
+    seed, epoch : the samples' parameters are ``draw_batch(seed, epoch, indices, cfg)``, drawn by
         whoever makes the batch (a worker process), never by the training process
 
     A plan is a few integers, so that handing it to a worker process costs nothing per sample.
@@ -34,11 +34,11 @@ class BatchPlan:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def sample_params(self, cfg: AugmentConfig) -> tuple[SampleParams, ...]:
+    def sample_params(self, cfg: AugmentConfig) -> ParamsBatch:
         """The samples' augmentation parameters, in order: the explicit ones, or drawn from (seed, epoch, index)."""
         if self.params is not None:
-            return self.params
-        return tuple(draw_params(sample_rng(self.seed, self.epoch, int(i)), cfg) for i in self.indices)
+            return ParamsBatch.of(self.params)
+        return draw_batch(self.seed, self.epoch, self.indices, cfg)
 
 
 BATCH_KEYS = ("image", "semantic", "instance", "heatmap", "offset", "semantic_weight", "index")

@@ -30,8 +30,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -42,6 +42,9 @@ DEFAULT_MAX_BYTES = 64 << 20
 """64 MiB per reading process: ~250 samples of 800x600 photos, several batches of 48."""
 MIN_DEPTH = 4
 START_DEPTH = 16
+INLINE_LATENCY = 50e-6
+"""Reads faster than this (seconds, measured: a page-cache hit) cost less on the calling thread than handing
+them to a pool thread does; slower ones (a disk, a NAS) go to the pool, as many at once as Little's law asks."""
 _RATE_WINDOW = 64  # takes over which the consumer's rate is measured
 _LATENCY_WEIGHT = 0.2  # of each new read in the running mean of read durations
 
@@ -57,16 +60,6 @@ def little_depth(*, rate: float | None, latency: float | None, io_threads: int) 
     if rate is None or latency is None:
         return min(START_DEPTH, io_threads)
     return max(min(MIN_DEPTH, io_threads), min(io_threads, math.ceil(2 * rate * latency) + 2))
-
-
-def wait_for_room(reads: Callable[[], Iterable[tuple[Future, int]]], size: int, max_bytes: int) -> None:
-    """Block until a read of ``size`` bytes fits beside the unfinished ones of ``reads()`` (future, bytes) within
-    ``max_bytes``, or none is left unfinished (a sample larger than the bound alone is then read on its own)."""
-    while True:
-        running = [(future, nbytes) for future, nbytes in reads() if not future.done()]
-        if not running or sum(nbytes for _, nbytes in running) + size <= max_bytes:
-            return
-        wait([future for future, _ in running], return_when=FIRST_COMPLETED)
 
 
 class Prefetcher(Generic[T]):
@@ -89,9 +82,11 @@ class Prefetcher(Generic[T]):
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="fastload-io")
         # reentrant: cancelling a future runs its done-callback (`_finished`) at once, in the cancelling thread
         self._lock = threading.RLock()
+        self._room = threading.Condition(self._lock)  # notified whenever a read finishes
         self._reads: dict[int, tuple[Future, int]] = {}  # submitted, not taken: future and bytes
-        self._ahead: deque[int] = deque()  # wanted ahead, not yet submitted
+        self._ahead: dict[int, None] = {}  # wanted ahead, not yet submitted (an ordered set)
         self._held = 0  # bytes of the reads in _reads
+        self._flying = 0  # bytes of the reads submitted and not finished
         self._running = 0
         self._latency: float | None = None  # running mean of read durations, seconds
         self._takes: deque[float] = deque(maxlen=_RATE_WINDOW)
@@ -99,37 +94,44 @@ class Prefetcher(Generic[T]):
 
     # --- what the process wants ------------------------------------------------------------------------------
     def want(self, indices: Sequence[int], *, now: bool) -> None:
-        """Samples to read: needed ``now`` (read at once, bytes in flight permitting), or ahead (as depth allows)."""
-        if now:
-            for i in indices:
-                i = int(i)
-                with self._lock:
-                    if i in self._reads:
-                        continue
-                    if i in self._ahead:
-                        self._ahead.remove(i)
-                size = self._sample_bytes(i)
-                wait_for_room(self._in_flight, size, self.max_bytes)
-                with self._lock:
-                    self._submit(i, size)
+        """Samples to read: needed ``now`` (read at once, bytes in flight permitting), or ahead (as depth allows).
+
+        When reads take less than handing them to a thread costs (`INLINE_LATENCY`: the page cache), nothing is
+        read ahead: `take` reads on the calling thread.
+        """
+        if self.inline:
             return
-        with self._lock:
-            known = set(self._reads) | set(self._ahead)
-            self._ahead.extend(int(i) for i in indices if int(i) not in known)
-        self._pump()
+        if not now:
+            with self._lock:
+                for i in indices:
+                    i = int(i)
+                    if i not in self._reads:
+                        self._ahead[i] = None
+            self._pump()
+            return
+        for i in indices:
+            i = int(i)
+            size = self._sample_bytes(i)
+            with self._lock:
+                if i in self._reads:
+                    continue
+                self._ahead.pop(i, None)
+                while self._flying and self._flying + size > self.max_bytes:
+                    self._room.wait()
+                self._submit(i, size)
 
     def take(self, index: int) -> T:
-        """Sample ``index``: the read's result (or its error); read here and now if it was never wanted."""
+        """Sample ``index``: the read's result (or its error); read here and now if it was not read ahead."""
         index = int(index)
         self._takes.append(time.monotonic())
         with self._lock:
             entry = self._reads.pop(index, None)
             if entry is not None:
                 self._held -= entry[1]
-            elif index in self._ahead:
-                self._ahead.remove(index)
+            else:
+                self._ahead.pop(index, None)
         if entry is None:
-            return self._read(index)
+            return self._timed_read(index)
         try:
             return entry[0].result()
         finally:
@@ -142,12 +144,17 @@ class Prefetcher(Generic[T]):
                 future, size = self._reads.pop(i)
                 future.cancel()
                 self._held -= size
-            self._ahead = deque(i for i in self._ahead if i in keep)
+            self._ahead = {i: None for i in self._ahead if i in keep}
 
     @property
     def depth(self) -> int:
         """Reads of the wanted-ahead samples it keeps in flight now (Little's law on what it measured)."""
         return little_depth(rate=self._rate(), latency=self._latency, io_threads=self.io_threads)
+
+    @property
+    def inline(self) -> bool:
+        """Whether reads are so fast (measured) that `take` reads them on the calling thread instead."""
+        return self._latency is not None and self._latency < INLINE_LATENCY
 
     @property
     def bytes_held(self) -> int:
@@ -179,29 +186,28 @@ class Prefetcher(Generic[T]):
             return None
         return (len(takes) - 1) / (takes[-1] - takes[0])
 
-    def _in_flight(self) -> list[tuple[Future, int]]:
-        with self._lock:
-            return list(self._reads.values())
-
     def _pump(self) -> None:
         """Submit wanted-ahead samples while fewer than `depth` reads run and the bytes held allow."""
         depth = self.depth
         with self._lock:
             while self._ahead and not self._closed and self._running < depth:
-                size = self._sample_bytes(self._ahead[0])
+                index = next(iter(self._ahead))
+                size = self._sample_bytes(index)
                 if self._held and self._held + size > self.max_bytes:
                     return
-                self._submit(self._ahead.popleft(), size)
+                del self._ahead[index]
+                self._submit(index, size)
 
     def _submit(self, index: int, size: int) -> None:
         # under the lock
         if self._closed:
             raise RuntimeError("Prefetcher: want() after close()")
         self._running += 1
+        self._flying += size
         future = self._pool.submit(self._timed_read, index)
-        future.add_done_callback(self._finished)
         self._reads[index] = (future, size)
         self._held += size
+        future.add_done_callback(lambda _f: self._finished(size))
 
     def _timed_read(self, index: int) -> T:
         start = time.monotonic()
@@ -211,8 +217,10 @@ class Prefetcher(Generic[T]):
             took = time.monotonic() - start
             self._latency = took if self._latency is None else self._latency + _LATENCY_WEIGHT * (took - self._latency)
 
-    def _finished(self, _future: Future) -> None:
+    def _finished(self, size: int) -> None:
         with self._lock:
             self._running -= 1
+            self._flying -= size
+            self._room.notify_all()
         if not self._closed:
             self._pump()

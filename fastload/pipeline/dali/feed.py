@@ -89,7 +89,7 @@ class FeedJob:
         if self.spec.device == "gpu":
             columns.update(gpu_label_columns(semantic, instance, [layouts for _, layouts in samples]))
         else:
-            columns.update(self._decoded(semantic, instance, hws, samples))
+            columns.update(self._decoded(semantic, instance, samples))
         columns.update(param_columns(params, hws, self.spec))
         info = {
             "max_id": max((_instance_count(m) for m, _ in samples), default=0),
@@ -109,9 +109,9 @@ class FeedJob:
             raise CacheError(f"{_name(members, index)}: {exc}; {_FIX}") from None
         return members, layouts
 
-    def _decoded(self, semantic, instance, hws, samples) -> dict[str, np.ndarray]:
+    def _decoded(self, semantic, instance, samples) -> dict[str, np.ndarray]:
         try:
-            return cpu_label_columns(semantic, instance, hws)
+            return cpu_label_columns(semantic, instance, [layouts for _, layouts in samples])
         except CacheError as exc:  # name the batch: the decoder does not know which sample it was on
             names = ", ".join(_name(m, -1) for m, _ in samples)
             raise CacheError(f"a label member of the samples {names}: {exc}; {_FIX}") from None

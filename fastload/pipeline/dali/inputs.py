@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastload.augment.params import SampleParams, affine_matrix, shadow_band
+from fastload.augment.params import ParamsBatch, affine_matrices, shadow_bands
 from fastload.cache.format import LABEL_DTYPES, LABEL_FILL, LabelLayout, decode_label, parse_label
 from fastload.errors import CacheError
 from fastload.pipeline.dali.spec import SCALARS, SHADOW_SCALARS, GraphSpec
@@ -16,24 +16,25 @@ KINDS = ("sem", "ins")
 WHAT = {"sem": "semantic", "ins": "instance"}
 
 
-def param_columns(params: Sequence[SampleParams], src_hw: np.ndarray, spec: GraphSpec) -> dict[str, np.ndarray]:
+def param_columns(params: ParamsBatch, src_hw: np.ndarray, spec: GraphSpec) -> dict[str, np.ndarray]:
     """``image_affine`` float32 (N, 2, 3), ``scalars`` float32 (N, len(SCALARS)), ``noise_anchor`` int32 (N, 2).
 
-    src_hw : int (N, 2) each sample's stored (H, W)
+    src_hw : int (N, 2) each sample's stored (H, W). A few array operations per batch, whatever N.
     """
-    n = len(params)
-    affine = np.empty((n, 2, 3), np.float32)
-    scalars = np.empty((n, len(SCALARS)), np.float32)
-    anchor = np.empty((n, 2), np.int32)
-    for k, p in enumerate(params):
-        spec.photometric.check(p)
-        affine[k] = affine_matrix(p, (int(src_hw[k, 0]), int(src_hw[k, 1])), spec.out_size, fit=spec.fit)
-        values = {"hue": p.hue, "saturation": p.saturation, "brightness": p.brightness, "contrast": p.contrast}
-        values.update(zip(SHADOW_SCALARS, shadow_band(p, spec.out_size), strict=True))
-        values["noise_sigma"] = p.noise_sigma
-        scalars[k] = [values[name] for name in SCALARS]
-        anchor[k] = p.noise_offset
-    return {"image_affine": affine, "scalars": scalars, "noise_anchor": anchor}
+    spec.photometric.check(params)
+    values = {
+        "hue": params.hue,
+        "saturation": params.saturation,
+        "brightness": params.brightness,
+        "contrast": params.contrast,
+        **dict(zip(SHADOW_SCALARS, shadow_bands(params, spec.out_size).T, strict=True)),
+        "noise_sigma": params.noise_sigma,
+    }
+    return {
+        "image_affine": affine_matrices(params, src_hw, spec.out_size, fit=spec.fit).astype(np.float32),
+        "scalars": np.stack([values[name] for name in SCALARS], axis=1).astype(np.float32).reshape(len(params), -1),
+        "noise_anchor": params.noise_offset.astype(np.int32),
+    }
 
 
 def padded_bytes(members: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,9 +83,13 @@ def gpu_label_columns(semantic: Sequence[bytes], instance: Sequence[bytes], layo
     return out
 
 
-def cpu_label_columns(semantic: Sequence[bytes], instance: Sequence[bytes], hws: np.ndarray) -> dict[str, np.ndarray]:
+def cpu_label_columns(
+    semantic: Sequence[bytes], instance: Sequence[bytes], layouts: Sequence[dict[str, LabelLayout]]
+) -> dict[str, np.ndarray]:
     """``sem`` uint8 and ``ins`` int16 (N, H, W, 1): the decoded masks, padded to the batch's largest (H, W) with
-    each mask's fill, which a nearest warp reads exactly as it reads outside the image."""
+    each mask's fill, which a nearest warp reads exactly as it reads outside the image. ``layouts``: each sample's
+    checked headers (`label_layouts`)."""
+    hws = np.array([(lay["sem"].height, lay["sem"].width) for lay in layouts], np.int64).reshape(len(layouts), 2)
     n = len(semantic)
     h, w = (int(v) for v in hws.max(axis=0)) if n else (0, 0)
     out = {
@@ -93,7 +98,7 @@ def cpu_label_columns(semantic: Sequence[bytes], instance: Sequence[bytes], hws:
     }
     for k in range(n):
         sh, sw = int(hws[k, 0]), int(hws[k, 1])
-        out["sem"][k, :sh, :sw, 0] = decode_label(semantic[k], kind="sem")
+        out["sem"][k, :sh, :sw, 0] = decode_label(semantic[k], kind="sem", layout=layouts[k]["sem"])
         # uint16 ids <= 32767 (the cache's limit, checked by the feed) are the same numbers as int16
-        out["ins"][k, :sh, :sw, 0] = decode_label(instance[k], kind="ins").view(np.int16)
+        out["ins"][k, :sh, :sw, 0] = decode_label(instance[k], kind="ins", layout=layouts[k]["ins"]).view(np.int16)
     return out

@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from fastload.augment.config import AugmentConfig, PhotometricConfig, RandomRange
-from fastload.augment.params import SampleParams, map_hw
+from fastload.augment.params import ParamsBatch, ShadowBand, map_hw
 
 IMAGE_INPUTS = ("image", "image_len")
 CPU_LABEL_INPUTS = ("sem", "ins")
@@ -89,19 +90,22 @@ class PhotometricOps:
     def any(self) -> bool:
         return self.hsv or self.brightness_contrast or self.shadow or self.noise
 
-    def check(self, params: SampleParams) -> None:
+    def check(self, params: ParamsBatch) -> None:
         """Raise ValueError if ``params`` ask for an op the graph leaves out (it would be ignored silently)."""
         asked = {
-            "hue/saturation": (params.hue != 0.0 or params.saturation != 1.0, self.hsv),
-            "brightness/contrast": (params.brightness != 1.0 or params.contrast != 1.0, self.brightness_contrast),
-            "shadow": (params.shadow.strength != 0.0, self.shadow),
-            "noise": (params.noise_sigma != 0.0, self.noise),
+            "hue/saturation": (np.any(params.hue != 0.0) or np.any(params.saturation != 1.0), self.hsv),
+            "brightness/contrast": (
+                np.any(params.brightness != 1.0) or np.any(params.contrast != 1.0),
+                self.brightness_contrast,
+            ),
+            "shadow": (np.any(params.shadow[:, ShadowBand._fields.index("strength")] != 0.0), self.shadow),
+            "noise": (np.any(params.noise_sigma != 0.0), self.noise),
         }
         missing = [name for name, (wants, present) in asked.items() if wants and not present]
         if missing:
             raise ValueError(
                 f"SampleParams ask for {', '.join(missing)}, which the AugmentConfig of this DALI graph never "
-                f"enables; draw the parameters from the same config (draw_params(rng, cfg)): {params}"
+                "enables; draw the parameters from the same config (draw_batch(seed, epoch, indices, cfg))"
             )
 
 
