@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU run: the CUDA tests, then fastload's loaders and the peers under SegNet (bf16 autocast) on synthetic
-# 512x512 data at batch 48, on all of the machine's cores (README, "GPU results").
+# The GPU run: the CUDA tests; the machine's image-only ceiling (benchmarks/ceiling.py) at all cores and at 2
+# threads (a DDP rank's share of a node); fastload's loaders and the peers alone (--model none) at --cores 2 and
+# all cores, and under SegNet (bf16 autocast), on synthetic 512x512 data at batch 48; the target renderer; and where
+# the Kornia peer's time goes (benchmarks/profile_kornia.py). README, "On an H200".
 #
 #   bash benchmarks/run_gpu.sh [OUTDIR]                     (default OUTDIR: benchmarks/results)
 #
@@ -13,6 +15,7 @@
 #   FASTLOAD_GPU_ROUNDS  interleaved rounds                 (default 1)
 #   FASTLOAD_GPU_LOADERS loaders                            (default cpu,dali,albumentations,kornia)
 #   FASTLOAD_GPU_TESTS   0 skips the CUDA tests             (default 1)
+#   FASTLOAD_GPU_SEGNET  0 skips the SegNet run             (default 1)
 #   PYTHON               the interpreter                    (default: python, else python3)
 # Writes into OUTDIR: nvidia-smi output, the CUDA test log, and bench-<gpu>-<date>.json/.png, the JSON that
 # `python benchmarks/results_table.py` turns into the README table.
@@ -50,10 +53,21 @@ set -e
 "$py" -m fastload synth --out "$work/synth" --n "$n" --size 512 512 --instances 5 20 --seed 0
 "$py" -m fastload cache build --coco "$work/synth/annotations.json" --images "$work/synth/images" \
     --out "$work/cache" --workers "$(nproc)" --no-progress
+cores=$(nproc)
+"$py" benchmarks/ceiling.py "$work/cache" --threads "$cores" 2 --out "$out/ceiling-$tag.json"
 "$py" -m fastload bench --cache "$work/cache" --config configs/default.yaml --loaders "$loaders" \
     --batch-size 48 --size 512 512 --steps "$steps" --warmup "$warmup" --rounds "$rounds" \
-    --workers "$(nproc)" --device cuda --model segnet --precision bf16 \
-    --out "$out/bench-$tag.json" --plot "$out/bench-$tag.png"
+    --cores "2,$cores" --device cuda --model none \
+    --out "$out/loaders-none-$tag.json" --plot "$out/loaders-none-$tag.png"
+if [ "${FASTLOAD_GPU_SEGNET:-1}" != 0 ]; then
+    "$py" -m fastload bench --cache "$work/cache" --config configs/default.yaml --loaders "$loaders" \
+        --batch-size 48 --size 512 512 --steps "$steps" --warmup "$warmup" --rounds "$rounds" \
+        --workers "$cores" --device cuda --model segnet --precision bf16 \
+        --out "$out/segnet-$tag.json" --plot "$out/segnet-$tag.png"
+fi
+"$py" -m pytest benchmarks/test_bench_targets.py --benchmark-only -k cuda -q -p no:cacheprovider \
+    --benchmark-json "$out/targets-$tag.json" > "$out/targets-$tag.txt" 2>&1 || true
+"$py" benchmarks/profile_kornia.py --device cuda --out "$out/kornia-ops-$tag.json" > "$out/kornia-ops-$tag.txt" 2>&1 || true
 set +e
 if [ "$tests_rc" -ne 0 ]; then
     echo "run_gpu.sh: benchmark written, but the CUDA tests failed (exit $tests_rc): see $out/gpu-tests-$tag.txt" >&2

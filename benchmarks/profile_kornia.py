@@ -1,0 +1,77 @@
+"""Where the Kornia peer's time goes: each op of its ``AugmentationSequential`` timed alone, on the device.
+
+The ``kornia`` peer (`fastload.bench.peers.kornia_peer`) made 58 samples/s on an H200 (batch 48, 512x512), 97 %
+of its loop waiting for data. This times each Kornia op of the peer's sequence, and the target renderer, on a
+batch of that shape, synchronising the device around each (CUDA events on a GPU), so the op that costs it is
+named before anything is changed.
+
+    python benchmarks/profile_kornia.py [--device cuda] [--batch 48] [--size 512 512] [--repeat 5] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+
+def timed(fn, device: torch.device, repeat: int) -> float:
+    """Median milliseconds of ``fn()`` over ``repeat`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    from fastload.augment.config import load_augment
+    from fastload.bench.peers.kornia_peer import build_sequential
+    from fastload.targets import render_targets
+
+    device = torch.device(args.device)
+    cfg = load_augment("default")
+    sequential = build_sequential(cfg).to(device)
+    torch.manual_seed(0)
+    b, (h, w) = args.batch, args.size
+    image = torch.rand(b, 3, h, w, device=device)
+    semantic = torch.randint(0, 4, (b, 1, h, w), device=device).float()
+    instance = torch.randint(0, 21, (b, 1, h, w), device=device).float()
+    rows = []
+    with torch.no_grad():
+        for k, op in enumerate(sequential.children()):
+            # each op applied to every sample (p = 1), so that its cost is not hidden by its probability
+            op.p, op.p_batch = 1.0, 1.0
+            rows.append({"op": f"{k}: {type(op).__name__}", "ms": timed(lambda op=op: op(image), device, args.repeat)})
+        rows.append({"op": "the whole sequence (image + 2 masks)", "ms": timed(lambda: sequential(image, semantic, instance), device, args.repeat)})
+        ids = instance[:, 0].to(torch.int32)
+        rows.append({"op": "render_targets (max_id 20)", "ms": timed(lambda: render_targets(ids, max_id=20), device, args.repeat)})
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"Kornia peer ops, batch {b}, {h}x{w}, {name}, median of {args.repeat}:")
+    for row in rows:
+        print(f"  {row['op']:44s} {row['ms']:9.2f} ms")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"command": "python benchmarks/profile_kornia.py " + " ".join(sys.argv[1:]), "device": name, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
