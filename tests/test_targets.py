@@ -495,7 +495,7 @@ def test_twin_with_max_id_does_not_synchronise_on_cuda(warped_masks):
         (torch.zeros((1, 4, 4)), {}, ValueError, r"uint8, int16, int32 or int64, got torch.float32 \(1, 4, 4\)"),
         (torch.zeros((4, 4), dtype=torch.int32), {}, ValueError, r"integer \(N, H, W\) tensor.*\(4, 4\)"),
         (torch.zeros((2, 0, 4), dtype=torch.int32), {}, ValueError, "empty image size"),
-        (torch.zeros((1, 1, 2**21), dtype=torch.uint8), {}, ValueError, "2097152 pixels wide; .* up to 2\\^21 - 1"),
+        (torch.zeros((1, 2**21, 1), dtype=torch.uint8), {}, ValueError, "2097152 pixels high; .* up to 2\\^21 - 1"),
         (torch.full((1, 4, 4), -1, dtype=torch.int16), {}, ValueError, "negative ids"),
         (torch.full((1, 4, 4), -1, dtype=torch.int16), {"max_id": 3}, ValueError, "negative ids"),
         (torch.full((1, 4, 4), 9, dtype=torch.int32), {"max_id": 8}, ValueError, "ids up to 9, above max_id = 8"),

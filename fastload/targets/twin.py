@@ -4,10 +4,11 @@ A fixed sequence of about 50 torch ops besides views (60 with a stride) whatever
 the number of instances, each a full-size pass at most; no float atomics, no Python loop over samples or
 instances. Every (sample, id) pair is a slot, ``K`` slots per sample:
 
-* statistics: one int64 ``scatter_add_`` of every pixel into an ``(N, H, K)`` table of per-row pixel
-  counts and column sums (two fields of one int64), then small exact reductions over the rows (row sums
-  weight the counts by the row): exact integers, and on CUDA integer atomics spread over ``N·H·K``
-  addresses instead of ``N·K``; the centres come from them in float64 on the small ``(N, K)`` table,
+* statistics: one int64 ``scatter_add_`` of every pixel into an ``(N, K, W)`` table of per-column pixel
+  counts and row sums (two fields of one int64), then small exact reductions over the columns (column
+  sums weight the counts by the column): exact integers, and on CUDA integer atomics spread over ``N·K·W``
+  addresses, none shared by two lanes of a warp, instead of ``N·K``; the centres come from them in float64
+  on the small ``(N, K)`` table,
   with the float64 operations of the definition in the same order, so every centre and peak is the
   definition's;
 * heatmap: each slot's Gaussian window (the definition's own float32 window, cut to the map) is one block
@@ -38,7 +39,7 @@ from fastload.targets.definition import _check_params, _check_weight_params, _ga
 if TYPE_CHECKING:
     import torch
 
-# bytes the slot tables of one call may take (per-row statistics, offset tables, Gaussian windows)
+# bytes the slot tables of one call may take (per-column statistics, offset tables, Gaussian windows)
 _SLOT_BYTES_LIMIT = 2 << 30
 
 
@@ -62,7 +63,7 @@ def render_targets(
           (those without pixels switched off), so no shape depends on the data and, on CUDA, nothing is
           read back to the host; the number of torch ops does not depend on the batch or its instances.
           Give the true largest id of the batch (the loader has it from the metadata): memory grows as
-          ``N·K·(8H + 12(H' + W') + 12·S·S')`` bytes, ``S = min(2r+1, H')``, ``S' = min(2r+1, W')``,
+          ``N·K·(8W + 12(H' + W') + 12·S·S')`` bytes, ``S = min(2r+1, H')``, ``S' = min(2r+1, W')``,
           ``r = round(3σ + 1)``, and a ``max_id`` that would take more than 2 GiB is refused
           (``ConfigError``) before anything is allocated. On the CPU the ids are checked against
           ``max_id`` (a min/max, named errors); on CUDA they are not read, and an id outside
@@ -128,9 +129,9 @@ class _Layout:
         return _Layout(n, height, width, -(-height // stride), -(-width // stride), radius, sigma, instance.device)
 
     def slot_bytes(self, per_sample: int) -> int:
-        """Bytes of the slot tables: per-row statistics, offset tables (float64 and float32), windows."""
+        """Bytes of the slot tables: per-column statistics, offset tables (float64 and float32), windows."""
         span = min(2 * self.radius + 1, self.map_h) * min(2 * self.radius + 1, self.map_w)
-        return self.n * per_sample * (8 * self.height + 12 * (self.map_h + self.map_w) + 12 * span)
+        return self.n * per_sample * (8 * self.width + 12 * (self.map_h + self.map_w) + 12 * span)
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, zero: bool = False) -> torch.Tensor:
@@ -156,8 +157,8 @@ def _check_instance_batch(instance: torch.Tensor) -> None:
         )
     if instance.shape[1] == 0 or instance.shape[2] == 0:
         raise ValueError(f"instance has an empty image size, shape {tuple(instance.shape)}")
-    if _column_shift(instance.shape[2]) + instance.shape[2].bit_length() > 62:
-        raise ValueError(f"instance is {instance.shape[2]} pixels wide; render_targets takes widths up to 2^21 - 1")
+    if _field_shift(instance.shape[1]) + instance.shape[1].bit_length() > 62:
+        raise ValueError(f"instance is {instance.shape[1]} pixels high; render_targets takes heights up to 2^21 - 1")
 
 
 def _slot_ids(instance: torch.Tensor, max_id: int | None, layout: _Layout) -> tuple[torch.Tensor, int]:
@@ -230,9 +231,9 @@ class _Slots:
     present: torch.Tensor  # bool (N, K), an instance with pixels (never slot 0)
 
 
-def _column_shift(width: int) -> int:
-    """Bits of the column-sum field: a row's column sum is at most W(W−1)/2."""
-    return max(1, (width * (width - 1) // 2).bit_length())
+def _field_shift(height: int) -> int:
+    """Bits of the row-sum field: a column's row sum is at most H(H−1)/2."""
+    return max(1, (height * (height - 1) // 2).bit_length())
 
 
 def _slot_stats(ids: torch.Tensor, per_sample: int, stride: int) -> _Slots:
@@ -240,17 +241,18 @@ def _slot_stats(ids: torch.Tensor, per_sample: int, stride: int) -> _Slots:
 
     n, height, width = ids.shape
     device = ids.device
-    shift = _column_shift(width)
-    # a pixel at column x adds 2^shift + x: per (sample, row, slot) the pixel count above `shift`, the column
-    # sum below; the row is the scatter's own position. Integer atomics, over N·H·K addresses.
-    one_pixel = torch.arange(1 << shift, (1 << shift) + width, device=device)
-    per_row = _empty((n, height, per_sample), torch.int64, device, zero=True)
-    per_row.scatter_add_(2, ids, one_pixel.expand(n, height, width))
-    pixels = per_row >> shift  # per (sample, row, slot)
-    per_row &= (1 << shift) - 1  # column sums per (sample, row, slot)
-    rows = torch.arange(height, device=device)[:, None]
+    shift = _field_shift(height)
+    # a pixel at row y adds 2^shift + y into its (sample, slot, column): the pixel count above `shift`, the row
+    # sum below. Integer atomics over N·K·W addresses, the 32 lanes of a CUDA warp (32 columns of a row) on
+    # 32 different ones.
+    one_pixel = torch.arange(1 << shift, (1 << shift) + height, device=device)[:, None]
+    per_column = _empty((n, per_sample, width), torch.int64, device, zero=True)
+    per_column.scatter_add_(1, ids, one_pixel.expand(n, height, width))
+    pixels = per_column >> shift
+    per_column &= (1 << shift) - 1  # row sums per (sample, slot, column)
+    columns = torch.arange(width, device=device)
     # (N, K, 3): pixels, row sums, column sums (in place: no more temporaries of the table's size)
-    totals = torch.stack([pixels.sum(1), pixels.mul_(rows).sum(1), per_row.sum(1)], dim=-1)
+    totals = torch.stack([pixels.sum(2), per_column.sum(2), pixels.mul_(columns).sum(2)], dim=-1)
     counts = totals[..., 0]
     # the float64 operations of _instance_stats and center_targets, in the same order
     totals = totals.to(torch.float64)
