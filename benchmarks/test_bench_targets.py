@@ -11,9 +11,13 @@ Groups:
 * ``targets-real-800x600``: the 18 real sample rasters;
 * ``targets-python-loop``: a 64x64 mask with 3 instances, the per-pixel Python loops users had before;
 * ``render-48x512x512-20``: a batch of 48 such 512x512 masks, 20 instances each: heatmap, offsets and
-  semantic weights by ``render_targets`` on torch CPU (``max_id`` 20: every slot rendered, no read back;
-  ``max_id`` None: ids read back, present instances only), against ``center_targets`` + ``semantic_weights``
-  per sample; and on CUDA when there is one (the timed call synchronises). Stride 1 and 4.
+  semantic weights by ``render_targets`` on torch CPU (``max_id`` 20: no read back; ``max_id`` None: the ids
+  read back), against ``center_targets`` + ``semantic_weights`` per sample; and on CUDA when there is one
+  (the timed call synchronises). Stride 1 and 4.
+* ``render-48x64x64``: the same at the size the loader benchmarks use (``benchmarks/cpu_proxy.py``): 48 masks
+  of 64x64 with 2-6 instances, against ``sample_targets`` per sample (what the CPU loader's workers call).
+
+Ops per call and CPU time (process CPU, every thread) of the same workloads: ``benchmarks/render_targets_ops.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ import torch
 
 from fastload.coco import load_coco
 from fastload.raster import rasterize_image
-from fastload.targets import center_targets, center_targets_per_instance, render_targets, semantic_weights
+from fastload.targets import (
+    center_targets,
+    center_targets_per_instance,
+    render_targets,
+    sample_targets,
+    semantic_weights,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -172,6 +182,40 @@ def test_render_targets_cuda_48(benchmark, batch48, stride):
     benchmark(render_on, "cuda", masks, stride, 20)
 
 
+@pytest.fixture(scope="module")
+def batch64() -> np.ndarray:
+    """int32 (48, 64, 64), 2-6 visible instances in each."""
+    rng = np.random.default_rng(0)
+    return np.stack([ellipses(64, 64, int(rng.integers(2, 7)), seed=200 + n) for n in range(48)])
+
+
+def sample_targets_each(masks: np.ndarray, stride: int) -> None:
+    for mask in masks:
+        sample_targets(mask, stride=stride)
+
+
+@pytest.mark.benchmark(group="render-48x64x64")
+@pytest.mark.parametrize("stride", [1, 4])
+def test_sample_targets_per_sample_64(benchmark, batch64, stride):
+    benchmark(sample_targets_each, batch64, stride)
+
+
+@pytest.mark.benchmark(group="render-48x64x64")
+@pytest.mark.parametrize("stride", [1, 4])
+@pytest.mark.parametrize("max_id", [6, None])
+def test_render_targets_cpu_64(benchmark, batch64, stride, max_id):
+    benchmark(render_on, "cpu", torch.from_numpy(batch64), stride, max_id)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.benchmark(group="render-48x64x64")
+@pytest.mark.parametrize("stride", [1, 4])
+def test_render_targets_cuda_64(benchmark, batch64, stride):
+    masks = torch.from_numpy(batch64).to("cuda")
+    render_on("cuda", masks, stride, 6)
+    benchmark(render_on, "cuda", masks, stride, 6)
+
+
 # ------------------------------------------------------------------------------ quick, no timing
 
 
@@ -185,6 +229,16 @@ def test_small_workload_agrees(mask64):
     loop_heat, loop_offset = python_loop_targets(mask64)
     np.testing.assert_array_equal(heat, loop_heat)
     np.testing.assert_allclose(offset, loop_offset, atol=1e-5)  # float sums in a different order
+
+
+def test_render_workload_64_agrees(batch64):
+    for stride in (1, 4):
+        out = render_targets(torch.from_numpy(batch64), max_id=6, stride=stride)
+        for n, mask in enumerate(batch64):
+            heat, offset, weight = sample_targets(mask, stride=stride)
+            np.testing.assert_array_equal(out["heatmap"][n, 0].numpy(), heat)
+            np.testing.assert_array_equal(out["offset"][n].numpy(), offset)
+            np.testing.assert_array_equal(out["semantic_weight"][n].numpy(), weight)
 
 
 def test_render_workload_agrees(batch48):

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastload.augment.config import AugmentConfig, GeometryConfig, RandomRange, Translation
 from fastload.augment.params import affine_matrix, draw_params
 from fastload.augment.reference import warp_mask
+from fastload.cache.reader import open_cache
 from fastload.coco import load_coco
 from fastload.errors import ConfigError
 from fastload.raster import rasterize_image
@@ -302,9 +304,21 @@ def test_sample_targets_are_center_targets_and_semantic_weights(warped_masks, st
         np.testing.assert_array_equal(weight, semantic_weights(mask, small_instance_area=900))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stride", [1, 2, 4])
-def test_twin_equals_the_definition_on_the_real_photos(photo_masks: np.ndarray, stride: int):
-    assert_twin_equals_definition(photo_masks, stride=stride)
+@pytest.mark.parametrize("max_id", [None, 13])
+def test_twin_equals_the_definition_on_the_real_photos(photo_masks: np.ndarray, device: str, stride: int, max_id):
+    assert_twin_equals_definition(photo_masks, device, stride=stride, max_id=max_id)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 4])
+def test_twin_equals_the_definition_on_masks_read_from_a_cache(sample_cache, device: str, stride: int):
+    # what a loader holds: the cache's uint16 instance masks (as int32, torch has no uint16 kernels here)
+    cache = open_cache(sample_cache)
+    masks = np.stack([cache.labels(i)[1] for i in range(len(cache))]).astype(np.int32)
+    assert masks.shape[0] == 18 and masks.max() > 5
+    assert_twin_equals_definition(masks, device, stride=stride, max_id=int(masks.max()), sigma=5.5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -385,6 +399,70 @@ def test_twin_is_deterministic(device: str, warped_masks):
             assert torch.equal(first[key].view(torch.int32), second[key].view(torch.int32)), key
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sigma, stride", [(12.0, 1), (8.0, 4), (30.0, 1)])
+def test_twin_cuts_windows_wider_than_the_map(device: str, sigma: float, stride: int):
+    # 67x93 masks: r = 37 cuts the rows only (75 > 67), r = 25 at stride 4 cuts both (17x24 maps), r = 91 both
+    masks = synthetic_batch(67, 93)
+    assert_twin_equals_definition(masks, device, sigma=sigma, stride=stride, max_id=12)
+    assert_twin_equals_definition(masks, device, sigma=sigma, stride=stride)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_twin_ranks_ids_too_sparse_for_slots(device: str):
+    # max_id=None with ids near the int32 limit: one slot per id would take terabytes, so each id is replaced
+    # by its rank in its sample first; samples without background and with a single id included
+    top = 2**31 - 1
+    relabel = np.array([0, top, 5, top - 7, 1 << 30, 3, 17, 9, 2], dtype=np.int64)
+    masks = np.stack([relabel[random_mask(seed, 40, 50, n=8)] for seed in range(3)] + [np.full((40, 50), top)])
+    for stride in (1, 3):
+        assert_twin_equals_definition(masks, device, dtype=torch.int64, stride=stride, sigma=2.5)
+
+
+def test_twin_refuses_a_max_id_whose_slot_tables_would_not_fit():
+    batch = torch.zeros((48, 512, 512), dtype=torch.int32, device="meta")
+    with pytest.raises(ConfigError, match=r"max_id = 100000 gives 48x100001 slots, whose tables would take .* GiB"):
+        render_targets(batch, max_id=100_000)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_twin_with_max_id_0_renders_background_only(device: str):
+    out = render_targets(torch.zeros((3, 10, 13), dtype=torch.uint8, device=device), stride=4, max_id=0)
+    assert not out["heatmap"].any() and not out["offset"].any() and (out["semantic_weight"] == 1).all()
+
+
+class CountOps(TorchDispatchMode):
+    """The aten ops dispatched inside the ``with`` block, in order (views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+        self.views = 0  # ops that only make a view: no kernel
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.name())
+        self.views += func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 4])
+def test_twin_dispatches_the_same_ops_whatever_the_batch_and_its_instances(device: str, stride: int):
+    def dispatched(n: int, instances: int, max_id: int) -> CountOps:
+        masks = np.stack([random_mask(seed, 67, 93, n=instances) for seed in range(n)])
+        batch = torch.from_numpy(masks).to(device)
+        with CountOps() as count:
+            render_targets(batch, stride=stride, max_id=max_id, sigma=3.0)
+        return count
+
+    reference = dispatched(1, 2, 20)
+    assert dispatched(8, 2, 20).ops == reference.ops  # N = 1 vs 8
+    assert dispatched(8, 20, 20).ops == reference.ops  # 2 vs 20 instances
+    assert dispatched(8, 2, 2).ops == reference.ops  # K = 3 vs 21 slots per sample
+    # a fixed, short sequence: about 50 ops with a kernel at stride 1 (60 at stride 4), the rest views
+    assert len(reference.ops) - reference.views <= 65 and reference.views <= 45, reference.ops
+
+
 def test_twin_with_max_id_reads_nothing_back():
     # the meta device has shapes but no data: .item(), nonzero() or a boolean mask would raise here
     batch = torch.from_numpy(synthetic_batch(67, 93)).to("meta")
@@ -417,6 +495,7 @@ def test_twin_with_max_id_does_not_synchronise_on_cuda(warped_masks):
         (torch.zeros((1, 4, 4)), {}, ValueError, r"uint8, int16, int32 or int64, got torch.float32 \(1, 4, 4\)"),
         (torch.zeros((4, 4), dtype=torch.int32), {}, ValueError, r"integer \(N, H, W\) tensor.*\(4, 4\)"),
         (torch.zeros((2, 0, 4), dtype=torch.int32), {}, ValueError, "empty image size"),
+        (torch.zeros((1, 2**21, 1), dtype=torch.uint8), {}, ValueError, "2097152 pixels high; .* up to 2\\^21 - 1"),
         (torch.full((1, 4, 4), -1, dtype=torch.int16), {}, ValueError, "negative ids"),
         (torch.full((1, 4, 4), -1, dtype=torch.int16), {"max_id": 3}, ValueError, "negative ids"),
         (torch.full((1, 4, 4), 9, dtype=torch.int32), {"max_id": 8}, ValueError, "ids up to 9, above max_id = 8"),
