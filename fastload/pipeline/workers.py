@@ -14,8 +14,9 @@ shared-memory slots it writes its batches into:
   leaves nothing behind;
 - ``submit`` / ``take`` / ``release``: a slot is reused only after its previous batch was released, so the caller
   keeps at most ``workers * slots`` tickets between submit and release;
-- ``cancel()``: the tasks submitted and not taken are dropped (workers skip those they have not started) and
-  drained, so a pass abandoned half-way costs at most the batches already being made;
+- ``cancel()``: the tasks submitted and not taken are dropped (a "cancel" message reaches each worker before the
+  tasks it has not started, which it then skips) and drained, so a pass abandoned half-way costs at most the
+  batches already being made;
 - an error raised by a task is raised by ``take`` at its ticket, in order; a worker that dies is named;
 - ``close()`` stops the workers (and kills those that do not stop), unmaps the slots; workers also end when
   their parent dies (`fastload.procs.die_with_parent`) or their socket closes.
@@ -105,7 +106,6 @@ class WorkerPool:
         self._procs: list = []
         self._conns: list = []
         self._maps: list[dict[int, mmap.mmap]] = []
-        self._generation = None
         self._closed = False
         if self.workers:
             self._start()
@@ -115,12 +115,9 @@ class WorkerPool:
     # --- lifecycle ------------------------------------------------------------------------------------------
     def _start(self) -> None:
         context = mp_context()
-        self._generation = context.Value("q", 0, lock=False)
         for w in range(self.workers):
             here, there = context.Pipe(duplex=True)
-            proc = context.Process(
-                target=_serve, args=(there, self.job, self._generation, os.getpid()), name=f"{self.name}-{w}", daemon=True
-            )
+            proc = context.Process(target=_serve, args=(there, self.job, os.getpid()), name=f"{self.name}-{w}", daemon=True)
             proc.start()
             there.close()
             self._procs.append(proc)
@@ -146,10 +143,9 @@ class WorkerPool:
         if self._closed:
             return
         self._closed = True
-        if self._generation is not None:
-            self._generation.value = -1  # a worker between tasks skips whatever is still queued
         for conn in self._conns:
-            try:
+            try:  # a worker between tasks skips whatever is still queued, then stops
+                conn.send(("cancel", self._next))
                 conn.send(("stop",))
             except OSError:  # already gone
                 pass
@@ -188,7 +184,7 @@ class WorkerPool:
             self._queued.append((ticket, task))
             return ticket
         worker, slot = ticket % self.workers, (ticket // self.workers) % self.slots
-        self._conns[worker].send(("task", ticket, slot, self._generation.value, task))
+        self._conns[worker].send(("task", ticket, slot, task))
         return ticket
 
     def take(self) -> Result:
@@ -225,8 +221,8 @@ class WorkerPool:
 
     def cancel(self) -> None:
         """Drop every task submitted and not yet taken (workers skip the ones they have not started)."""
-        if self._generation is not None:
-            self._generation.value += 1
+        for conn in self._conns:
+            conn.send(("cancel", self._next))
         self._queued.clear()
         while self._taken < self._next:
             ticket = self._taken
@@ -327,7 +323,7 @@ class _Slots:
         return mapping
 
 
-def _serve(conn, job: Job, generation, parent: int) -> None:
+def _serve(conn, job: Job, parent: int) -> None:
     """A worker's life: open the job, answer tasks in order until told to stop or the parent goes away."""
     from fastload.procs import die_with_parent
 
@@ -335,22 +331,27 @@ def _serve(conn, job: Job, generation, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
     slots = _Slots(conn, parent)
     pending: deque = deque()
+    cancelled = 0  # tasks with a smaller ticket are skipped
     job.open()
     try:
         while True:
             if not pending:
                 pending.append(conn.recv())
-            while conn.poll():
+            while conn.poll():  # everything sent so far: a cancel overtakes the tasks queued before it
                 pending.append(conn.recv())
+            cancelled = max([cancelled] + [m[1] for m in pending if m[0] == "cancel"])
+            pending = deque(m for m in pending if m[0] != "cancel")
+            if not pending:
+                continue
             message = pending.popleft()
             if message[0] == "stop":
                 return
-            _, ticket, slot, gen, task = message
-            if gen != generation.value:
+            _, ticket, slot, task = message
+            if ticket < cancelled:
                 conn.send(("skipped", ticket))
                 continue
             try:
-                arrays, info = job.run(task, [m[4] for m in pending if m[0] == "task" and m[3] == gen])
+                arrays, info = job.run(task, [m[3] for m in pending if m[0] == "task"])
                 layout = slots.write(slot, arrays)
             except BaseException as exc:  # noqa: BLE001 - handed to the training process, raised at its ticket
                 _send_error(conn, ticket, exc)
