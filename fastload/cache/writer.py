@@ -64,6 +64,7 @@ from fastload.coco import load_coco, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ConfigError, ImageError
 from fastload.raster import rasterize_image
 from fastload.targets import instance_table
+from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, short_repr
 
 OnError = Literal["fail", "skip"]
 FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
@@ -518,9 +519,10 @@ def _check_nodes(node_rank: int | None, num_nodes: int | None) -> tuple[int, int
         return 0, 1
     if node_rank is None or num_nodes is None:
         raise ConfigError("pass both node_rank and num_nodes (--node-rank and --num-nodes), or neither")
-    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
-        raise ConfigError(f"need 0 <= node_rank < num_nodes, got node_rank={node_rank} num_nodes={num_nodes}")
-    return node_rank, num_nodes
+    num_nodes = check_int("num_nodes", num_nodes, 1, MAX_NUM_NODES, why="partial manifests have 5-digit node numbers")
+    if not is_int(node_rank) or not 0 <= node_rank < num_nodes:
+        raise ConfigError(f"need 0 <= node_rank < num_nodes, got node_rank={short_repr(node_rank)} num_nodes={num_nodes}")
+    return int(node_rank), num_nodes
 
 
 def build_cache(
@@ -557,9 +559,8 @@ def build_cache(
     Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``.
     """
     if on_error not in ("fail", "skip"):
-        raise ConfigError(f"on_error must be one of ['fail', 'skip'], got {on_error!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"on_error must be one of ['fail', 'skip'], got {short_repr(on_error)}")
+    workers = check_int("workers", workers, 1, MAX_THREADS, why="each is a process")
     node_rank, num_nodes = _check_nodes(node_rank, num_nodes)
     cfg = as_cache_config(config)
     coco, image_root, out = Path(coco), Path(images), Path(out)
