@@ -50,6 +50,7 @@ from fastload.cache.format import (
     sniff_image_format,
     truncation_problem,
 )
+from fastload.cache.lock import build_lock, storage_error
 from fastload.cache.manifest import (
     MANIFEST_NAME,
     assemble_manifest,
@@ -61,7 +62,8 @@ from fastload.cache.manifest import (
     write_atomic,
 )
 from fastload.coco import load_coco, resolve_image_path
-from fastload.errors import AnnotationError, CacheError, ConfigError, ImageError
+from fastload.errors import AnnotationError, CacheError, ConfigError, FastloadError, ImageError
+from fastload.procs import die_with_parent
 from fastload.raster import rasterize_image
 from fastload.targets import instance_table
 from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, short_repr
@@ -69,7 +71,10 @@ from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, s
 OnError = Literal["fail", "skip"]
 FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
 # names a build may find in (and remove from) its output folder; anything else means "not a cache folder"
-_OWN_FILE = re.compile(r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$")
+_OWN_FILE = re.compile(
+    r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$"
+    r"|^build(\.part-\d+-of-\d+)?\.lock$"  # fastload.cache.lock
+)
 
 
 # ----------------------------------------------------------------------------------------------- one sample
@@ -419,8 +424,9 @@ def shard_fingerprint(header: dict[str, Any], items: Sequence[tuple[int, Any]], 
 _progress_queue: Any = None
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, parent: int) -> None:
     global _progress_queue
+    die_with_parent(parent)  # a killed build leaves no worker behind
     _progress_queue = progress_queue
     cv2.setNumThreads(1)  # one shard per process; OpenCV's own threads would only compete
 
@@ -442,7 +448,7 @@ def _run_tasks(tasks: list[ShardTask], workers: int, bar: Any) -> None:
     progress_queue = ctx.Queue()
     before = set(mp.active_children())
     executor = ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+        min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, os.getpid())
     )
     failed = True
     try:
@@ -564,11 +570,32 @@ def build_cache(
     node_rank, num_nodes = _check_nodes(node_rank, num_nodes)
     cfg = as_cache_config(config)
     coco, image_root, out = Path(coco), Path(images), Path(out)
-    if not image_root.is_dir():
-        raise ImageError(f"image folder {str(image_root)!r} does not exist; pass the folder the COCO file_names are relative to")
-    dataset = load_coco(coco, on_error=on_error)
-    if not dataset.images:
-        raise CacheError(f"{coco} has no (valid) images; nothing to cache")
+    node = (node_rank, num_nodes) if num_nodes > 1 else None
+    with build_lock(out, what="cache build", node=node):  # refuses a second build at once
+        if not image_root.is_dir():
+            raise ImageError(f"image folder {str(image_root)!r} does not exist; pass the folder the COCO file_names are relative to")
+        dataset = load_coco(coco, on_error=on_error)
+        if not dataset.images:
+            raise CacheError(f"{coco} has no (valid) images; nothing to cache")
+        try:
+            return _build(dataset, coco, image_root, out, cfg, workers, on_error, resume, node_rank, num_nodes, progress)
+        except OSError as exc:  # disk full, quota, permissions, I/O errors: in this process or in a worker
+            if isinstance(exc, FastloadError):
+                raise
+            _remove_temporary_files(out, node_rank, num_nodes)  # a full disk gets its space back now
+            raise storage_error(exc, out) from exc
+
+
+def _remove_temporary_files(out: Path, node_rank: int, num_nodes: int) -> None:
+    """This node's ``*.tmp`` files (the workers are gone, and the lock keeps other builds out)."""
+    mine = {f"{MANIFEST_NAME}.tmp", f"{part_name(node_rank, num_nodes)}.tmp"}
+    for path in out.glob("*.tmp"):
+        match = _OWN_FILE.match(path.name)
+        if path.name in mine or (match and match["shard"] is not None and int(match["shard"]) % num_nodes == node_rank):
+            path.unlink(missing_ok=True)
+
+
+def _build(dataset, coco, image_root, out, cfg, workers, on_error, resume, node_rank, num_nodes, progress) -> Path:
     spp = cfg.samples_per_shard
     num_shards = math.ceil(len(dataset.images) / spp)
     header = {
