@@ -56,7 +56,7 @@ from fastload.pipeline.readahead import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, p
 # threads (Python 3.14 makes forkserver the default on Linux for the same reason)
 START_METHOD = "forkserver"
 # imported once by the fork server, so that each worker starts in ~0.1 s instead of importing torch again
-_PRELOAD = ["fastload.pipeline.cpu"]
+_PRELOAD = ["fastload.pipeline.forkserver_guard", "fastload.pipeline.cpu"]  # the guard: ends with its parent
 
 
 @dataclass(frozen=True)
@@ -303,6 +303,9 @@ def _worker_init(_worker_id: int) -> None:
     # The worker is a fresh process (forkserver), so setting it here is safe.
     import cv2
 
+    from fastload.procs import die_with_parent
+
+    die_with_parent()  # SIGKILL when the fork server ends (it ends with the training process)
     cv2.setNumThreads(1)
     _keep_freed_memory()
 
