@@ -23,6 +23,11 @@ class CacheError(FastloadError):
     """A cache is missing, corrupt, or written by a newer fastload. The message names the shard and sample."""
 
 
+class StorageError(FastloadError, OSError):
+    """Writing (or locking) a cache folder failed: disk full, quota, permissions, an I/O error, or another build
+    holds it. The message names the folder, the cause and the fix; ``errno`` is the operating system's."""
+
+
 def add_note(exc: BaseException, note: str) -> None:
     """Attach ``note`` to ``exc`` (PEP 678 notes on Python >= 3.11; appended to the message on 3.10)."""
     if hasattr(exc, "add_note"):

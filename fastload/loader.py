@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastload import validation
 from fastload.augment.config import AugmentConfig, load_augment
 from fastload.cores import usable_cores
 from fastload.errors import CacheError, ConfigError
@@ -56,6 +57,7 @@ class _LoaderShell:
         self.batch_size = _positive_int("batch_size", batch_size)
         self.augment: AugmentConfig = _augment(augment)
         self.size = _size(size, stride=self.augment.targets.stride)
+        validation.check_batch_pixels(self.batch_size, self.size, error=ValueError)
         self.device = _device(device)
         self._device_asked = str(device)
         self.num_threads = usable_cores() if num_threads is None else _positive_int("num_threads", num_threads)
@@ -356,24 +358,28 @@ def _augment(value: Any) -> AugmentConfig:
         ) from exc
 
 
+# the largest value of each positive-integer argument, and what the bound protects (fastload.validation)
+_UPPER = {
+    "batch_size": (validation.MAX_BATCH_SIZE, "a batch is allocated whole, on the device, before its first sample"),
+    "num_threads": (validation.MAX_THREADS, "each is a thread, or for the CpuLoader a worker process"),
+    "prefetch": (validation.MAX_PREFETCH, "each batch prepared ahead holds a whole batch of memory"),
+    "io_threads": (validation.MAX_THREADS, "each is a thread per reading process"),
+    "world_size": (validation.MAX_WORLD_SIZE, ""),
+}
+
+
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (1, 2, ...), got {value!r}")
-    return int(value)
+    high, why = _UPPER.get(name, (None, ""))
+    return validation.check_int(name, value, 1, high, error=ValueError, why=why)
 
 
 def _size(size: Any, *, stride: int) -> tuple[int, int]:
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size)
-    ):
-        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
-    if size[0] % stride or size[1] % stride:
+    height, width = validation.check_size("size", size, error=ValueError)
+    if height % stride or width % stride:
         raise ValueError(
-            f"size {tuple(size)} must be divisible by the targets' stride {stride} (augment config, targets.stride)"
+            f"size {(height, width)} must be divisible by the targets' stride {stride} (augment config, targets.stride)"
         )
-    return int(size[0]), int(size[1])
+    return height, width
 
 
 def _device(device: Any) -> torch.device:

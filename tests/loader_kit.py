@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,23 @@ def start_mp_helpers() -> None:
 
     assert START_METHOD == "forkserver"
     multiprocessing.forkserver.ensure_running()
+
+
+def wait_for_no_process(procs: list[psutil.Process], seconds: float = 5.0) -> list[str]:
+    """The processes of ``procs`` still running after ``seconds`` ("pid command"; ended ones and zombies do not
+    count): for checks that nothing outlives a killed parent by more than a few seconds."""
+    deadline = time.monotonic() + seconds
+    while _running(procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _running(procs)
+
+
+def _running(procs: list[psutil.Process]) -> list[str]:
+    running = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                running.append(f"{p.pid} {' '.join(p.cmdline())[:80]}")
+        except psutil.NoSuchProcess:
+            pass
+    return running

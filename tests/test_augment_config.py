@@ -69,7 +69,7 @@ def test_partial_yaml_keeps_identity_defaults(tmp_path):
             "geometry:\n  rotation: {p: 0.5, range: [-200, 10]}\n",
             r"geometry.rotation.range\[0\].*\[-180, 180\]",
         ),
-        ("geometry:\n  scale: {p: 0.5, range: [0, 2]}\n", r"geometry.scale.range\[0\] = 0.0 .*\(0, 8\]"),
+        ("geometry:\n  scale: {p: 0.5, range: [0, 2]}\n", r"geometry.scale.range\[0\] = 0.0 .*\[0.015625, 8\]"),
         ("geometry:\n  translation: {p: -0.1, max_fraction: 0.1}\n", "geometry.translation.p"),
         ("photometric:\n  noise: {p: 0.5, range: [0, 300]}\n", r"photometric.noise.range\[1\].*\[0, 255\]"),
         (
@@ -77,7 +77,7 @@ def test_partial_yaml_keeps_identity_defaults(tmp_path):
             "shadow.strength",
         ),
         ("photometric:\n  hue: {p: 0.5, range: [1, 2, 3]}\n", "expected 2 values"),
-        ("normalize:\n  std: [0.2, 0.0, 0.2]\n", r"normalize.std\[1\].*> 0"),
+        ("normalize:\n  std: [0.2, 0.0, 0.2]\n", r"normalize.std\[1\] = 0.0 is outside the allowed range \[0.001, 10\]"),
         ("geometry:\n  flip_x: yes please\n", "expected a number"),
     ],
 )

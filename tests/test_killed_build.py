@@ -80,8 +80,8 @@ def _check_killed_state(out: Path, reference: dict[str, bytes]) -> str:
         return "nothing"
     names = sorted(p.name for p in out.iterdir())
     for name in names:
-        if name.endswith(".tmp"):
-            continue  # debris of the write in progress; the next build removes it
+        if name.endswith((".tmp", ".lock")):
+            continue  # debris of the write in progress, the killed build's lock file; the next build removes them
         assert name in reference, f"{name}: a file an uninterrupted build does not write"
         assert (out / name).read_bytes() == reference[name], f"{name}: present under its final name but not complete"
     # each shard that looks complete (has its record) hashes as the record says

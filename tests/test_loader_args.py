@@ -35,6 +35,14 @@ def cache(tmp_path_factory):
         ({"batch_size": 2, "world_size": 0}, "world_size must be a positive integer"),
         ({"batch_size": 2, "seed": -1}, "seed must be a non-negative integer"),
         ({"batch_size": 2, "augment": "sideways"}, "augment"),
+        # runaways stopped before anything is allocated (issue 19): each used to be a MemoryError or bad_alloc
+        ({"batch_size": 10**6}, "batch_size must be a positive integer (1, 2, ... up to 65536), got 1000000"),
+        ({"batch_size": 2, "size": (20000, 20000)}, "at most 16384 per side and 64 MP"),
+        ({"batch_size": 2, "size": (8192, 16384)}, "size = (8192, 16384) is larger than fastload allows"),
+        ({"batch_size": 4096, "size": (1024, 1024)}, "above the 1073741824 (2^30, ~40 GiB of finished batch)"),
+        ({"batch_size": 2, "prefetch": 10**4}, "prefetch must be a positive integer (1, 2, ... up to 64)"),
+        ({"batch_size": 2, "num_threads": 10**5}, "num_threads must be a positive integer (1, 2, ... up to 1024)"),
+        ({"batch_size": 2, "io_threads": 10**5}, "io_threads must be a positive integer (1, 2, ... up to 1024)"),
     ],
 )
 def test_bad_arguments_name_themselves(kind, kwargs, message, cache):

@@ -12,12 +12,13 @@ they equal :meth:`AugmentConfig.default` and :meth:`AugmentConfig.none`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fastload import validation as v
 from fastload.errors import ConfigError
+from fastload.validation import check_int, check_number, check_pair, check_probability, short_repr
 from fastload.yamlio import from_mapping, load_yaml
 
 Fit = Literal["contain", "cover"]
@@ -69,13 +70,13 @@ class GeometryConfig:
 
     def __post_init__(self) -> None:
         if self.fit not in FITS:
-            raise ConfigError(f"geometry.fit: {self.fit!r} is not one of {list(FITS)}")
-        _check_probability("geometry.flip_x", self.flip_x)
-        _check_probability("geometry.flip_y", self.flip_y)
-        _check_random_range("geometry.rotation", self.rotation, -180.0, 180.0)
-        _check_random_range("geometry.scale", self.scale, 0.0, 8.0, open_low=True)
-        _check_probability("geometry.translation.p", self.translation.p)
-        _check_value("geometry.translation.max_fraction", self.translation.max_fraction, 0.0, 1.0)
+            raise ConfigError(f"geometry.fit: {short_repr(self.fit)} is not one of {list(FITS)}")
+        check_probability("geometry.flip_x", self.flip_x)
+        check_probability("geometry.flip_y", self.flip_y)
+        _check_random_range("geometry.rotation", self.rotation, -v.MAX_DEGREES, v.MAX_DEGREES)
+        _check_random_range("geometry.scale", self.scale, v.MIN_SCALE, v.MAX_SCALE)
+        check_probability("geometry.translation.p", self.translation.p)
+        check_number("geometry.translation.max_fraction", self.translation.max_fraction, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -90,24 +91,27 @@ class PhotometricConfig:
     shadow: Shadow = Shadow()
 
     def __post_init__(self) -> None:
-        _check_random_range("photometric.hue", self.hue, -180.0, 180.0)
-        _check_random_range("photometric.saturation", self.saturation, 0.0, 10.0)
-        _check_random_range("photometric.brightness", self.brightness, 0.0, 10.0)
-        _check_random_range("photometric.contrast", self.contrast, 0.0, 10.0)
-        _check_random_range("photometric.noise", self.noise, 0.0, 255.0)
-        _check_probability("photometric.shadow.p", self.shadow.p)
-        _check_pair("photometric.shadow.strength", self.shadow.strength, 0.0, 1.0)
-        _check_pair("photometric.shadow.half_width", self.shadow.half_width, 0.0, 1.0)
+        _check_random_range("photometric.hue", self.hue, -v.MAX_DEGREES, v.MAX_DEGREES)
+        _check_random_range("photometric.saturation", self.saturation, 0.0, v.MAX_FACTOR)
+        _check_random_range("photometric.brightness", self.brightness, 0.0, v.MAX_FACTOR)
+        _check_random_range("photometric.contrast", self.contrast, 0.0, v.MAX_FACTOR)
+        _check_random_range("photometric.noise", self.noise, 0.0, v.MAX_NOISE_SIGMA)
+        check_probability("photometric.shadow.p", self.shadow.p)
+        check_pair("photometric.shadow.strength", self.shadow.strength, 0.0, 1.0)
+        check_pair("photometric.shadow.half_width", self.shadow.half_width, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class TargetsConfig:
     """The Panoptic-DeepLab targets the loaders render after augmentation, from the warped instance mask.
 
-    sigma                 : Gaussian sigma of the centre heatmap, in output (map) pixels (> 0)
-    stride                : heatmap and offsets are (H / stride, W / stride) of the output size (integer >= 1)
-    small_instance_area   : instances with fewer visible output pixels than this count as small (>= 0)
-    small_instance_weight : ``semantic_weight`` on the pixels of small instances (1 elsewhere), >= 0
+    sigma                 : Gaussian sigma of the centre heatmap, in output (map) pixels, in (0, 64]
+    stride                : heatmap and offsets are (H / stride, W / stride) of the output size, integer 1..64
+    small_instance_area   : instances with fewer visible output pixels than this count as small, 0..64 Mi
+    small_instance_weight : ``semantic_weight`` on the pixels of small instances (1 elsewhere), in [0, 1000]
+
+    The bounds are `fastload.validation`'s (each instance's Gaussian window is (6σ+3)² pixels, and the batched
+    renderer holds one per instance of a batch at once).
     """
 
     sigma: float = 8.0
@@ -116,17 +120,13 @@ class TargetsConfig:
     small_instance_weight: float = 3.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not (
-            math.isfinite(self.sigma) and self.sigma > 0
-        ):
-            raise ConfigError(f"targets.sigma = {self.sigma!r}: must be a finite number > 0 (output pixels)")
-        for key, lo in (("stride", 1), ("small_instance_area", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"targets.{key} = {value!r}: must be an integer >= {lo}")
-        w = self.small_instance_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
-            raise ConfigError(f"targets.small_instance_weight = {w!r}: must be a finite number >= 0")
+        check_number(
+            "targets.sigma", self.sigma, 0.0, v.MAX_SIGMA, open_low=True,
+            why="each instance's Gaussian window is (6*sigma+3)^2 pixels, and a batch renders one per instance",
+        )  # fmt: skip
+        check_int("targets.stride", self.stride, 1, v.MAX_STRIDE)
+        check_int("targets.small_instance_area", self.small_instance_area, 0, v.MAX_PIXELS)
+        check_number("targets.small_instance_weight", self.small_instance_weight, 0.0, v.MAX_SMALL_INSTANCE_WEIGHT)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -143,12 +143,11 @@ class NormalizeConfig:
     def __post_init__(self) -> None:
         for key, values in (("normalize.mean", self.mean), ("normalize.std", self.std)):
             if not isinstance(values, (tuple, list)) or len(values) != 3:
-                raise ConfigError(f"{key} = {values!r}: expected 3 values (R, G, B)")
+                raise ConfigError(f"{key} = {short_repr(values)}: expected 3 values (R, G, B)")
         for c, m in enumerate(self.mean):
-            _check_value(f"normalize.mean[{c}]", m, 0.0, 1.0)
-        for c, s in enumerate(self.std):
-            if not (math.isfinite(s) and s > 0.0):
-                raise ConfigError(f"normalize.std[{c}] = {s!r}: must be a finite number > 0")
+            check_number(f"normalize.mean[{c}]", m, 0.0, 1.0)
+        for c, s in enumerate(self.std):  # > 0, and not so small that (x/255 - mean)/std leaves +-1000
+            check_number(f"normalize.std[{c}]", s, v.MIN_STD, v.MAX_STD)
 
 
 @dataclass(frozen=True)
@@ -231,28 +230,6 @@ def load_augment(value: None | str | Path | AugmentConfig) -> AugmentConfig:
 # ----------------------------------------------------------------------------------------------- checks
 
 
-def _check_probability(key: str, p: float) -> None:
-    _check_value(key, p, 0.0, 1.0)
-
-
-def _check_value(key: str, v: float, lo: float, hi: float, *, open_low: bool = False) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{key} = {v!r}: expected a number")
-    ok = (lo < v if open_low else lo <= v) and v <= hi
-    if not ok:  # also catches NaN
-        left = "(" if open_low else "["
-        raise ConfigError(f"{key} = {v!r} is outside the allowed range {left}{lo:g}, {hi:g}]")
-
-
-def _check_pair(key: str, pair: tuple[float, float], lo: float, hi: float, *, open_low: bool = False) -> None:
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ConfigError(f"{key} = {pair!r}: expected [min, max]")
-    _check_value(f"{key}[0]", pair[0], lo, hi, open_low=open_low)
-    _check_value(f"{key}[1]", pair[1], lo, hi, open_low=open_low)
-    if pair[0] > pair[1]:
-        raise ConfigError(f"{key} = {list(pair)}: min > max; write [min, max]")
-
-
-def _check_random_range(key: str, rr: RandomRange, lo: float, hi: float, *, open_low: bool = False) -> None:
-    _check_probability(f"{key}.p", rr.p)
-    _check_pair(f"{key}.range", rr.range, lo, hi, open_low=open_low)
+def _check_random_range(key: str, rr: RandomRange, lo: float, hi: float) -> None:
+    check_probability(f"{key}.p", rr.p)
+    check_pair(f"{key}.range", rr.range, lo, hi)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastload.errors import ConfigError
+from fastload.validation import MAX_SAMPLES_PER_SHARD, check_int, is_int, short_repr
 from fastload.yamlio import from_mapping, load_yaml
 
 # 512 samples per shard: at ~0.1-0.3 MB per 800x600 sample a shard is ~50-150 MB, the range where sequential
@@ -41,7 +42,7 @@ class CacheConfig:
     Attributes
     ----------
     samples_per_shard : int
-        Images per tar shard (>= 1). Shard ``k`` holds images ``[k*S, (k+1)*S)``.
+        Images per tar shard, 1..1048576. Shard ``k`` holds images ``[k*S, (k+1)*S)``.
     label_compression : int
         0 = LZ4, 1..12 = LZ4-HC at that level, for the semantic and instance members; changes only their size
         and the build time, never the decoded values or the decoding cost.
@@ -51,15 +52,13 @@ class CacheConfig:
     label_compression: int = DEFAULT_LABEL_COMPRESSION
 
     def __post_init__(self) -> None:
-        for name in ("samples_per_shard", "label_compression"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if self.samples_per_shard < 1:
-            raise ConfigError(f"samples_per_shard must be >= 1, got {self.samples_per_shard!r}")
-        if not 0 <= self.label_compression <= 12:
+        check_int(
+            "samples_per_shard", self.samples_per_shard, 1, MAX_SAMPLES_PER_SHARD,
+            why="a shard's index is read whole when a cache opens; use more shards",
+        )  # fmt: skip
+        if not is_int(self.label_compression) or not 0 <= self.label_compression <= 12:
             raise ConfigError(
-                f"label_compression must be 0 (LZ4) or an LZ4-HC level 1..12, got {self.label_compression!r}"
+                f"label_compression must be 0 (LZ4) or an LZ4-HC level 1..12, got {short_repr(self.label_compression)}"
             )
 
     def to_dict(self) -> dict[str, Any]:

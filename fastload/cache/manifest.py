@@ -8,6 +8,7 @@ with ``fastload cache merge`` give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,11 +48,16 @@ def done_name(shard: int) -> str:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` so that it either has the full new content or does not change (tmp, fsync, replace)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written .tmp left holding space
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def pretty_json(value: Any) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fastload.cache.format import SCHEMA_VERSION
+from fastload.cache.lock import build_lock, storage_error
 from fastload.cache.manifest import (
     MANIFEST_NAME,
     assemble_manifest,
@@ -15,7 +16,7 @@ from fastload.cache.manifest import (
     read_json,
     write_atomic,
 )
-from fastload.errors import CacheError
+from fastload.errors import CacheError, FastloadError
 
 _PART = re.compile(r"^manifest\.part-(\d{5})-of-(\d{5})\.json$")
 
@@ -51,6 +52,16 @@ def merge_cache(path: str | Path) -> Path:
     root = Path(path)
     if not root.is_dir():
         raise CacheError(f"cache directory {str(root)!r} does not exist")
+    with build_lock(root, what="cache merge"):  # refused while a node still builds into the folder
+        try:
+            return _merge(root)
+        except OSError as exc:
+            if isinstance(exc, FastloadError):
+                raise
+            raise storage_error(exc, root, then=f"run `fastload cache merge {root}` again") from exc
+
+
+def _merge(root: Path) -> Path:
     parts = _read_parts(root)
     num_nodes = len(parts)
     header = parts[0]["header"]

@@ -50,6 +50,7 @@ from fastload.cache.format import (
     sniff_image_format,
     truncation_problem,
 )
+from fastload.cache.lock import build_lock, storage_error
 from fastload.cache.manifest import (
     MANIFEST_NAME,
     assemble_manifest,
@@ -61,14 +62,19 @@ from fastload.cache.manifest import (
     write_atomic,
 )
 from fastload.coco import load_coco, resolve_image_path
-from fastload.errors import AnnotationError, CacheError, ConfigError, ImageError
+from fastload.errors import AnnotationError, CacheError, ConfigError, FastloadError, ImageError
+from fastload.procs import die_with_parent
 from fastload.raster import rasterize_image
 from fastload.targets import instance_table
+from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, short_repr
 
 OnError = Literal["fail", "skip"]
 FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
 # names a build may find in (and remove from) its output folder; anything else means "not a cache folder"
-_OWN_FILE = re.compile(r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$")
+_OWN_FILE = re.compile(
+    r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$"
+    r"|^build(\.part-\d+-of-\d+)?\.lock$"  # fastload.cache.lock
+)
 
 
 # ----------------------------------------------------------------------------------------------- one sample
@@ -418,8 +424,9 @@ def shard_fingerprint(header: dict[str, Any], items: Sequence[tuple[int, Any]], 
 _progress_queue: Any = None
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, parent: int) -> None:
     global _progress_queue
+    die_with_parent(parent)  # a killed build leaves no worker behind
     _progress_queue = progress_queue
     cv2.setNumThreads(1)  # one shard per process; OpenCV's own threads would only compete
 
@@ -441,7 +448,7 @@ def _run_tasks(tasks: list[ShardTask], workers: int, bar: Any) -> None:
     progress_queue = ctx.Queue()
     before = set(mp.active_children())
     executor = ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+        min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, os.getpid())
     )
     failed = True
     try:
@@ -518,9 +525,10 @@ def _check_nodes(node_rank: int | None, num_nodes: int | None) -> tuple[int, int
         return 0, 1
     if node_rank is None or num_nodes is None:
         raise ConfigError("pass both node_rank and num_nodes (--node-rank and --num-nodes), or neither")
-    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
-        raise ConfigError(f"need 0 <= node_rank < num_nodes, got node_rank={node_rank} num_nodes={num_nodes}")
-    return node_rank, num_nodes
+    num_nodes = check_int("num_nodes", num_nodes, 1, MAX_NUM_NODES, why="partial manifests have 5-digit node numbers")
+    if not is_int(node_rank) or not 0 <= node_rank < num_nodes:
+        raise ConfigError(f"need 0 <= node_rank < num_nodes, got node_rank={short_repr(node_rank)} num_nodes={num_nodes}")
+    return int(node_rank), num_nodes
 
 
 def build_cache(
@@ -557,17 +565,37 @@ def build_cache(
     Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``.
     """
     if on_error not in ("fail", "skip"):
-        raise ConfigError(f"on_error must be one of ['fail', 'skip'], got {on_error!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"on_error must be one of ['fail', 'skip'], got {short_repr(on_error)}")
+    workers = check_int("workers", workers, 1, MAX_THREADS, why="each is a process")
     node_rank, num_nodes = _check_nodes(node_rank, num_nodes)
     cfg = as_cache_config(config)
     coco, image_root, out = Path(coco), Path(images), Path(out)
-    if not image_root.is_dir():
-        raise ImageError(f"image folder {str(image_root)!r} does not exist; pass the folder the COCO file_names are relative to")
-    dataset = load_coco(coco, on_error=on_error)
-    if not dataset.images:
-        raise CacheError(f"{coco} has no (valid) images; nothing to cache")
+    node = (node_rank, num_nodes) if num_nodes > 1 else None
+    with build_lock(out, what="cache build", node=node):  # refuses a second build at once
+        if not image_root.is_dir():
+            raise ImageError(f"image folder {str(image_root)!r} does not exist; pass the folder the COCO file_names are relative to")
+        dataset = load_coco(coco, on_error=on_error)
+        if not dataset.images:
+            raise CacheError(f"{coco} has no (valid) images; nothing to cache")
+        try:
+            return _build(dataset, coco, image_root, out, cfg, workers, on_error, resume, node_rank, num_nodes, progress)
+        except OSError as exc:  # disk full, quota, permissions, I/O errors: in this process or in a worker
+            if isinstance(exc, FastloadError):
+                raise
+            _remove_temporary_files(out, node_rank, num_nodes)  # a full disk gets its space back now
+            raise storage_error(exc, out) from exc
+
+
+def _remove_temporary_files(out: Path, node_rank: int, num_nodes: int) -> None:
+    """This node's ``*.tmp`` files (the workers are gone, and the lock keeps other builds out)."""
+    mine = {f"{MANIFEST_NAME}.tmp", f"{part_name(node_rank, num_nodes)}.tmp"}
+    for path in out.glob("*.tmp"):
+        match = _OWN_FILE.match(path.name)
+        if path.name in mine or (match and match["shard"] is not None and int(match["shard"]) % num_nodes == node_rank):
+            path.unlink(missing_ok=True)
+
+
+def _build(dataset, coco, image_root, out, cfg, workers, on_error, resume, node_rank, num_nodes, progress) -> Path:
     spp = cfg.samples_per_shard
     num_shards = math.ceil(len(dataset.images) / spp)
     header = {

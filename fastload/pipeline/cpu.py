@@ -246,6 +246,9 @@ def _worker_init(_worker_id: int) -> None:
     # The worker is a fresh process (forkserver), so setting it here is safe.
     import cv2
 
+    from fastload.procs import die_with_parent
+
+    die_with_parent()  # SIGKILL when the fork server ends (it ends with the training process)
     cv2.setNumThreads(1)
     _keep_freed_memory()
 

@@ -19,7 +19,8 @@ shared-memory slots it writes its batches into:
   batches already being made;
 - an error raised by a task is raised by ``take`` at its ticket, in order; a worker that dies is named;
 - ``close()`` stops the workers (and kills those that do not stop), unmaps the slots; workers also end when
-  their parent dies (`fastload.procs.die_with_parent`) or their socket closes.
+  their parent dies (`fastload.procs.die_with_parent`: the fork server, which ends with the training process) or
+their socket closes.
 
 Workers start with ``forkserver`` (a clean process that inherits nothing of the training process's threads,
 DALI's included); a script that uses them needs the ``if __name__ == "__main__":`` guard, as with any
@@ -46,7 +47,12 @@ from fastload.errors import FastloadError, add_note
 
 START_METHOD = "forkserver"
 # imported once by the fork server, so that each worker starts without importing torch and NumPy again
-PRELOAD = ["fastload.pipeline.workers", "fastload.pipeline.cpu", "fastload.pipeline.dali.feed"]
+PRELOAD = [
+    "fastload.pipeline.forkserver_guard",  # first: the fork server ends with the process that started it
+    "fastload.pipeline.workers",
+    "fastload.pipeline.cpu",
+    "fastload.pipeline.dali.feed",
+]
 _ALIGN = 64  # arrays in a slot start on cache-line boundaries
 _POLL_S = 0.1  # how often a waiting take() checks that the worker is still alive
 
@@ -327,7 +333,7 @@ def _serve(conn, job: Job, parent: int) -> None:
     """A worker's life: open the job, answer tasks in order until told to stop or the parent goes away."""
     from fastload.procs import die_with_parent
 
-    die_with_parent(parent)
+    die_with_parent()  # with the fork server, which ends with the training process (forkserver_guard)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
     slots = _Slots(conn, parent)
     pending: deque = deque()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastload.errors import ConfigError
+from fastload.validation import MAX_SIGMA, MAX_STRIDE, short_repr
 
 if TYPE_CHECKING:
     import torch
@@ -232,10 +233,11 @@ def _check_mask(instance_mask: np.ndarray) -> np.ndarray:
 
 
 def _check_params(sigma: float, stride: int) -> tuple[float, int]:
-    if isinstance(sigma, bool) or not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0):
-        raise ConfigError(f"sigma must be a positive number of map pixels, got {sigma!r}")
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise ConfigError(f"stride must be an integer >= 1, got {stride!r}")
+    # the upper bounds are the config's (fastload.validation): each window is (6σ+3)² pixels
+    if isinstance(sigma, bool) or not (isinstance(sigma, numbers.Real) and 0 < sigma <= MAX_SIGMA):
+        raise ConfigError(f"sigma must be a positive number of map pixels (at most {MAX_SIGMA:g}), got {short_repr(sigma)}")
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= MAX_STRIDE:
+        raise ConfigError(f"stride must be an integer >= 1 (at most {MAX_STRIDE}), got {short_repr(stride)}")
     return float(sigma), int(stride)
 
 

@@ -9,7 +9,6 @@ augmentation libraries and nothing else. What differs per peer is only how a sam
 from __future__ import annotations
 
 import importlib
-import multiprocessing as mp
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,7 +23,7 @@ from fastload.cache.format import decode_image
 from fastload.cache.reader import decode_labels
 from fastload.errors import ConfigError
 from fastload.pipeline.plan import BATCH_KEYS
-from fastload.pipeline.workers import START_METHOD
+from fastload.pipeline.workers import mp_context
 from fastload.sampling import epoch_order
 
 EXTRA_HINT = 'pip install "fastload[peers]"'
@@ -163,7 +162,7 @@ class PeerLoader:
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=worker_init if workers else None,
-            multiprocessing_context=mp.get_context(START_METHOD) if workers else None,
+            multiprocessing_context=mp_context() if workers else None,  # fastload's fork server: same preload, same guard
             prefetch_factor=max(1, -(-prefetch // num_workers)) if workers else None,
             persistent_workers=workers,
         )
