@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from fastload.errors import ConfigError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 T = TypeVar("T")
 
@@ -28,16 +33,53 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file with the safe, duplicate-refusing loader."""
-    path = Path(path)
+def load_yaml(path: str | Path | Traversable) -> Any:
+    """Read a YAML file (a path, or a shipped config from `shipped_config`) with the safe, duplicate-refusing loader."""
+    path = Path(path) if isinstance(path, str) else path
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        with path.open("r", encoding="utf-8") as fh:
-            return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+# --- the configs fastload ships: configs/*.yaml, installed with the package as ``fastload.configs`` --------------
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def shipped_configs() -> Traversable:
+    """The folder of the configs fastload ships (``default``, ``none``, ``cache``, ...).
+
+    pyproject.toml maps the package ``fastload.configs`` onto the repository's top-level ``configs/`` folder, so
+    an install (a wheel, or editable) carries those very files, found from any working directory. Running from a
+    source tree put on PYTHONPATH, with no install or one made before that mapping, the package is not there;
+    the checkout's ``configs/`` beside ``fastload/`` is then the same folder.
+    """
+    try:
+        return importlib.resources.files("fastload.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    """The names of the shipped configs: their file names without ``.yaml``."""
+    return sorted(p.name[: -len(".yaml")] for p in shipped_configs().iterdir() if p.name.endswith(".yaml"))
+
+
+def is_config_name(value: str) -> bool:
+    """Whether ``value`` names a shipped config rather than a file: letters, digits, ``_`` and ``-`` only.
+
+    ``"default"`` is a name; ``"default.yaml"``, ``"configs/default.yaml"`` and ``"./default"`` are paths.
+    """
+    return bool(_NAME.fullmatch(value))
+
+
+def shipped_config(name: str) -> Traversable | None:
+    """The shipped config file called ``name`` (``"default"`` → ``configs/default.yaml``), or None."""
+    path = shipped_configs() / f"{name}.yaml"
+    return path if is_config_name(name) and path.is_file() else None
 
 
 def from_mapping(cls: type[T], data: Any, *, where: str) -> T:

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--coco", required=True, type=Path, help="COCO instances JSON")
     build.add_argument("--images", required=True, type=Path, help="folder the file_name entries are relative to")
     build.add_argument("--out", required=True, type=Path, help="cache folder (new, or a cache to resume)")
-    build.add_argument("--config", type=Path, help="cache config YAML (see configs/cache.yaml); default: built-in")
+    build.add_argument("--config", help="cache config: a YAML path, or the shipped `cache` (configs/cache.yaml); default: built-in")
     build.add_argument("--workers", type=int, default=1, help="worker processes (each builds whole shards)")
     build.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad image/annotation: stop, or skip and record")
     build.add_argument("--resume", action="store_true", help="keep shards that are complete and intact, rebuild the rest")
