@@ -27,6 +27,7 @@ from fastload.cache.format import (
 from fastload.errors import CacheError
 
 MANIFEST_NAME = "manifest.json"
+BACKGROUND = "__background__"  # the name of train id 0 in ``classes`` (torchvision's word for it)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of image and annotation ids (the reader's int64 tables)
 BYTE_KINDS = MEMBER_KINDS
 LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' layout (fastload.cache.format)
@@ -205,7 +206,7 @@ class Manifest:
     label_compression: int
     label_format: str
     categories: tuple[CategoryInfo, ...]
-    num_classes: int  # K + 1: train ids 0 (background) .. K; 255 = ignore is not a class
+    num_classes: int  # K + 1, the logits a model needs: train ids 0 (background) .. K; 255 = ignore is not a class
     coco_sha256: str
     images: int  # validated COCO images (sample positions), skipped ones included
     samples: int
@@ -215,6 +216,13 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     total_bytes: int
     member_bytes: MemberBytes
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names by train id: ``classes[0]`` is ``"__background__"`` (train id 0, pixels of no object),
+        ``classes[k]`` the category of train id k = 1..K. ``len(classes) == num_classes``; the ignore label 255
+        (crowd regions, outside the image) is not a class."""
+        return (BACKGROUND, *(c.name for c in self.categories))
 
 
 def parse_manifest(data: Any, *, where: str) -> Manifest:
@@ -308,17 +316,24 @@ def _parse(m: _Node, version: int) -> Manifest:
     label_format = cfg.text("label_format")
     if label_format != LABEL_FORMAT:
         raise _Malformed(f"config.label_format is {label_format!r}; this fastload reads {LABEL_FORMAT!r}")
+    categories = tuple(
+        CategoryInfo(coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
+        for c in m.nodes("categories")
+    )
+    train_ids = [c.train_id for c in categories]
+    if train_ids != list(range(1, len(categories) + 1)):
+        raise _Malformed(f"categories must hold train ids 1..{len(categories)} in order, got {train_ids[:10]}")
+    num_classes = m.integer("num_classes", minimum=1)
+    if num_classes != len(categories) + 1:
+        raise _Malformed(f"num_classes is {num_classes}, categories hold {len(categories)} classes + background")
     return Manifest(
         schema_version=version,
         fastload_version=m.text("fastload_version"),
         samples_per_shard=cfg.integer("samples_per_shard", minimum=1),
         label_compression=cfg.integer("label_compression", maximum=12),
         label_format=label_format,
-        categories=tuple(
-            CategoryInfo(coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
-            for c in m.nodes("categories")
-        ),
-        num_classes=m.integer("num_classes", minimum=1),
+        categories=categories,
+        num_classes=num_classes,
         coco_sha256=m.node("source").text("coco_sha256"),
         images=counts.integer("images"),
         samples=counts.integer("samples"),
