@@ -85,7 +85,8 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
     """The manifest (as a JSON-ready dict) from the build header and every shard's completion record.
 
     ``header`` holds ``fastload_version``, ``config``, ``categories`` (coco_id, train_id, name),
-    ``coco_sha256``, ``images`` (validated COCO images), ``num_shards`` and ``coco_skips``.
+    ``coco_sha256``, ``images`` (validated COCO images), ``num_shards``, ``coco_skips`` and, in a split build,
+    ``split`` (name, fractions, seed).
     """
     records = sorted(records, key=lambda r: r["shard"])
     found = [r["shard"] for r in records]
@@ -123,7 +124,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
         {**c, "instances": per_class.get(str(c["train_id"]), 0)}
         for c in sorted(header["categories"], key=lambda c: c["train_id"])
     ]
-    return {
+    manifest = {
         "schema_version": SCHEMA_VERSION,
         "fastload_version": header["fastload_version"],
         "config": {**header["config"], "label_format": LABEL_FORMAT},
@@ -145,6 +146,9 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
             "members": member_bytes,
         },
     }
+    if header.get("split") is not None:  # only in split builds: a plain build's manifest is what it always was
+        manifest["split"] = header["split"]
+    return manifest
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -197,6 +201,20 @@ class MemberBytes:
 
 
 @dataclass(frozen=True)
+class SplitInfo:
+    """Which split of a ``fastload cache build --split`` this cache is (fastload.cache.split).
+
+    name      : "train" (what the other splits leave) or a name given to --split ("val", ...)
+    fractions : the fractions as given, e.g. (("val", 0.1),); train takes the rest
+    seed      : the seed of the per-image draw
+    """
+
+    name: str
+    fractions: tuple[tuple[str, float], ...]
+    seed: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed ``manifest.json`` (schema 2; see docs/design.md "The cache")."""
 
@@ -216,6 +234,7 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     total_bytes: int
     member_bytes: MemberBytes
+    split: SplitInfo | None = None  # set when the cache is one split of a build with --split
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -364,7 +383,22 @@ def _parse(m: _Node, version: int) -> Manifest:
         ),
         total_bytes=m.node("bytes").integer("total"),
         member_bytes=MemberBytes(**{kind: members.integer(kind) for kind in BYTE_KINDS}),
+        split=_split(m),
     )
+
+
+def _split(m: _Node) -> SplitInfo | None:
+    """The optional ``split`` entry (caches built with --split; older caches and plain builds have none)."""
+    if m.value.get("split") is None:
+        return None
+    split = m.node("split")
+    fractions = split.node("fractions")
+    pairs = []
+    for name, value in fractions.value.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise _Malformed(f"split.fractions.{name} must be a number in (0, 1), got {_show(value)}")
+        pairs.append((name, float(value)))
+    return SplitInfo(name=split.text("name"), fractions=tuple(pairs), seed=split.integer("seed"))
 
 
 def _normalised(m: _Node, counts: _Node) -> tuple[NormalisedInfo, ...]:

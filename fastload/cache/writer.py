@@ -20,7 +20,7 @@ import signal
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -60,6 +60,7 @@ from fastload.cache.manifest import (
     sha256_file,
     write_atomic,
 )
+from fastload.cache.split import assign, check_split, split_of
 from fastload.coco import load_coco, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ConfigError, ImageError
 from fastload.raster import rasterize_image
@@ -535,6 +536,8 @@ def build_cache(
     node_rank: int | None = None,
     num_nodes: int | None = None,
     progress: bool = True,
+    split: Mapping[str, float] | None = None,
+    split_seed: int = 0,
 ) -> Path:
     """Build (or resume, or build one node's share of) a cache. See docs/design.md "The cache".
 
@@ -543,7 +546,7 @@ def build_cache(
     coco : the COCO instances JSON
     images : the folder that ``file_name`` entries are relative to
     out : the cache folder (created; must hold nothing but cache files)
-    config : a `CacheConfig`, a YAML path, a mapping, or None for the defaults
+    config : a `CacheConfig`, a YAML path or shipped name (``"cache"``), a mapping, or None for the defaults
     workers : processes; each builds whole shards, so the output does not depend on it
     on_error : "fail" raises at the first bad image/annotation (ImageError / AnnotationError naming image id,
         file and fix); "skip" leaves it out and records it in the manifest
@@ -551,16 +554,24 @@ def build_cache(
     node_rank, num_nodes : build only shards k with k % num_nodes == node_rank and write a partial manifest
         (``fastload cache merge`` joins them); both None (the default) = one node
     progress : show a tqdm bar (per image) on stderr
+    split : e.g. ``{"val": 0.1}``: one cache per split instead, ``out/train`` and ``out/val``, each image in
+        one of them by a hash of (``split_seed``, image id) (`fastload.cache.split`); every split keeps the
+        whole category map, so train ids and ``num_classes`` agree between them
+    split_seed : the seed of that draw
 
     Returns
     -------
-    Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``.
+    Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``; with
+    ``split``, the folder ``out`` holding one cache per split.
     """
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"on_error must be one of ['fail', 'skip'], got {on_error!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-    node_rank, num_nodes = _check_nodes(node_rank, num_nodes)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ConfigError(f"split_seed must be a non-negative integer, got {split_seed!r}")
+    fractions = check_split(split) if split is not None else None
+    nodes = _check_nodes(node_rank, num_nodes)
     cfg = as_cache_config(config)
     coco, image_root, out = Path(coco), Path(images), Path(out)
     if not image_root.is_dir():
@@ -568,41 +579,92 @@ def build_cache(
     dataset = load_coco(coco, on_error=on_error)
     if not dataset.images:
         raise CacheError(f"{coco} has no (valid) images; nothing to cache")
-    spp = cfg.samples_per_shard
-    num_shards = math.ceil(len(dataset.images) / spp)
-    header = {
+    base = {
         "fastload_version": __version__,
         "config": cfg.to_dict(),
         "categories": [{"coco_id": c.coco_id, "train_id": c.train_id, "name": c.name} for c in dataset.categories],
         "coco_sha256": sha256_file(coco),
-        "images": len(dataset.images),
-        "num_shards": num_shards,
-        "coco_skips": [
-            {"image_id": s.image_id, "annotation_id": s.annotation_id, "file_name": s.file_name, "reason": s.reason}
-            for s in dataset.skips
-        ],
     }
-    _prepare_out(out, num_shards, node_rank, num_nodes)
+    skips = [
+        {"image_id": s.image_id, "annotation_id": s.annotation_id, "file_name": s.file_name, "reason": s.reason}
+        for s in dataset.skips
+    ]
+    build = _Build(image_root, cfg, workers, on_error, resume, nodes, progress)
+    if fractions is None:
+        return build.run(dataset.images, {**base, "coco_skips": skips}, out)
+    parts = assign((r.image_id for r in dataset.images), seed=split_seed, fractions=fractions)
+    _check_split_sizes(parts, fractions, split_seed)
+    _prepare_split_out(out, list(parts))
+    for name, positions in parts.items():
+        mine = [s for s in skips if s["image_id"] is None or split_of(s["image_id"], seed=split_seed, fractions=fractions) == name]
+        split_info = {"name": name, "fractions": fractions, "seed": split_seed}
+        build.run(tuple(dataset.images[k] for k in positions), {**base, "coco_skips": mine, "split": split_info}, out / name)
+    return out
 
-    positions = tuple(enumerate(dataset.images))
-    tasks, kept = [], 0
-    for shard in range(node_rank, num_shards, num_nodes):
-        items = positions[shard * spp : (shard + 1) * spp]
-        fingerprint = shard_fingerprint(header, items, image_root)
-        if resume and check_done_record(out, shard, fingerprint, on_error) is not None:
-            kept += len(items)
-            continue
-        tasks.append(ShardTask(shard, items, out, image_root, cfg, on_error, fingerprint))
-    total = kept + sum(len(t.items) for t in tasks)
-    with tqdm(total=total, initial=kept, unit="img", desc=f"cache {out.name}", disable=not progress, file=sys.stderr) as bar:
-        _run_tasks(tasks, workers, bar)
 
-    records = [read_json(out / done_name(k), what="completion record") for k in range(node_rank, num_shards, num_nodes)]
-    if num_nodes == 1:
-        path = out / MANIFEST_NAME
-        write_atomic(path, pretty_json(assemble_manifest(header, records)))
-    else:
-        path = out / part_name(node_rank, num_nodes)
-        part = {"schema_version": SCHEMA_VERSION, "node_rank": node_rank, "num_nodes": num_nodes, "header": header, "records": records}
-        write_atomic(path, pretty_json(part))
-    return path
+def _check_split_sizes(parts: Mapping[str, list[int]], fractions: Mapping[str, float], seed: int) -> None:
+    """A split without images cannot be a cache: say so before anything is written."""
+    total = sum(len(p) for p in parts.values())
+    empty = [name for name, positions in parts.items() if not positions]
+    if empty:
+        wanted = ", ".join(f"{name}={fraction:g}" for name, fraction in fractions.items())
+        raise CacheError(
+            f"--split {wanted} --seed {seed} puts none of the {total} images into {empty}: each image's split is "
+            "drawn from its id, so a small fraction of a few images can come out empty; use a larger fraction or "
+            "another --seed"
+        )
+
+
+def _prepare_split_out(out: Path, names: list[str]) -> None:
+    """A split build's folder holds only the split caches (``train``, ``val``, ...), each a cache folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in names or not p.is_dir())
+    if foreign:
+        raise CacheError(
+            f"refusing to build split caches in {out}: it holds {foreign[:5]} besides the split folders {names}; "
+            "choose an empty or new folder"
+        )
+
+
+@dataclass(frozen=True)
+class _Build:
+    """The settings of one build command, applied to one cache folder (`run`): the whole COCO file, or a split."""
+
+    image_root: Path
+    cfg: CacheConfig
+    workers: int
+    on_error: OnError
+    resume: bool
+    nodes: tuple[int, int]  # (node_rank, num_nodes)
+    progress: bool
+
+    def run(self, records: Sequence[Any], header: dict[str, Any], out: Path) -> Path:
+        """Build ``records`` into ``out``; ``header`` holds everything but ``images`` and ``num_shards``."""
+        node_rank, num_nodes = self.nodes
+        spp = self.cfg.samples_per_shard
+        num_shards = math.ceil(len(records) / spp)
+        header = {**header, "images": len(records), "num_shards": num_shards}
+        _prepare_out(out, num_shards, node_rank, num_nodes)
+
+        positions = tuple(enumerate(records))
+        tasks, kept = [], 0
+        for shard in range(node_rank, num_shards, num_nodes):
+            items = positions[shard * spp : (shard + 1) * spp]
+            fingerprint = shard_fingerprint(header, items, self.image_root)
+            if self.resume and check_done_record(out, shard, fingerprint, self.on_error) is not None:
+                kept += len(items)
+                continue
+            tasks.append(ShardTask(shard, items, out, self.image_root, self.cfg, self.on_error, fingerprint))
+        total = kept + sum(len(t.items) for t in tasks)
+        with tqdm(total=total, initial=kept, unit="img", desc=f"cache {out.name}", disable=not self.progress, file=sys.stderr) as bar:
+            _run_tasks(tasks, self.workers, bar)
+
+        records_done = [read_json(out / done_name(k), what="completion record") for k in range(node_rank, num_shards, num_nodes)]
+        if num_nodes == 1:
+            path = out / MANIFEST_NAME
+            write_atomic(path, pretty_json(assemble_manifest(header, records_done)))
+        else:
+            path = out / part_name(node_rank, num_nodes)
+            part = {"schema_version": SCHEMA_VERSION, "node_rank": node_rank, "num_nodes": num_nodes, "header": header, "records": records_done}
+            write_atomic(path, pretty_json(part))
+        return path
