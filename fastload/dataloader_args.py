@@ -209,9 +209,10 @@ def worker_init_fn(loader: str, fn: Any, *, backend: str) -> Callable[[int], Non
         raise TypeError(f"{loader}: worker_init_fn must be callable (worker_id) -> None, got {type(fn).__name__}")
     if backend != "opencv-workers":
         raise ValueError(
-            f"{loader}: worker_init_fn cannot apply to the {backend!r} backend: DALI runs its operators on C++ "
-            "threads inside this process, so there is no Python worker process to initialise; do that set-up in "
-            "your script before iterating, or use fastload.CpuLoader(worker_init_fn=...), whose workers are processes"
+            f"{loader}: worker_init_fn cannot apply to the {backend!r} backend: DALI decodes and augments in its own "
+            "C++ threads, not in Python worker processes, so no worker that makes a batch runs Python code to "
+            "initialise; do that set-up in your script before iterating, or use fastload.CpuLoader(worker_init_fn=...), "
+            "whose workers are the processes that make the batches"
         )
     return fn
 
