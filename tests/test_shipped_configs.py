@@ -94,7 +94,11 @@ def test_pyproject_installs_every_package_and_maps_configs():
     on_disk = sorted(
         ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "fastload").rglob("__init__.py")
     )
-    assert sorted(setuptools["packages"]) == sorted([*on_disk, "fastload.configs"]), "list new packages in pyproject"
+    listed, wanted = set(setuptools["packages"]), {*on_disk, "fastload.configs"}
+    assert listed == wanted, (
+        f"pyproject.toml [tool.setuptools] packages: add {sorted(wanted - listed)}, remove {sorted(listed - wanted)} "
+        "(a wheel installs only the packages listed there)"
+    )
     assert setuptools["package-dir"] == {"fastload.configs": "configs"}
     assert setuptools["package-data"]["fastload.configs"] == ["*.yaml"]
     assert (CONFIGS / "__init__.py").is_file()
