@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fastload import validation
+from fastload import dataloader_args, validation
 from fastload.augment.config import AugmentConfig, load_augment
 from fastload.cores import usable_cores
 from fastload.errors import CacheError, ConfigError
@@ -34,12 +34,20 @@ class _LoaderShell:
     """Arguments, sharding, epochs and state shared by `Loader` and `CpuLoader`."""
 
     _name = "Loader"
+    _in_process = False  # whether num_threads=0 (load in the calling process) is allowed
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Python names a function's class in its own argument errors ("_LoaderShell.__init__() got multiple
+        # values for argument 'batch_size'"): each public loader gets __init__ under its own name
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = dataloader_args.renamed(_LoaderShell.__init__, f"{cls.__qualname__}.__init__")
 
     def __init__(
         self,
         cache: Any,
+        batch_size: int | None = None,
         *,
-        batch_size: int,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
@@ -47,11 +55,24 @@ class _LoaderShell:
         augment: Any = None,
         device: str = "auto",
         num_threads: int | None = None,
-        prefetch: int = 2,
+        prefetch: int = dataloader_args.DEFAULT_PREFETCH,
         rank: int | None = None,
         world_size: int | None = None,
         io_threads: int = DEFAULT_IO_THREADS,
+        keys: Sequence[str] | None = None,
+        # torch DataLoader's words for the same things (fastload.dataloader_args has the table)
+        num_workers: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
+        timeout: float = 0,
+        generator: torch.Generator | None = None,
+        worker_init_fn: Callable[[int], None] | None = None,
+        **dataloader_only: Any,
     ) -> None:
+        name = self._name
+        dataloader_args.refuse_unknown(name, dataloader_only, accepted=dataloader_args.parameters(_LoaderShell.__init__))
+        dataloader_args.require_batch_size(name, batch_size)
         self.cache = _open(cache)
         self._owns_cache = self.cache is not cache  # opened here from a path: close() closes its files too
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -60,19 +81,55 @@ class _LoaderShell:
         validation.check_batch_pixels(self.batch_size, self.size, error=ValueError)
         self.device = _device(device)
         self._device_asked = str(device)
-        self.num_threads = usable_cores() if num_threads is None else _positive_int("num_threads", num_threads)
+        workers = dataloader_args.workers(name, num_threads, num_workers, in_process=self._in_process)
+        self.num_threads = usable_cores() if workers is None else workers
+        processes = self.num_threads if self.backend == "opencv-workers" else None
+        dataloader_args.check_persistent_workers(name, persistent_workers, has_workers=processes != 0)
+        dataloader_args.check_pin_memory(pin_memory)
+        dataloader_args.check_timeout(name, timeout)
+        prefetch = dataloader_args.prefetch(name, prefetch, prefetch_factor, worker_processes=processes)
         self.prefetch = _positive_int("prefetch", prefetch)
         self.io_threads = _positive_int("io_threads", io_threads)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        seed = dataloader_args.seed(name, seed, generator)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
         self.rank, self.world_size = _rank_world(rank, world_size)
+        self.keys = dataloader_args.batch_keys(name, keys)
+        self.worker_init_fn = dataloader_args.worker_init_fn(name, worker_init_fn, backend=self.backend)
         self._epoch = 0  # the epoch of the current (or next) pass
         self._yielded = 0  # batches of that pass yielded so far
         self._resume: int | None = None  # set by load_state_dict: where the next pass starts
         self._backend = None
+
+    @property
+    def backend(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # --- what a training script asks a DataLoader's dataset -------------------------------------------------
+    @property
+    def dataset(self):
+        """The opened cache (`fastload.open_cache`): ``len(loader.dataset)`` samples, ``loader.dataset[i]`` one
+        unaugmented sample; a rank's share of an epoch is ``len(loader)`` batches."""
+        return self.cache
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names by train id, as in the batches' ``semantic``: ``classes[0] == "__background__"`` (train id
+        0), then the K categories (train ids 1..K, COCO-id order). 255 = ignore (crowd regions, outside the
+        image) is not a class: pass ``ignore_index=255`` to the loss."""
+        return self.cache.manifest.classes
+
+    @property
+    def num_classes(self) -> int:
+        """K + 1, background included: the number of logits the model needs (``len(classes)``)."""
+        return self.cache.manifest.num_classes
+
+    def _output(self, batch: dict[str, torch.Tensor]) -> Any:
+        """What the training loop gets: the batch dict, or with ``keys=`` a tuple of those entries in that order."""
+        return batch if self.keys is None else tuple(batch[key] for key in self.keys)
 
     # --- the DataLoader-shaped surface -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -109,7 +166,7 @@ class _LoaderShell:
                 if batch is None:
                     break
                 self._yielded += 1
-                yield batch
+                yield self._output(batch)
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
@@ -214,23 +271,34 @@ class Loader(_LoaderShell):
     Parameters
     ----------
     cache : path or opened cache (``fastload.open_cache``)
-    batch_size : samples per batch and rank
+    batch_size : samples per batch and rank; also positional, as DataLoader's: ``Loader(cache, 48)``
     shuffle, seed : a full-dataset permutation per epoch, a function of (seed, epoch)
     drop_last : drop the last incomplete global step (see fastload.sampling)
     size : (H, W) output size; divisible by the targets' stride
-    augment : AugmentConfig, a YAML path, "default" or "none" (None = "none"); its ``targets`` section sets
-        the heatmap sigma, the stride and the semantic loss weights
+    augment : AugmentConfig, a YAML path, or a shipped config's name: "default", "none" (None = "none"); its
+        ``targets`` section sets the heatmap sigma, the stride and the semantic loss weights
     device : "auto" (CUDA when available, else the CPU engine above), "cuda", "cuda:N" or "cpu" (DALI's graph
         on the CPU); "auto" and "cuda" pick ``cuda:$LOCAL_RANK`` under torchrun, else torch's current device
     num_threads : DALI CPU threads (default: the usable cores); worker processes for the CPU engine
     prefetch : batches prepared ahead of the one being consumed
     rank, world_size : default to torch.distributed's when it is initialised, else 0 and 1
     io_threads : cache reads in flight at most (default 16: hides 5 ms per read at 3,200 samples/s)
+    keys : e.g. ``("image", "semantic")``: yield tuples of those batch entries in that order (``for image,
+        target in loader``); None (default) yields the dict
+    num_workers, pin_memory, persistent_workers, prefetch_factor, timeout, generator, worker_init_fn :
+        torch DataLoader's arguments, honoured, mapped or refused as `fastload.dataloader_args` tabulates
+        (``num_workers`` = ``num_threads``; ``generator``: the seed is drawn from it; ``worker_init_fn`` only
+        for worker processes, not DALI); DataLoader's ``sampler``, ``batch_sampler``, ``collate_fn`` raise a
+        TypeError naming what to use instead
 
     Each batch: ``image`` float32 (N, 3, H, W) normalised, ``semantic`` int64 (N, H, W) with 255 = ignore,
     ``instance`` int32 (N, H, W), ``heatmap`` float32 (N, 1, H', W'), ``offset`` float32 (N, 2, H', W')
     in (dy, dx), ``semantic_weight`` float32 (N, H, W), ``index`` int64 (N,). H' = H / stride. The targets
     are rendered after augmentation from the batch's own ``instance`` mask, on the loader's device.
+    ``semantic`` holds train ids: ``loader.classes[k]`` names id k (0 = ``"__background__"``), and a model
+    needs ``loader.num_classes`` (K + 1) logits. N may be 0 on a rank's share of a short last step
+    (``drop_last=False``): `fastload.bench.model.segnet_loss` gives 0 there, and a plain cross-entropy needs
+    ``loss = criterion(out, target) if len(target) else out.sum() * 0``.
     """
 
     _name = "Loader"
@@ -291,20 +359,16 @@ def _notice_cpu_backend() -> None:
 class CpuLoader(_LoaderShell):
     """The CPU reference loader: torch DataLoader worker processes + OpenCV/NumPy kernels.
 
-    Same signature and batches as `Loader`; ``num_threads`` is the number of worker processes (0 = load in
-    the main process), ``io_threads`` the concurrent reads of each. Workers start with ``forkserver`` (a
+    Same signature and batches as `Loader`; ``num_threads`` (``num_workers``) is the number of worker processes
+    (0 = load in the main process), ``io_threads`` the concurrent reads of each, ``worker_init_fn(worker_id)``
+    runs in each worker after fastload's own set-up (not with 0 workers, as in DataLoader), and
+    ``prefetch_factor`` is per worker (``prefetch`` = factor × workers). Workers start with ``forkserver`` (a
     script using it needs the ``if __name__ == "__main__":`` guard, as with any non-fork DataLoader). It is
     the benchmark's "before" and the reference the DALI path is checked against.
     """
 
     _name = "CpuLoader"
-
-    def __init__(self, cache: Any, *, num_threads: int | None = None, **kwargs: Any) -> None:
-        # CpuLoader accepts num_threads=0 (in-process loading), as DataLoader's num_workers does
-        zero = num_threads == 0
-        super().__init__(cache, num_threads=None if zero else num_threads, **kwargs)
-        if zero:
-            self.num_threads = 0
+    _in_process = True  # num_threads=0 loads in the calling process, as DataLoader's num_workers=0 does
 
     @property
     def backend(self) -> str:
@@ -327,6 +391,7 @@ def _torch_backend(shell: _LoaderShell, *, num_workers: int):
         num_workers=num_workers,
         prefetch=shell.prefetch,
         io_threads=shell.io_threads,
+        worker_init_fn=shell.worker_init_fn,
     )
 
 

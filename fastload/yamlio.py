@@ -20,17 +20,21 @@ Every refusal is a `ConfigError` naming the file and line; no message prints mor
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from yaml.nodes import ScalarNode
 
 from fastload.errors import ConfigError
 from fastload.validation import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, short_repr
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 T = TypeVar("T")
 
@@ -118,9 +122,10 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:int", _number)
 _StrictLoader.add_constructor("tag:yaml.org,2002:float", _number)
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Read a config file with the strict loader (see the module docstring); errors name the file."""
-    path = Path(path)
+def load_yaml(path: str | Path | Traversable) -> Any:
+    """Read a config file (a path, or a shipped config from `shipped_config`) with the strict loader (see the
+    module docstring); errors name the file."""
+    path = Path(path) if isinstance(path, str) else path
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
@@ -147,6 +152,44 @@ def load_yaml(path: str | Path) -> Any:
 def _cut_lines(text: str, limit: int = 600) -> str:
     """PyYAML's message (it quotes the offending line, which may be a megabyte long), cut to ``limit``."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- the configs fastload ships: configs/*.yaml, installed with the package as ``fastload.configs`` --------------
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def shipped_configs() -> Traversable:
+    """The folder of the configs fastload ships (``default``, ``none``, ``cache``, ...).
+
+    pyproject.toml maps the package ``fastload.configs`` onto the repository's top-level ``configs/`` folder, so
+    an install (a wheel, or editable) carries those very files, found from any working directory. Running from a
+    source tree put on PYTHONPATH, with no install or one made before that mapping, the package is not there;
+    the checkout's ``configs/`` beside ``fastload/`` is then the same folder.
+    """
+    try:
+        return importlib.resources.files("fastload.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    """The names of the shipped configs: their file names without ``.yaml``."""
+    return sorted(p.name[: -len(".yaml")] for p in shipped_configs().iterdir() if p.name.endswith(".yaml"))
+
+
+def is_config_name(value: str) -> bool:
+    """Whether ``value`` names a shipped config rather than a file: letters, digits, ``_`` and ``-`` only.
+
+    ``"default"`` is a name; ``"default.yaml"``, ``"configs/default.yaml"`` and ``"./default"`` are paths.
+    """
+    return bool(_NAME.fullmatch(value))
+
+
+def shipped_config(name: str) -> Traversable | None:
+    """The shipped config file called ``name`` (``"default"`` → ``configs/default.yaml``), or None."""
+    path = shipped_configs() / f"{name}.yaml"
+    return path if is_config_name(name) and path.is_file() else None
 
 
 def from_mapping(cls: type[T], data: Any, *, where: str) -> T:

@@ -16,10 +16,10 @@ from fastload.bench.storage import DelayedCache
 
 
 def fake_batch(
-    n: int, h: int = 32, w: int = 32, *, num_classes: int = 3, stride: int = 1
+    n: int, h: int = 32, w: int = 32, *, num_classes: int = 4, stride: int = 1
 ) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(n * 1000 + h)
-    semantic = torch.randint(0, num_classes + 1, (n, h, w), generator=g)
+    semantic = torch.randint(0, num_classes, (n, h, w), generator=g)  # train ids 0..K, num_classes = K + 1
     semantic[:, :2] = 255  # an ignored band, as crowd regions and warp padding give
     instance = torch.randint(0, 4, (n, h, w), generator=g, dtype=torch.int32)
     hh, ww = h // stride, w // stride
@@ -66,7 +66,7 @@ class FakeLoader:
 
 
 def test_segnet_shapes_and_backward_under_bf16_autocast_on_cpu():
-    model = SegNet(3, width=8)
+    model = SegNet(4, width=8)
     batch = fake_batch(2, 32, 48)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pred = model(batch["image"])
@@ -85,7 +85,7 @@ def test_segnet_shapes_and_backward_under_bf16_autocast_on_cpu():
 def test_segnet_loss_handles_strided_maps_and_an_all_ignored_batch():
     batch = fake_batch(2, 32, 32, stride=4)
     batch["semantic"][:] = 255
-    pred = SegNet(3, width=8)(batch["image"])
+    pred = SegNet(4, width=8)(batch["image"])
     loss = segnet_loss(pred, batch)
     assert loss.semantic.item() == 0.0
     assert torch.isfinite(loss.total)
@@ -111,7 +111,7 @@ def test_segnet_loss_weights_small_instances_and_masks_the_centre_loss_by_ignore
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
-    step = TrainStep(3, "cpu", width=8, precision="bf16")
+    step = TrainStep(4, "cpu", width=8, precision="bf16")
     batch = fake_batch(2, 32, 32)
     first = step(batch).item()
     for _ in range(4):
@@ -195,7 +195,7 @@ def test_run_bench_report_json_and_plot(tmp_path):
     cfg = BenchConfig(
         cache=str(tmp_path), batch_sizes=(1, 2), size=(32, 32), steps=3, warmup=1, workers=1, width=4
     )
-    report = run_bench(cfg, loader_factory=_fake_factory, num_classes=3, log=lambda m: None)
+    report = run_bench(cfg, loader_factory=_fake_factory, num_classes=4, log=lambda m: None)
     validate_report(report)
     assert [(r["loader"], r["batch_size"]) for r in report["results"]] == [
         ("cpu", 1),

@@ -6,7 +6,8 @@ keeps its dataclass default, which is always the *identity* (no augmentation), s
 ``AugmentConfig.none()``. Unknown and duplicate keys are errors.
 
 ``configs/default.yaml`` and ``configs/none.yaml`` hold the two shipped configurations; a test checks that
-they equal :meth:`AugmentConfig.default` and :meth:`AugmentConfig.none`.
+they equal :meth:`AugmentConfig.default` and :meth:`AugmentConfig.none`. Installed with the package, they (and
+any other ``configs/*.yaml``) are found by name: ``augment="default"`` from any working directory.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastload import validation as v
 from fastload.errors import ConfigError
 from fastload.validation import check_int, check_number, check_pair, check_probability, short_repr
-from fastload.yamlio import from_mapping, load_yaml
+from fastload.yamlio import from_mapping, is_config_name, load_yaml, shipped_config, shipped_config_names
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 Fit = Literal["contain", "cover"]
 FITS: tuple[str, ...] = ("contain", "cover")
@@ -192,7 +196,7 @@ class AugmentConfig:
         )
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> AugmentConfig:
+    def from_yaml(cls, path: str | Path | Traversable) -> AugmentConfig:
         """Load a YAML file strictly: unknown keys, duplicate keys and out-of-range values are ConfigErrors."""
         data = load_yaml(path)
         try:
@@ -211,8 +215,9 @@ class AugmentConfig:
 def load_augment(value: None | str | Path | AugmentConfig) -> AugmentConfig:
     """Resolve what a user passed as ``augment=``.
 
-    ``None`` or ``"none"`` → :meth:`AugmentConfig.none`; ``"default"`` → :meth:`AugmentConfig.default`;
-    an ``AugmentConfig`` → itself; anything else is a path to a YAML file.
+    ``None`` or ``"none"`` → :meth:`AugmentConfig.none`; ``"default"`` → :meth:`AugmentConfig.default`; another
+    bare name (letters, digits, ``_``, ``-``) → the shipped ``configs/<name>.yaml``, installed with fastload and
+    found from any working directory; an ``AugmentConfig`` → itself; anything else is a path to a YAML file.
     """
     if value is None:
         return AugmentConfig.none()
@@ -220,11 +225,34 @@ def load_augment(value: None | str | Path | AugmentConfig) -> AugmentConfig:
         return value
     if isinstance(value, str) and value in ("default", "none"):
         return AugmentConfig.default() if value == "default" else AugmentConfig.none()
+    if isinstance(value, str) and is_config_name(value):
+        shipped = shipped_config(value) if value not in NOT_AUGMENT_CONFIGS else None
+        if shipped is None:
+            raise ConfigError(
+                f"augment: {value!r} is not a shipped augmentation config ({', '.join(augment_config_names())}); "
+                f"pass one of those names, an AugmentConfig, or a YAML file's path (./{value} for a file of that name)"
+            )
+        return AugmentConfig.from_yaml(shipped)
     if isinstance(value, (str, Path)):
-        return AugmentConfig.from_yaml(value)
+        path = Path(value)
+        if not path.is_file() and path.suffix in (".yaml", ".yml") and path.stem in augment_config_names():
+            raise ConfigError(
+                f"augment: config file {str(path)!r} does not exist (relative to {Path.cwd()}); the shipped config "
+                f"of that name is installed with fastload: augment={path.stem!r} works from any directory"
+            )
+        return AugmentConfig.from_yaml(path)
     raise ConfigError(
         f"augment: expected None, 'default', 'none', a YAML path or an AugmentConfig, got {type(value).__name__}"
     )
+
+
+# shipped configs that are not augmentation configs (the cache builder's)
+NOT_AUGMENT_CONFIGS = frozenset({"cache"})
+
+
+def augment_config_names() -> list[str]:
+    """The shipped augmentation configs, by name (``configs/*.yaml`` but the cache builder's)."""
+    return [name for name in shipped_config_names() if name not in NOT_AUGMENT_CONFIGS]
 
 
 # ----------------------------------------------------------------------------------------------- checks

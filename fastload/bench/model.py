@@ -34,20 +34,24 @@ class SegNet(nn.Module):
 
     Parameters
     ----------
-    num_classes : number of foreground classes K; the semantic head predicts K + 1 logits (0 = background)
+    num_classes : the semantic logits, K + 1 with background: ``loader.num_classes`` (``len(loader.classes)``),
+        the same number as ``num_classes`` everywhere in fastload and torchvision's segmentation models
     width : channels of the first stage; later stages use 2x and 4x
 
     forward(image float32 (N, 3, H, W)) → dict
-        semantic : (N, K + 1, H, W) logits
+        semantic : (N, num_classes, H, W) logits; channel k scores train id k (0 = background)
         heatmap  : (N, 1, H, W)
         offset   : (N, 2, H, W) (dy, dx)
-    H and W must be divisible by 16.
+    H and W must be divisible by 16. N may be 0 (an empty batch: see `segnet_loss`).
     """
 
     def __init__(self, num_classes: int, *, width: int = 32) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"SegNet: num_classes must be >= 1, got {num_classes}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"SegNet: num_classes must be an integer >= 2 (background + at least one class: loader.num_classes), "
+                f"got {num_classes!r}"
+            )
         w = width
         self.num_classes = num_classes
         self.stem = nn.Sequential(_conv_bn_relu(3, w, 2), _conv_bn_relu(w, w))  # /2
@@ -58,7 +62,7 @@ class SegNet(nn.Module):
         self.skip4 = nn.Conv2d(2 * w, 2 * w, 1)
         self.up8 = _conv_bn_relu(4 * w + 2 * w, 2 * w)
         self.up4 = _conv_bn_relu(2 * w + 2 * w, 2 * w)
-        self.semantic_head = nn.Sequential(_conv_bn_relu(2 * w, w), nn.Conv2d(w, num_classes + 1, 1))
+        self.semantic_head = nn.Sequential(_conv_bn_relu(2 * w, w), nn.Conv2d(w, num_classes, 1))
         self.heatmap_head = nn.Sequential(_conv_bn_relu(2 * w, w), nn.Conv2d(w, 1, 1))
         self.offset_head = nn.Sequential(_conv_bn_relu(2 * w, w), nn.Conv2d(w, 2, 1))
 
@@ -111,12 +115,16 @@ def _instance_at_map(instance: torch.Tensor, size: tuple[int, int]) -> torch.Ten
 def segnet_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> LossParts:
     """Panoptic-DeepLab style loss, with the batch's own weights and masks.
 
-    semantic : cross-entropy over (N, K+1, H, W) logits vs int64 (N, H, W) targets, 255 ignored, each pixel
-               weighted by ``batch["semantic_weight"]`` (small instances count 3x) when the batch has it
+    semantic : cross-entropy over (N, num_classes, H, W) logits (num_classes = K + 1 = ``loader.num_classes``)
+               vs int64 (N, H, W) targets, 255 ignored, each pixel weighted by ``batch["semantic_weight"]``
+               (small instances count 3x) when the batch has it
     heatmap  : MSE vs float32 (N, 1, H', W') where ``semantic != 255`` (crowd and outside-image pixels hold no
                centre the model could be asked for)
     offset   : L1 vs float32 (N, 2, H', W'), averaged over pixels that belong to an instance (instance > 0)
 
+    Each term is a sum over its pixels divided by their count (at least 1), so an empty batch (N = 0: a rank's
+    share of a short last step with ``drop_last=False``) or a fully ignored one gives 0, not 0/0 = NaN, still
+    attached to the predictions: ``backward()`` works (zero gradients) and every DDP rank joins the all-reduce.
     Predictions are computed in float32 whatever the autocast dtype of the forward pass.
     """
     semantic = pred["semantic"].float()
@@ -172,7 +180,7 @@ class TrainStep:
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int,  # the semantic logits, K + 1 (the cache's num_classes)
         device: torch.device | str,
         *,
         width: int = 32,

@@ -201,11 +201,12 @@ def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any) -> Any:
     )
 
 
-def foreground_classes(cache: str) -> int:
-    """K, the cache's foreground classes (the manifest's ``num_classes`` counts background too)."""
+def cache_num_classes(cache: str) -> int:
+    """K + 1, the cache's classes with background: the logits SegNet needs."""
     from fastload.cache.reader import open_cache
 
-    return int(open_cache(cache).manifest.num_classes) - 1
+    with open_cache(cache) as opened:
+        return opened.num_classes
 
 
 def run_bench(
@@ -225,7 +226,7 @@ def run_bench(
             if name in PEERS:
                 require_peer(name)
     if cfg.model == "segnet" and num_classes is None:
-        num_classes = foreground_classes(cfg.cache)
+        num_classes = cache_num_classes(cfg.cache)
     runs = []
     for cores in cfg.cores or (None,):
         at = cfg if cores is None else dataclasses.replace(cfg, workers=cores)

@@ -18,13 +18,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--coco", required=True, type=Path, help="COCO instances JSON")
     build.add_argument("--images", required=True, type=Path, help="folder the file_name entries are relative to")
     build.add_argument("--out", required=True, type=Path, help="cache folder (new, or a cache to resume)")
-    build.add_argument("--config", type=Path, help="cache config YAML (see configs/cache.yaml); default: built-in")
+    build.add_argument("--config", help="cache config: a YAML path, or the shipped `cache` (configs/cache.yaml); default: built-in")
     build.add_argument("--workers", type=int, default=1, help="worker processes (each builds whole shards)")
     build.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad image/annotation: stop, or skip and record")
     build.add_argument("--resume", action="store_true", help="keep shards that are complete and intact, rebuild the rest")
     build.add_argument("--node-rank", type=int, help="this node's rank (default: $RANK under torchrun)")
     build.add_argument("--num-nodes", type=int, help="number of nodes (default: $WORLD_SIZE under torchrun)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument(
+        "--split",
+        action="append",
+        metavar="NAME=FRACTION",
+        help="also hold out a split, e.g. --split val=0.1: writes OUT/train and OUT/val, each image placed by a "
+        "hash of (--seed, image id); repeat for more splits",
+    )
+    build.add_argument("--seed", type=int, help="the seed of --split's per-image draw (default 0)")
     build.set_defaults(func=_build)
 
     merge = sub.add_parser("merge", help="join the nodes' partial manifests into manifest.json")
@@ -62,10 +70,15 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from fastload.cache.split import parse_split, split_names
     from fastload.cache.writer import build_cache
+    from fastload.errors import ConfigError
 
+    if args.seed is not None and not args.split:
+        raise ConfigError("--seed is the seed of --split; pass --split NAME=FRACTION too, or drop --seed")
+    split = parse_split(args.split) if args.split else None
     node_rank, num_nodes = _nodes_from_env(args)
-    path = build_cache(
+    build_cache(
         coco=args.coco,
         images=args.images,
         out=args.out,
@@ -76,20 +89,29 @@ def _build(args: argparse.Namespace) -> int:
         node_rank=node_rank,
         num_nodes=num_nodes,
         progress=not args.no_progress,
+        split=split,
+        split_seed=args.seed or 0,
     )
-    if num_nodes is None:
-        from fastload.cache.manifest import load_manifest
-
-        manifest = load_manifest(args.out)
-        print(
-            f"wrote {path}: {manifest.samples} samples of {manifest.images} images in {len(manifest.shards)} shard(s), "
-            f"{len(manifest.skips)} skipped, {len(manifest.normalised)} normalised"
-        )
-        _print_normalised(manifest, args.out)
-        _print_skips(manifest, args.out)
-    else:
-        print(f"wrote {path}; when all {num_nodes} nodes are done run `fastload cache merge {args.out}`")
+    folders = [args.out / name for name in split_names(split)] if split else [args.out]
+    for folder in folders:
+        if num_nodes is None:
+            _print_built(folder)
+        else:
+            print(f"wrote {folder}'s share; when all {num_nodes} nodes are done run `fastload cache merge {folder}`")
     return 0
+
+
+def _print_built(folder: Path) -> None:
+    from fastload.cache.manifest import MANIFEST_NAME, load_manifest
+
+    manifest = load_manifest(folder)
+    split = f" (split {manifest.split.name!r})" if manifest.split else ""
+    print(
+        f"wrote {folder / MANIFEST_NAME}{split}: {manifest.samples} samples of {manifest.images} images in "
+        f"{len(manifest.shards)} shard(s), {len(manifest.skips)} skipped, {len(manifest.normalised)} normalised"
+    )
+    _print_normalised(manifest, folder)
+    _print_skips(manifest, folder)
 
 
 def _print_skips(m: Manifest, root: str | Path, *, limit: int = 10) -> None:
@@ -154,6 +176,12 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
         f"cache {root}  (schema {m.schema_version}, fastload {m.fastload_version})",
         f"config: samples_per_shard={m.samples_per_shard} label_compression={m.label_compression} "
         f"label_format={m.label_format}",
+        *(
+            [f"split {m.split.name!r} of a build with --split "
+             + " ".join(f"{n}={f:g}" for n, f in m.split.fractions) + f" --seed {m.split.seed} (train: the rest)"]
+            if m.split
+            else []
+        ),
         f"images {m.images}  samples {m.samples}  instances {m.instances}  skipped {len(m.skips)}  "
         f"normalised {len(m.normalised)}  shards {len(m.shards)}",
         f"classes ({m.num_classes} with background = train id 0; 255 = ignore):",

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastload.errors import ConfigError
 from fastload.validation import MAX_SAMPLES_PER_SHARD, check_int, is_int, short_repr
-from fastload.yamlio import from_mapping, load_yaml
+from fastload.yamlio import from_mapping, is_config_name, load_yaml, shipped_config
 
 # 512 samples per shard: at ~0.1-0.3 MB per 800x600 sample a shard is ~50-150 MB, the range where sequential
 # reads run at disk speed and object stores serve whole shards efficiently, while a 10k-image set still has
@@ -75,10 +75,24 @@ def _check_moved(mapping: Any, where: str) -> None:
             )
 
 
+# the shipped cache config's name: ``--config cache`` is configs/cache.yaml, installed with fastload
+SHIPPED_CACHE_CONFIG = "cache"
+
+
 def load_cache_config(path: str | Path | None) -> CacheConfig:
-    """Read a cache config YAML strictly (unknown or duplicate keys are errors); ``None`` → defaults."""
+    """Read a cache config YAML strictly (unknown or duplicate keys are errors); ``None`` → defaults.
+
+    A bare name (no ``/``, no suffix) is a shipped config: ``"cache"`` is ``configs/cache.yaml``.
+    """
     if path is None:
         return CacheConfig()
+    if isinstance(path, str) and is_config_name(path):
+        if path != SHIPPED_CACHE_CONFIG:
+            raise ConfigError(
+                f"cache config: {path!r} is not a shipped cache config ({SHIPPED_CACHE_CONFIG!r}); pass that name "
+                f"or a YAML file's path (./{path} for a file of that name)"
+            )
+        path = shipped_config(path)
     data = load_yaml(path)
     _check_moved(data, str(path))
     return from_mapping(CacheConfig, data, where=str(path))

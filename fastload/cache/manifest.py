@@ -28,6 +28,7 @@ from fastload.cache.format import (
 from fastload.errors import CacheError
 
 MANIFEST_NAME = "manifest.json"
+BACKGROUND = "__background__"  # the name of train id 0 in ``classes`` (torchvision's word for it)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of image and annotation ids (the reader's int64 tables)
 BYTE_KINDS = MEMBER_KINDS
 LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' layout (fastload.cache.format)
@@ -90,7 +91,8 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
     """The manifest (as a JSON-ready dict) from the build header and every shard's completion record.
 
     ``header`` holds ``fastload_version``, ``config``, ``categories`` (coco_id, train_id, name),
-    ``coco_sha256``, ``images`` (validated COCO images), ``num_shards`` and ``coco_skips``.
+    ``coco_sha256``, ``images`` (validated COCO images), ``num_shards``, ``coco_skips`` and, in a split build,
+    ``split`` (name, fractions, seed).
     """
     records = sorted(records, key=lambda r: r["shard"])
     found = [r["shard"] for r in records]
@@ -128,7 +130,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
         {**c, "instances": per_class.get(str(c["train_id"]), 0)}
         for c in sorted(header["categories"], key=lambda c: c["train_id"])
     ]
-    return {
+    manifest = {
         "schema_version": SCHEMA_VERSION,
         "fastload_version": header["fastload_version"],
         "config": {**header["config"], "label_format": LABEL_FORMAT},
@@ -150,6 +152,9 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
             "members": member_bytes,
         },
     }
+    if header.get("split") is not None:  # only in split builds: a plain build's manifest is what it always was
+        manifest["split"] = header["split"]
+    return manifest
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -202,6 +207,20 @@ class MemberBytes:
 
 
 @dataclass(frozen=True)
+class SplitInfo:
+    """Which split of a ``fastload cache build --split`` this cache is (fastload.cache.split).
+
+    name      : "train" (what the other splits leave) or a name given to --split ("val", ...)
+    fractions : the fractions as given, e.g. (("val", 0.1),); train takes the rest
+    seed      : the seed of the per-image draw
+    """
+
+    name: str
+    fractions: tuple[tuple[str, float], ...]
+    seed: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed ``manifest.json`` (schema 2; see docs/design.md "The cache")."""
 
@@ -211,7 +230,7 @@ class Manifest:
     label_compression: int
     label_format: str
     categories: tuple[CategoryInfo, ...]
-    num_classes: int  # K + 1: train ids 0 (background) .. K; 255 = ignore is not a class
+    num_classes: int  # K + 1, the logits a model needs: train ids 0 (background) .. K; 255 = ignore is not a class
     coco_sha256: str
     images: int  # validated COCO images (sample positions), skipped ones included
     samples: int
@@ -221,6 +240,14 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     total_bytes: int
     member_bytes: MemberBytes
+    split: SplitInfo | None = None  # set when the cache is one split of a build with --split
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names by train id: ``classes[0]`` is ``"__background__"`` (train id 0, pixels of no object),
+        ``classes[k]`` the category of train id k = 1..K. ``len(classes) == num_classes``; the ignore label 255
+        (crowd regions, outside the image) is not a class."""
+        return (BACKGROUND, *(c.name for c in self.categories))
 
 
 def parse_manifest(data: Any, *, where: str) -> Manifest:
@@ -314,17 +341,24 @@ def _parse(m: _Node, version: int) -> Manifest:
     label_format = cfg.text("label_format")
     if label_format != LABEL_FORMAT:
         raise _Malformed(f"config.label_format is {label_format!r}; this fastload reads {LABEL_FORMAT!r}")
+    categories = tuple(
+        CategoryInfo(coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
+        for c in m.nodes("categories")
+    )
+    train_ids = [c.train_id for c in categories]
+    if train_ids != list(range(1, len(categories) + 1)):
+        raise _Malformed(f"categories must hold train ids 1..{len(categories)} in order, got {train_ids[:10]}")
+    num_classes = m.integer("num_classes", minimum=1)
+    if num_classes != len(categories) + 1:
+        raise _Malformed(f"num_classes is {num_classes}, categories hold {len(categories)} classes + background")
     return Manifest(
         schema_version=version,
         fastload_version=m.text("fastload_version"),
         samples_per_shard=cfg.integer("samples_per_shard", minimum=1),
         label_compression=cfg.integer("label_compression", maximum=12),
         label_format=label_format,
-        categories=tuple(
-            CategoryInfo(coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
-            for c in m.nodes("categories")
-        ),
-        num_classes=m.integer("num_classes", minimum=1),
+        categories=categories,
+        num_classes=num_classes,
         coco_sha256=m.node("source").text("coco_sha256"),
         images=counts.integer("images"),
         samples=counts.integer("samples"),
@@ -355,7 +389,22 @@ def _parse(m: _Node, version: int) -> Manifest:
         ),
         total_bytes=m.node("bytes").integer("total"),
         member_bytes=MemberBytes(**{kind: members.integer(kind) for kind in BYTE_KINDS}),
+        split=_split(m),
     )
+
+
+def _split(m: _Node) -> SplitInfo | None:
+    """The optional ``split`` entry (caches built with --split; older caches and plain builds have none)."""
+    if m.value.get("split") is None:
+        return None
+    split = m.node("split")
+    fractions = split.node("fractions")
+    pairs = []
+    for name, value in fractions.value.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise _Malformed(f"split.fractions.{name} must be a number in (0, 1), got {_show(value)}")
+        pairs.append((name, float(value)))
+    return SplitInfo(name=split.text("name"), fractions=tuple(pairs), seed=split.integer("seed"))
 
 
 def _normalised(m: _Node, counts: _Node) -> tuple[NormalisedInfo, ...]:

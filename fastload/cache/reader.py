@@ -256,6 +256,17 @@ class CacheDataset(Sequence):
     def root(self) -> Path:
         return self._root
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names by train id: ``classes[0] == "__background__"`` (train id 0), then the K categories
+        (train ids 1..K, COCO-id order). The ignore label 255 (crowd regions) is not a class."""
+        return self._manifest.classes
+
+    @property
+    def num_classes(self) -> int:
+        """K + 1, background included: the number of logits a segmentation model needs (``len(classes)``)."""
+        return self._manifest.num_classes
+
     def __len__(self) -> int:
         return len(self._shard_of)
 

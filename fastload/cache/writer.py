@@ -20,7 +20,7 @@ import signal
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -61,6 +61,7 @@ from fastload.cache.manifest import (
     sha256_file,
     write_atomic,
 )
+from fastload.cache.split import assign, check_split, split_of
 from fastload.coco import load_coco, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ConfigError, FastloadError, ImageError
 from fastload.procs import die_with_parent
@@ -71,9 +72,10 @@ from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, s
 OnError = Literal["fail", "skip"]
 FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
 # names a build may find in (and remove from) its output folder; anything else means "not a cache folder"
+_LOCK_FILE = re.compile(r"^build(\.part-\d+-of-\d+)?\.lock$")  # fastload.cache.lock: this build's own
 _OWN_FILE = re.compile(
-    r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$"
-    r"|^build(\.part-\d+-of-\d+)?\.lock$"  # fastload.cache.lock
+    r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$|"
+    + _LOCK_FILE.pattern
 )
 
 
@@ -543,6 +545,8 @@ def build_cache(
     node_rank: int | None = None,
     num_nodes: int | None = None,
     progress: bool = True,
+    split: Mapping[str, float] | None = None,
+    split_seed: int = 0,
 ) -> Path:
     """Build (or resume, or build one node's share of) a cache. See docs/design.md "The cache".
 
@@ -551,7 +555,7 @@ def build_cache(
     coco : the COCO instances JSON
     images : the folder that ``file_name`` entries are relative to
     out : the cache folder (created; must hold nothing but cache files)
-    config : a `CacheConfig`, a YAML path, a mapping, or None for the defaults
+    config : a `CacheConfig`, a YAML path or shipped name (``"cache"``), a mapping, or None for the defaults
     workers : processes; each builds whole shards, so the output does not depend on it
     on_error : "fail" raises at the first bad image/annotation (ImageError / AnnotationError naming image id,
         file and fix); "skip" leaves it out and records it in the manifest
@@ -559,30 +563,38 @@ def build_cache(
     node_rank, num_nodes : build only shards k with k % num_nodes == node_rank and write a partial manifest
         (``fastload cache merge`` joins them); both None (the default) = one node
     progress : show a tqdm bar (per image) on stderr
+    split : e.g. ``{"val": 0.1}``: one cache per split instead, ``out/train`` and ``out/val``, each image in
+        one of them by a hash of (``split_seed``, image id) (`fastload.cache.split`); every split keeps the
+        whole category map, so train ids and ``num_classes`` agree between them
+    split_seed : the seed of that draw
 
     Returns
     -------
-    Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``.
+    Path of the manifest written: ``out/manifest.json``, or the node's ``manifest.part-R-of-N.json``; with
+    ``split``, the folder ``out`` holding one cache per split.
     """
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"on_error must be one of ['fail', 'skip'], got {short_repr(on_error)}")
     workers = check_int("workers", workers, 1, MAX_THREADS, why="each is a process")
-    node_rank, num_nodes = _check_nodes(node_rank, num_nodes)
+    split_seed = check_int("split_seed", split_seed, 0)
+    fractions = check_split(split) if split is not None else None
+    nodes = _check_nodes(node_rank, num_nodes)
     cfg = as_cache_config(config)
     coco, image_root, out = Path(coco), Path(images), Path(out)
-    node = (node_rank, num_nodes) if num_nodes > 1 else None
-    with build_lock(out, what="cache build", node=node):  # refuses a second build at once
+    with build_lock(out, what="cache build", node=nodes if nodes[1] > 1 else None):  # refuses a second build at once
         if not image_root.is_dir():
             raise ImageError(f"image folder {str(image_root)!r} does not exist; pass the folder the COCO file_names are relative to")
         dataset = load_coco(coco, on_error=on_error)
         if not dataset.images:
             raise CacheError(f"{coco} has no (valid) images; nothing to cache")
+        build = _Build(image_root, cfg, workers, on_error, resume, nodes, progress)
         try:
-            return _build(dataset, coco, image_root, out, cfg, workers, on_error, resume, node_rank, num_nodes, progress)
+            return _build_caches(build, dataset, coco, out, fractions, split_seed)
         except OSError as exc:  # disk full, quota, permissions, I/O errors: in this process or in a worker
             if isinstance(exc, FastloadError):
                 raise
-            _remove_temporary_files(out, node_rank, num_nodes)  # a full disk gets its space back now
+            for folder in (out, *(p for p in out.iterdir() if p.is_dir())):  # a split build's caches too
+                _remove_temporary_files(folder, *nodes)  # a full disk gets its space back now
             raise storage_error(exc, out) from exc
 
 
@@ -595,42 +607,95 @@ def _remove_temporary_files(out: Path, node_rank: int, num_nodes: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def _build(dataset, coco, image_root, out, cfg, workers, on_error, resume, node_rank, num_nodes, progress) -> Path:
-    spp = cfg.samples_per_shard
-    num_shards = math.ceil(len(dataset.images) / spp)
-    header = {
+def _build_caches(build: _Build, dataset, coco: Path, out: Path, fractions, split_seed: int) -> Path:
+    """The cache of ``dataset`` in ``out``, or with ``fractions`` one cache per split under it."""
+    base = {
         "fastload_version": __version__,
-        "config": cfg.to_dict(),
+        "config": build.cfg.to_dict(),
         "categories": [{"coco_id": c.coco_id, "train_id": c.train_id, "name": c.name} for c in dataset.categories],
         "coco_sha256": sha256_file(coco),
-        "images": len(dataset.images),
-        "num_shards": num_shards,
-        "coco_skips": [
-            {"image_id": s.image_id, "annotation_id": s.annotation_id, "file_name": s.file_name, "reason": s.reason}
-            for s in dataset.skips
-        ],
     }
-    _prepare_out(out, num_shards, node_rank, num_nodes)
+    skips = [
+        {"image_id": s.image_id, "annotation_id": s.annotation_id, "file_name": s.file_name, "reason": s.reason}
+        for s in dataset.skips
+    ]
+    if fractions is None:
+        return build.run(dataset.images, {**base, "coco_skips": skips}, out)
+    parts = assign((r.image_id for r in dataset.images), seed=split_seed, fractions=fractions)
+    _check_split_sizes(parts, fractions, split_seed)
+    _prepare_split_out(out, list(parts))
+    for name, positions in parts.items():
+        mine = [s for s in skips if s["image_id"] is None or split_of(s["image_id"], seed=split_seed, fractions=fractions) == name]
+        split_info = {"name": name, "fractions": fractions, "seed": split_seed}
+        build.run(tuple(dataset.images[k] for k in positions), {**base, "coco_skips": mine, "split": split_info}, out / name)
+    return out
 
-    positions = tuple(enumerate(dataset.images))
-    tasks, kept = [], 0
-    for shard in range(node_rank, num_shards, num_nodes):
-        items = positions[shard * spp : (shard + 1) * spp]
-        fingerprint = shard_fingerprint(header, items, image_root)
-        if resume and check_done_record(out, shard, fingerprint, on_error) is not None:
-            kept += len(items)
-            continue
-        tasks.append(ShardTask(shard, items, out, image_root, cfg, on_error, fingerprint))
-    total = kept + sum(len(t.items) for t in tasks)
-    with tqdm(total=total, initial=kept, unit="img", desc=f"cache {out.name}", disable=not progress, file=sys.stderr) as bar:
-        _run_tasks(tasks, workers, bar)
 
-    records = [read_json(out / done_name(k), what="completion record") for k in range(node_rank, num_shards, num_nodes)]
-    if num_nodes == 1:
-        path = out / MANIFEST_NAME
-        write_atomic(path, pretty_json(assemble_manifest(header, records)))
-    else:
-        path = out / part_name(node_rank, num_nodes)
-        part = {"schema_version": SCHEMA_VERSION, "node_rank": node_rank, "num_nodes": num_nodes, "header": header, "records": records}
-        write_atomic(path, pretty_json(part))
-    return path
+def _check_split_sizes(parts: Mapping[str, list[int]], fractions: Mapping[str, float], seed: int) -> None:
+    """A split without images cannot be a cache: say so before anything is written."""
+    total = sum(len(p) for p in parts.values())
+    empty = [name for name, positions in parts.items() if not positions]
+    if empty:
+        wanted = ", ".join(f"{name}={fraction:g}" for name, fraction in fractions.items())
+        raise CacheError(
+            f"--split {wanted} --seed {seed} puts none of the {total} images into {empty}: each image's split is "
+            "drawn from its id, so a small fraction of a few images can come out empty; use a larger fraction or "
+            "another --seed"
+        )
+
+
+def _prepare_split_out(out: Path, names: list[str]) -> None:
+    """A split build's folder holds only the split caches (``train``, ``val``, ...), each a cache folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(
+        p.name for p in out.iterdir() if (p.name not in names or not p.is_dir()) and not _LOCK_FILE.match(p.name)
+    )
+    if foreign:
+        raise CacheError(
+            f"refusing to build split caches in {out}: it holds {foreign[:5]} besides the split folders {names}; "
+            "choose an empty or new folder"
+        )
+
+
+@dataclass(frozen=True)
+class _Build:
+    """The settings of one build command, applied to one cache folder (`run`): the whole COCO file, or a split."""
+
+    image_root: Path
+    cfg: CacheConfig
+    workers: int
+    on_error: OnError
+    resume: bool
+    nodes: tuple[int, int]  # (node_rank, num_nodes)
+    progress: bool
+
+    def run(self, records: Sequence[Any], header: dict[str, Any], out: Path) -> Path:
+        """Build ``records`` into ``out``; ``header`` holds everything but ``images`` and ``num_shards``."""
+        node_rank, num_nodes = self.nodes
+        spp = self.cfg.samples_per_shard
+        num_shards = math.ceil(len(records) / spp)
+        header = {**header, "images": len(records), "num_shards": num_shards}
+        _prepare_out(out, num_shards, node_rank, num_nodes)
+
+        positions = tuple(enumerate(records))
+        tasks, kept = [], 0
+        for shard in range(node_rank, num_shards, num_nodes):
+            items = positions[shard * spp : (shard + 1) * spp]
+            fingerprint = shard_fingerprint(header, items, self.image_root)
+            if self.resume and check_done_record(out, shard, fingerprint, self.on_error) is not None:
+                kept += len(items)
+                continue
+            tasks.append(ShardTask(shard, items, out, self.image_root, self.cfg, self.on_error, fingerprint))
+        total = kept + sum(len(t.items) for t in tasks)
+        with tqdm(total=total, initial=kept, unit="img", desc=f"cache {out.name}", disable=not self.progress, file=sys.stderr) as bar:
+            _run_tasks(tasks, self.workers, bar)
+
+        records_done = [read_json(out / done_name(k), what="completion record") for k in range(node_rank, num_shards, num_nodes)]
+        if num_nodes == 1:
+            path = out / MANIFEST_NAME
+            write_atomic(path, pretty_json(assemble_manifest(header, records_done)))
+        else:
+            path = out / part_name(node_rank, num_nodes)
+            part = {"schema_version": SCHEMA_VERSION, "node_rank": node_rank, "num_nodes": num_nodes, "header": header, "records": records_done}
+            write_atomic(path, pretty_json(part))
+        return path

@@ -29,9 +29,10 @@ of stealing the new epoch's batches.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,7 +242,7 @@ _GUARD_HINT = (
 )
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(worker_id: int, user_init: Callable[[int], None] | None = None) -> None:
     # one OpenCV thread per worker: the parallelism is the worker processes (torch limits its own threads).
     # The worker is a fresh process (forkserver), so setting it here is safe.
     import cv2
@@ -251,6 +252,8 @@ def _worker_init(_worker_id: int) -> None:
     die_with_parent()  # SIGKILL when the fork server ends (it ends with the training process)
     cv2.setNumThreads(1)
     _keep_freed_memory()
+    if user_init is not None:  # the loader's worker_init_fn (DataLoader's), after fastload's own set-up
+        user_init(worker_id)
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -293,6 +296,7 @@ class TorchBackend:
     prefetch : batches prepared ahead, at least one per worker
     io_threads : concurrent reads per worker process (or in the calling process with ``num_workers=0``)
     max_read_bytes : bytes a worker reads ahead for its next batches, at most (its current batch is read whole)
+    worker_init_fn : called with the worker id in each worker process after fastload's own set-up (picklable)
     """
 
     def __init__(
@@ -307,6 +311,7 @@ class TorchBackend:
         prefetch: int,
         io_threads: int = DEFAULT_IO_THREADS,
         max_read_bytes: int = DEFAULT_MAX_BYTES,
+        worker_init_fn: Callable[[int], None] | None = None,
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 (in-process) or a positive integer, got {num_workers!r}")
@@ -340,7 +345,7 @@ class TorchBackend:
             num_workers=self.num_workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_worker_init if workers else None,
+            worker_init_fn=functools.partial(_worker_init, user_init=worker_init_fn) if workers else None,
             multiprocessing_context=context,
             # DataLoader's prefetch is per worker: -(-a // b) = ceil, so `prefetch` batches are in flight in all
             prefetch_factor=max(1, -(-prefetch // self.num_workers)) if workers else None,
