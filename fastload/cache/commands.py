@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--resume", action="store_true", help="keep shards that are complete and intact, rebuild the rest")
     build.add_argument("--node-rank", type=int, help="this node's rank (default: $RANK under torchrun)")
     build.add_argument("--num-nodes", type=int, help="number of nodes (default: $WORLD_SIZE under torchrun)")
+    build.add_argument(
+        "--exif-orientation",
+        choices=("apply", "ignore"),
+        help="orientation tags: apply (annotations on the displayed picture) or ignore (on the stored grid); "
+        "overrides exif_orientation of --config (default: apply)",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
 
@@ -62,14 +69,18 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from fastload.cache.config import as_cache_config
     from fastload.cache.writer import build_cache
 
     node_rank, num_nodes = _nodes_from_env(args)
+    config = as_cache_config(args.config)
+    if args.exif_orientation is not None:
+        config = dataclasses.replace(config, exif_orientation=args.exif_orientation)
     path = build_cache(
         coco=args.coco,
         images=args.images,
         out=args.out,
-        config=args.config,
+        config=config,
         workers=args.workers,
         on_error=args.on_error,
         resume=args.resume,
@@ -153,7 +164,7 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
     lines = [
         f"cache {root}  (schema {m.schema_version}, fastload {m.fastload_version})",
         f"config: samples_per_shard={m.samples_per_shard} label_compression={m.label_compression} "
-        f"label_format={m.label_format}",
+        f"label_format={m.label_format} exif_orientation={m.exif_orientation} max_image_pixels={m.max_image_pixels}",
         f"images {m.images}  samples {m.samples}  instances {m.instances}  skipped {len(m.skips)}  "
         f"normalised {len(m.normalised)}  shards {len(m.shards)}",
         f"classes ({m.num_classes} with background = train id 0; 255 = ignore):",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastload.cache.config import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
 from fastload.cache.format import (
     LABEL_MAGIC,
     LABEL_VERSION,
@@ -215,6 +216,9 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     total_bytes: int
     member_bytes: MemberBytes
+    # the build's image rules; a cache built before they were recorded kept the stored grid, under the default limit
+    exif_orientation: str = "ignore"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def parse_manifest(data: Any, *, where: str) -> Manifest:
@@ -279,6 +283,12 @@ class _Node:
         value, path = self._get(key)
         if not (isinstance(value, str) or (optional and value is None)):
             raise _Malformed(f"{path} must be a string{' or null' if optional else ''}, got {_show(value)}")
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value, path = self._get(key)
+        if value not in allowed:
+            raise _Malformed(f"{path} must be one of {list(allowed)}, got {_show(value)}")
         return value
 
     def file_name(self, key: str) -> str:
@@ -349,6 +359,8 @@ def _parse(m: _Node, version: int) -> Manifest:
         ),
         total_bytes=m.node("bytes").integer("total"),
         member_bytes=MemberBytes(**{kind: members.integer(kind) for kind in BYTE_KINDS}),
+        exif_orientation=cfg.choice("exif_orientation", EXIF_ORIENTATIONS) if "exif_orientation" in cfg.value else "ignore",
+        max_image_pixels=cfg.integer("max_image_pixels", minimum=1) if "max_image_pixels" in cfg.value else DEFAULT_MAX_IMAGE_PIXELS,
     )
 
 
