@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cacheforge import run_bounded
 from cocofactory import CocoFactory
 from imagefactory import (
     MOTION_PHOTO_VIDEO,
@@ -17,6 +18,7 @@ from imagefactory import (
     exif,
     gray16_big_endian,
     jpeg,
+    jpeg_declaring,
     odd_lossless_webp,
     pattern,
     pil_rgb,
@@ -28,7 +30,7 @@ from fastload.cache.manifest import NormalisedInfo, load_manifest
 from fastload.cache.reader import open_cache
 from fastload.cache.verify import verify_cache
 from fastload.cache.writer import build_cache
-from fastload.errors import ImageError
+from fastload.errors import CacheError, ImageError
 from fastload.synth import synth_coco
 
 BAD_FILE = "000001.jpg"  # image id 2, position 1 of three
@@ -343,6 +345,42 @@ def test_a_completion_record_without_the_normalised_list_is_rebuilt(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- sizes first
+
+
+def test_an_image_declaring_more_than_max_image_pixels_is_refused_before_it_decodes(tmp_path):
+    # a few hundred bytes whose header declares 30000 x 30000 (2.7 GB decoded), and COCO agrees: the build reads
+    # the header, refuses it, and never decodes; in a child whose memory may grow by 1.5 GB at most
+    root = _single_image(tmp_path, "bomb.jpg", jpeg_declaring(30000, 30000), height=30000, width=30000)
+    setup = (
+        "from fastload.cache.writer import build_cache\n"
+        f"STEPS = {{'build': lambda: build_cache(coco={str(root / 'annotations.json')!r}, images={str(root / 'images')!r}, "
+        f"out={str(tmp_path / 'cache')!r}, progress=False)}}\n"
+    )
+    result = run_bounded(setup, memory_gb=1.5, cpu_s=5.0)["build"]
+    assert result["error"] == "ImageError", result
+    assert result["message"].startswith(
+        "image 5 (file 'bomb.jpg'): its header declares 30000 x 30000 = 900000000 pixels, more than max_image_pixels "
+        "(100000000) in the cache config (raise it there if the image is real)"
+    ), result["message"]
+
+
+def test_max_image_pixels_is_a_build_setting_recorded_for_the_loaders(tmp_path):
+    root = _single_image(tmp_path, "a.jpg", jpeg(STORED))  # 40 x 56 = 2240 pixels
+    with pytest.raises(ImageError, match=r"declares 40 x 56 = 2240 pixels, more than max_image_pixels \(2239\)"):
+        _build(root, tmp_path / "cache", config={"max_image_pixels": 2239})
+    _build(root, tmp_path / "cache", config={"max_image_pixels": 2240})
+    assert open_cache(tmp_path / "cache").manifest.max_image_pixels == 2240
+    manifest = tmp_path / "cache" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["config"]["max_image_pixels"] = 2000  # the loaders hold every sample to the recorded value
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CacheError, match=r"index: the sample is 40 x 56 = 2240 pixels, more than the cache's max_image_pixels \(2000\)"):
+        open_cache(tmp_path / "cache")[0]
+    del data["config"]["max_image_pixels"], data["config"]["exif_orientation"]  # a cache built before they existed
+    manifest.write_text(json.dumps(data))
+    cache = open_cache(tmp_path / "cache")
+    assert (cache.manifest.max_image_pixels, cache.manifest.exif_orientation) == (100_000_000, "ignore")
+    assert cache[0]["image"].shape == (40, 56, 3)
 
 
 def test_a_jpeg_without_a_frame_header_is_refused_before_it_decodes(tmp_path):

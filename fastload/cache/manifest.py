@@ -23,6 +23,7 @@ from fastload.cache.format import (
     MEMBER_KINDS,
     SCHEMA_VERSION,
     dumps_canonical,
+    loads_json,
     shard_stem,
 )
 from fastload.errors import CacheError
@@ -61,13 +62,18 @@ def pretty_json(value: Any) -> bytes:
 
 
 def read_json(path: Path, *, what: str) -> Any:
+    """A JSON file of the cache, parsed within `fastload.cache.format.loads_json`'s depth bound."""
     try:
         with open(path, "rb") as fh:
-            return json.loads(fh.read().decode("utf-8"))
+            data = fh.read()
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{what} {path} is unreadable or not JSON ({exc}); rebuild with --resume") from exc
+    except OSError as exc:
+        raise CacheError(f"{what} {path} is unreadable ({exc}); rebuild with --resume") from exc
+    try:
+        return loads_json(data, what=f"{what} {path}")
+    except CacheError as exc:
+        raise CacheError(f"{exc}; rebuild with --resume") from None
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
