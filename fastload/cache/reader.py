@@ -293,12 +293,15 @@ class CacheDataset(Sequence):
         return f"shard {self._manifest.shards[self._shard_of[i]].file}, sample {self.key(i)} (cache index {i})"
 
     def read_members(self, i: int) -> SampleMembers:
-        """The encoded members of sample ``i``: one read, each member's CRC-32 checked.
+        """The encoded members of sample ``i``: one read, each member's CRC-32 checked, then the members checked
+        against each other and the index from their headers (`fastload.cache.validate.checked_sample`), before
+        any decoder sees them; ``meta`` is parsed within bounds.
 
         Raises
         ------
         CacheError
-            Naming the shard file and the sample, when the shard is missing or short or a CRC disagrees.
+            Naming the shard file and the sample (and the member and field), when the shard is missing or short,
+            a CRC disagrees or a check fails.
         """
         i = self._index(i)
         s = int(self._shard_of[i])
