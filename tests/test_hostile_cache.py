@@ -152,9 +152,9 @@ CASES = {
     "meta-other-size": (_meta_other_size, r"meta member says 96 x 64, the index 48 x 64", False),
 }
 RUNAWAYS = [name for name, (_, _, runaway) in CASES.items() if runaway]
-# what the Loader path cannot yet name: it decodes the instance member in fastload/pipeline/dali.py
-# (label_inputs), which the GPU-feed rewrite replaces; the new feed calls check_instance_ids there
-DALI_PENDING = {"ins-id-40000": "dali.py's label_inputs decodes the instance member without check_instance_ids (GPU-feed rewrite)"}
+# what the Loader path cannot yet name: its feed decodes the instance member itself (fastload/pipeline/dali,
+# being rewritten) without `fastload.cache.validate.check_instance_ids`
+DALI_PENDING = {"ins-id-40000": "the DALI feed decodes the instance member without check_instance_ids (GPU-feed rewrite)"}
 
 
 @pytest.fixture(params=list(CASES))
