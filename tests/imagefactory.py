@@ -55,6 +55,15 @@ def jpeg(pixels: np.ndarray, **options) -> bytes:
     return encode(pixels, "JPEG", quality=95, **options)
 
 
+def jpeg_declaring(height: int, width: int) -> bytes:
+    """A 16 x 16 JPEG whose frame header (SOF0) is patched to declare ``height`` x ``width``: a few hundred bytes
+    that a decoder turns into height · width · 3 bytes of grey (libjpeg fills what the data does not cover)."""
+    data = bytearray(jpeg(np.full((16, 16, 3), 90, np.uint8)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
 def gray16_big_endian(values: np.ndarray) -> Image.Image:
     """A 16-bit grey image (values: (H, W) integers) in mode I;16B, the mode Pillow writes as a big-endian TIFF."""
     return Image.frombytes("I;16B", values.shape[::-1], np.asarray(values).astype(">u2").tobytes())

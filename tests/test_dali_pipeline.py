@@ -26,14 +26,10 @@ from fastload.targets import center_targets, semantic_weights
 
 pytest.importorskip("nvidia.dali")
 
+from fastload.cache.validate import checked_label_layouts  # noqa: E402
 from fastload.pipeline.dali import DaliBackend, GraphSpec, PhotometricOps  # noqa: E402
 from fastload.pipeline.dali.failures import named_failure  # noqa: E402
-from fastload.pipeline.dali.inputs import (  # noqa: E402
-    cpu_label_columns,
-    gpu_label_columns,
-    label_layouts,
-    param_columns,
-)
+from fastload.pipeline.dali.inputs import cpu_label_columns, gpu_label_columns, param_columns  # noqa: E402
 
 OUT = (32, 48)
 DEFAULT = AugmentConfig.default()
@@ -242,8 +238,9 @@ def test_parameter_columns_have_documented_dtypes_and_shapes():
 def test_cpu_graph_gets_decoded_labels_padded_with_the_warps_fill():
     cache = MemCache()
     members = [cache.read_members(i) for i in (2, 1)]  # 28 and 26 rows
-    layouts = [label_layouts(m.semantic, m.instance, cache.image_size(i)) for m, i in zip(members, (2, 1), strict=True)]
-    got = cpu_label_columns([m.semantic for m in members], [m.instance for m in members], layouts)
+    layouts = [checked_label_layouts(m.semantic, m.instance, cache.image_size(i)) for m, i in zip(members, (2, 1), strict=True)]
+    counts = [len(m.meta["instances"]) for m in members]
+    got = cpu_label_columns([m.semantic for m in members], [m.instance for m in members], layouts, counts)
     assert got["sem"].dtype == np.uint8 and got["ins"].dtype == np.int16 and got["sem"].shape == (2, 28, 40, 1)
     for k, i in enumerate((2, 1)):
         h = cache.image_size(i)[0]
@@ -262,7 +259,7 @@ def test_gpu_label_columns_inflate_to_the_decoded_labels():
     spec = GraphSpec.create(out_size=OUT, augment=DEFAULT, device="gpu")
     assert spec.inputs[:7] == ("image", "image_len", "labels", "sem_chunks", "sem_dims", "ins_chunks", "ins_dims")
     members = [cache.read_members(i) for i in (3, 0)]
-    layouts = [label_layouts(m.semantic, m.instance, cache.image_size(i)) for m, i in zip(members, (3, 0), strict=True)]
+    layouts = [checked_label_layouts(m.semantic, m.instance, cache.image_size(i)) for m, i in zip(members, (3, 0), strict=True)]
     got = gpu_label_columns([m.semantic for m in members], [m.instance for m in members], layouts)
     for k, m in enumerate(members):
         row = got["labels"][k].tobytes()
@@ -283,10 +280,10 @@ def test_gpu_label_columns_inflate_to_the_decoded_labels():
 def test_a_label_header_that_disagrees_with_the_index_is_named():
     cache = MemCache()
     members = cache.read_members(1)
-    with pytest.raises(CacheError, match=r"sem member is 26 x 40, the sample 30 x 40"):
-        label_layouts(members.semantic, members.instance, (30, 40))
-    with pytest.raises(CacheError, match=r"instance member holds uint8, expected uint16"):
-        label_layouts(members.semantic, members.semantic, (26, 40))
+    with pytest.raises(CacheError, match=r"26 x 40.*30 x 40"):
+        checked_label_layouts(members.semantic, members.instance, (30, 40))
+    with pytest.raises(CacheError, match=r"instance member"):
+        checked_label_layouts(members.semantic, members.semantic, (26, 40))
 
 
 # ----------------------------------------------------------------------------------------- plans and passes

@@ -3,16 +3,19 @@ OpenCV write and read. What the build does with them is in tests/test_cache_imag
 
 from __future__ import annotations
 
+import io
+import re
 import struct
 
 import cv2
 import numpy as np
 import pytest
-from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, gray16_big_endian, jpeg, pattern
-from PIL import Image
+from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, gray16_big_endian, jpeg, pattern, pil_rgb
+from PIL import Image, ImageOps
 
 from fastload.cache import images
 from fastload.cache.format import truncation_problem
+from fastload.errors import ImageError
 
 PIXELS = pattern(40, 56)
 
@@ -186,3 +189,103 @@ def test_an_animated_webp_is_recognised():
 def test_bytes_after_the_webp_container_are_dropped():
     data = encode(PIXELS, "WEBP", lossless=True)
     assert images.webp_without_metadata(data + b"\0" * 7) == (data, "dropped 7 bytes after the WebP container (image data unchanged)")
+
+
+# ----------------------------------------------------------------------------------------------- sizes
+
+
+def _with_thumbnail(data: bytes) -> bytes:
+    """The JPEG with an APP1 segment holding a whole 8 x 8 JPEG (a camera's EXIF thumbnail) before its frame."""
+    payload = b"Exif\0\0" + jpeg(np.zeros((8, 8, 3), np.uint8))
+    return data[:2] + b"\xff\xe1" + (2 + len(payload)).to_bytes(2, "big") + payload + data[2:]
+
+
+def _top_down_bmp(pixels: np.ndarray) -> bytes:
+    """A BMP whose rows are stored top-down (negative height), which Pillow and OpenCV never write."""
+    data = bytearray(encode(pixels, "BMP"))
+    height = struct.unpack_from("<i", data, 22)[0]
+    stride = (len(data) - struct.unpack_from("<I", data, 10)[0]) // height
+    start = struct.unpack_from("<I", data, 10)[0]
+    rows = [bytes(data[start + k * stride : start + (k + 1) * stride]) for k in range(height)]
+    struct.pack_into("<i", data, 22, -height)
+    data[start:] = b"".join(reversed(rows))
+    return bytes(data)
+
+
+SIZED = [
+    pytest.param(jpeg(PIXELS), id="jpeg"),
+    pytest.param(jpeg(PIXELS, progressive=True), id="jpeg-progressive"),
+    pytest.param(_with_thumbnail(jpeg(PIXELS)), id="jpeg-exif-thumbnail"),
+    pytest.param(jpeg(np.asarray(Image.fromarray(PIXELS).convert("L"))), id="jpeg-gray"),
+    pytest.param(encode(Image.fromarray(PIXELS).convert("CMYK"), "JPEG"), id="jpeg-cmyk"),
+    pytest.param(encode(PIXELS, "PNG"), id="png"),
+    pytest.param(encode(Image.fromarray(PIXELS).quantize(16), "PNG"), id="png-palette"),
+    pytest.param(encode(PIXELS, "BMP"), id="bmp"),
+    pytest.param(_top_down_bmp(PIXELS), id="bmp-top-down"),
+    pytest.param(encode(PIXELS, "WEBP", quality=80), id="webp-lossy"),
+    pytest.param(encode(PIXELS, "WEBP", lossless=True), id="webp-lossless"),
+    pytest.param(encode(np.dstack([PIXELS, PIXELS[..., 0]]), "WEBP", quality=80), id="webp-vp8x-alpha"),
+    pytest.param(encode(PIXELS, "WEBP", lossless=True, exif=exif(6)), id="webp-vp8x-exif"),
+    pytest.param(encode(PIXELS, "TIFF"), id="tiff"),
+    pytest.param(encode(gray16_big_endian(PIXELS[..., 0].astype(np.uint16)), "TIFF"), id="tiff-big-endian"),
+    pytest.param(encode(PIXELS, "TIFF", big_tiff=True), id="bigtiff"),
+]
+
+
+@pytest.mark.parametrize("data", SIZED)
+def test_image_header_size_is_the_size_decoders_allocate(data):
+    assert images.image_header_size(data) == (40, 56)
+    decoded = cv2.imdecode(np.frombuffer(images.tiff_with_orientation_1(data), np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    assert decoded.shape[:2] == (40, 56)
+
+
+def test_image_header_size_reads_what_a_bomb_declares():
+    data = bytearray(jpeg(PIXELS))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, 30000, 30000)
+    assert images.image_header_size(bytes(data)) == (30000, 30000)  # a few KB that decode to 2.7 GB
+
+
+def _without_sof(data: bytes) -> bytes:
+    sof = data.index(b"\xff\xc0")
+    return data[:sof] + data[sof + 2 + int.from_bytes(data[sof + 2 : sof + 4], "big") :]
+
+
+def _canvas(data: bytes, width: int) -> bytes:
+    patched = bytearray(data)
+    vp8x = patched.index(b"VP8X") + 8
+    patched[vp8x + 4 : vp8x + 7] = (width - 1).to_bytes(3, "little")
+    return bytes(patched)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        pytest.param(_without_sof(jpeg(PIXELS)), "JPEG has no frame header (SOF) before its first scan", id="jpeg-no-sof"),
+        pytest.param(jpeg(PIXELS)[:10], "JPEG ends, or its marker structure breaks", id="jpeg-cut"),
+        pytest.param(b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x00\x00\x10", "declares height 0", id="jpeg-dnl-height"),
+        pytest.param(encode(PIXELS, "PNG")[:20], "PNG has no IHDR chunk first", id="png-cut"),
+        pytest.param(encode(PIXELS, "BMP")[:20], "BMP info header of 40 bytes is unknown or cut short", id="bmp-cut"),
+        pytest.param(_canvas(encode(PIXELS, "WEBP", lossless=True, exif=exif(6)), 99), "WebP canvas is 40 x 99, its frame 40 x 56", id="webp-canvas"),
+        pytest.param(b"RIFF\x04\x00\x00\x00WEBP", "WebP has no VP8 or VP8L frame header", id="webp-empty"),
+        pytest.param(tiff_structure(b"II", big=False, orientation=1), "TIFF has no single ImageWidth and ImageLength", id="tiff-no-length"),
+        pytest.param(b"GIF89a\x01\x00\x01\x00", "not a JPEG, PNG, BMP, TIFF or WebP image", id="gif"),
+    ],
+)
+def test_image_header_size_names_a_header_it_cannot_read(data, problem):
+    with pytest.raises(ImageError, match=re.escape(problem)):
+        images.image_header_size(data)
+
+
+# ----------------------------------------------------------------------------------------------- orientation
+
+
+@pytest.mark.parametrize("tag", range(1, 9))
+def test_apply_orientation_is_what_opencv_and_pillow_display(tag):
+    data = jpeg(PIXELS, exif=exif(tag))
+    stored = opencv_rgb(data)
+    shown = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(images.apply_orientation(stored, tag), shown)
+    pillow = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert np.array_equal(images.apply_orientation(pil_rgb(data), tag), pillow)
+    assert images.displayed_size((40, 56), tag) == shown.shape[:2]

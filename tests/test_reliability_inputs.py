@@ -37,7 +37,7 @@ def _damage(images: Path) -> dict[int, tuple[str, str]]:
         2: ("000001.jpg", "JPEG is truncated"),
         3: ("000002.jpg", "file is empty"),
         5: ("000004.jpg", "file not found"),
-        7: ("000006.jpg", "decoded size 40 x 48 (H x W) differs from the COCO entry's 32 x 48"),
+        7: ("000006.jpg", "its size 40 x 48 (H x W) differs from the COCO entry's 32 x 48"),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--resume", action="store_true", help="keep shards that are complete and intact, rebuild the rest")
     build.add_argument("--node-rank", type=int, help="this node's rank (default: $RANK under torchrun)")
     build.add_argument("--num-nodes", type=int, help="number of nodes (default: $WORLD_SIZE under torchrun)")
+    build.add_argument(
+        "--exif-orientation",
+        choices=("apply", "ignore"),
+        help="orientation tags: apply (annotations on the displayed picture) or ignore (on the stored grid); "
+        "overrides exif_orientation of --config (default: apply)",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.add_argument(
         "--split",
@@ -70,6 +77,7 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from fastload.cache.config import as_cache_config
     from fastload.cache.split import parse_split, split_names
     from fastload.cache.writer import build_cache
     from fastload.errors import ConfigError
@@ -78,11 +86,14 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError("--seed is the seed of --split; pass --split NAME=FRACTION too, or drop --seed")
     split = parse_split(args.split) if args.split else None
     node_rank, num_nodes = _nodes_from_env(args)
+    config = as_cache_config(args.config)
+    if args.exif_orientation is not None:
+        config = dataclasses.replace(config, exif_orientation=args.exif_orientation)
     build_cache(
         coco=args.coco,
         images=args.images,
         out=args.out,
-        config=args.config,
+        config=config,
         workers=args.workers,
         on_error=args.on_error,
         resume=args.resume,
@@ -175,7 +186,7 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
     lines = [
         f"cache {root}  (schema {m.schema_version}, fastload {m.fastload_version})",
         f"config: samples_per_shard={m.samples_per_shard} label_compression={m.label_compression} "
-        f"label_format={m.label_format}",
+        f"label_format={m.label_format} exif_orientation={m.exif_orientation} max_image_pixels={m.max_image_pixels}",
         *(
             [f"split {m.split.name!r} of a build with --split "
              + " ".join(f"{n}={f:g}" for n, f in m.split.fractions) + f" --seed {m.split.seed} (train: the rest)"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastload.errors import ConfigError
 from fastload.validation import MAX_SAMPLES_PER_SHARD, check_int, is_int, short_repr
@@ -25,6 +25,13 @@ DEFAULT_SAMPLES_PER_SHARD = 512
 # 800x600 sample to compress; level 9 saves 0.2 % of the JPEG bytes for 7x the time, plain LZ4 (0) is 7x faster
 # but takes 11.5 %. Decoding costs the same at every level.
 DEFAULT_LABEL_COMPRESSION = 3
+# 100 megapixels: a 12-30 MP phone or DSLR photo passes with room to spare, and the largest image it lets through
+# decodes to 300 MB (RGB) with 300 MB of masks, which a loader worker can hold; a header declaring more (a
+# 30000 x 30000 JPEG of a few KB) is refused before anything decodes it. Recorded in the manifest: the loaders
+# and verify check every stored image against the value its cache was built with.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+ExifOrientation = Literal["apply", "ignore"]
+EXIF_ORIENTATIONS = ("apply", "ignore")
 
 # keys of schema-1 cache configs, and where each went
 _MOVED = {
@@ -46,10 +53,20 @@ class CacheConfig:
     label_compression : int
         0 = LZ4, 1..12 = LZ4-HC at that level, for the semantic and instance members; changes only their size
         and the build time, never the decoded values or the decoding cost.
+    exif_orientation : "apply" or "ignore"
+        "apply" (the default): annotations are on the picture as displayed, its orientation tag (EXIF, TIFF)
+        applied, as OpenCV's imread, labelme and CVAT show it; an image with a tag other than 1 is stored
+        turned to that picture (re-encoded, listed as normalised). "ignore": annotations address the stored
+        pixel grid (a data set annotated on it); the image is stored as it is and its tag is never applied.
+    max_image_pixels : int
+        Largest height x width an image may declare in its header (>= 1): a bigger one is refused at build,
+        before it is decoded, and so is a cache sample at load (see `DEFAULT_MAX_IMAGE_PIXELS`).
     """
 
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
     label_compression: int = DEFAULT_LABEL_COMPRESSION
+    exif_orientation: ExifOrientation = "apply"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         check_int(
@@ -60,6 +77,10 @@ class CacheConfig:
             raise ConfigError(
                 f"label_compression must be 0 (LZ4) or an LZ4-HC level 1..12, got {short_repr(self.label_compression)}"
             )
+        if self.exif_orientation not in EXIF_ORIENTATIONS:
+            raise ConfigError(f"exif_orientation must be one of {list(EXIF_ORIENTATIONS)}, got {self.exif_orientation!r}")
+        if not is_int(self.max_image_pixels) or self.max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels must be >= 1, got {short_repr(self.max_image_pixels)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import tarfile
 from collections.abc import Iterable, Sequence
@@ -101,10 +102,15 @@ def truncation_problem(data: bytes, fmt: str) -> str | None:
 def decode_image(data: bytes) -> np.ndarray:
     """Decode an image member to uint8 (H, W, 3) RGB.
 
-    EXIF orientation is ignored: COCO annotations address the stored pixel grid (as pycocotools and PIL
-    do), so a DALI decoder must be run with ``adjust_orientation=False`` to agree.
+    Orientation tags are ignored: the stored pixels are the ones the annotations address (the build applied
+    the tag already, or was told to keep the stored grid: `fastload.cache.images`), so a DALI decoder must be
+    run with ``adjust_orientation=False`` to agree. Call it on members checked by
+    `fastload.cache.validate.checked_sample` (the header's size is bounded before this allocates it).
     """
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:  # some codecs raise instead of returning None
+        raise CacheError(f"image member does not decode ({str(exc).strip().splitlines()[-1]})") from None
     if array is None:
         raise CacheError("image member does not decode")
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
@@ -193,25 +199,44 @@ def _compress(data: bytes, level: int) -> bytes:
     return lz4.block.compress(data, mode="high_compression", compression=level, store_size=False)
 
 
+def lz4_bound(size: int) -> int:
+    """The most bytes LZ4 compresses ``size`` bytes into (``LZ4_COMPRESSBOUND``): a larger band is not LZ4."""
+    return size + size // 255 + 16
+
+
 def parse_label(data: bytes | memoryview, *, what: str = "label") -> LabelLayout:
     """Read and check a label member's header (no decompression).
+
+    Checks what the header alone can say: fastload's magic, version and a known dtype code; a non-empty size;
+    bands of exactly `rows_per_band` (width) rows, as many as cover the height; each band's compressed size
+    between 1 byte and `lz4_bound` of its raw size; the bands filling the member exactly. A decoder that
+    trusts the result allocates at most ``bands · rows_per_band · width`` elements. The header's size is
+    compared with the sample's by `fastload.cache.validate.checked_label_layouts`.
 
     Raises
     ------
     CacheError
-        When the header is not fastload's, or its band sizes do not add up to the member's length.
+        Naming the field, when the header is not fastload's or disagrees with itself or the member's length.
     """
     if len(data) < _HEADER.size:
         raise CacheError(f"{what} member is too short for a label header ({len(data)} bytes)")
     magic, version, code, height, width, rows, bands = _HEADER.unpack_from(data, 0)
     if magic != LABEL_MAGIC or version != LABEL_VERSION or code not in _DTYPE_CODES:
         raise CacheError(f"{what} member is not a fastload LZ4 label (magic {magic!r}, version {version}, dtype code {code})")
-    if height < 1 or width < 1 or rows < 1 or bands != -(-height // rows):
+    if height < 1 or width < 1:
+        raise CacheError(f"{what} member header declares an empty {height} x {width} label")
+    if rows != rows_per_band(width):
+        raise CacheError(f"{what} member header: {rows} rows per band, a label {width} wide has {rows_per_band(width)}")
+    if bands != -(-height // rows):
         raise CacheError(f"{what} member header is inconsistent: {height} x {width} in {bands} bands of {rows} rows")
     table_end = _HEADER.size + 4 * bands
     if len(data) < table_end:
         raise CacheError(f"{what} member is cut short inside its band table")
     sizes = np.frombuffer(data, dtype="<u4", count=bands, offset=_HEADER.size).astype(np.int64)
+    limit = lz4_bound(rows * width * _DTYPE_CODES[code].itemsize)
+    if int(sizes.min()) < 1 or int(sizes.max()) > limit:
+        k = int(np.flatnonzero((sizes < 1) | (sizes > limit))[0])
+        raise CacheError(f"{what} member: band {k} is {int(sizes[k])} bytes compressed; a band holds 1..{limit}")
     padded = sizes + (-sizes % 4)
     offsets = table_end + np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
     if table_end + int(padded.sum()) != len(data):
@@ -265,11 +290,64 @@ def encode_meta(meta: dict[str, Any]) -> bytes:
     return dumps_canonical(meta)
 
 
-def decode_meta(data: bytes) -> dict[str, Any]:
+# JSON read from a cache (meta members, shard indexes, manifests, records) is parsed only within these bounds, so
+# that an edited file gives a named error instead of a RecursionError or a runaway allocation
+MAX_JSON_DEPTH = 32  # what fastload writes nests 4 deep at most
+MAX_META_BYTES = 1 << 24  # 16 MiB; a meta of MAX_INSTANCES instances takes ~8 MB
+# a JSON string (closing quote optional: an unterminated one runs to the end, so no byte is scanned twice)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"\\[]{}')
+
+
+def _brackets(data: bytes) -> bytes:
+    """The brackets and braces of a JSON text that lie outside its strings, in order."""
+    marks = data.translate(None, _NOT_STRUCTURE)  # quotes, backslashes, brackets: a few % of the text
+    if b"\\" in marks:  # an escape may hide a quote: strip the strings from the text itself (slower)
+        return _JSON_STRING.sub(b"", data).translate(None, _NOT_STRUCTURE)
+    return b"".join(marks.split(b'"')[::2])  # no escapes: strings lie between consecutive quotes
+
+
+def json_depth(data: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count); no parsing."""
+    return _depth(_brackets(bytes(data)))
+
+
+def _depth(brackets: bytes) -> int:
+    codes = np.frombuffer(brackets, np.uint8)
+    step = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int64) * 2 - 1
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_json(data: bytes, *, what: str, max_bytes: int | None = None, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON bytes read from a cache within bounds: at most ``max_bytes`` bytes (None: any) nested at most
+    ``max_depth`` deep, UTF-8, no NaN/Infinity.
+
+    Raises
+    ------
+    CacheError
+        Naming ``what`` and the bound or the parse error.
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise CacheError(f"{what} is {len(data)} bytes, more than the {max_bytes} a valid one takes")
+    data = bytes(data)
+    brackets = _brackets(data)
+    # the number of openings bounds the depth: only a text with more of them than the bound is followed through
+    if brackets.count(b"[") + brackets.count(b"{") > max_depth and (depth := _depth(brackets)) > max_depth:
+        raise CacheError(f"{what} nests {depth} levels deep, more than the {max_depth} a valid one does")
     try:
-        meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"meta member is not valid JSON: {exc}") from exc
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError; so is a 5000-digit number
+        raise CacheError(f"{what} is not JSON ({exc})") from None
+
+
+def decode_meta(data: bytes) -> dict[str, Any]:
+    """The meta member as a dict (bounded: `MAX_META_BYTES`, `MAX_JSON_DEPTH`); its content is checked by
+    `fastload.cache.validate.checked_meta`."""
+    meta = loads_json(data, what="meta member", max_bytes=MAX_META_BYTES)
     if not isinstance(meta, dict):
         raise CacheError("meta member is not a JSON object")
     return meta
@@ -286,6 +364,8 @@ class SampleMembers:
     semantic: bytes  # LZ4 label member (encode_label / decode_label)
     instance: bytes  # LZ4 label member
     meta: dict[str, Any]
+    # the label members' headers, as the reader's validation parsed and checked them (None: not checked here)
+    layouts: tuple[LabelLayout, LabelLayout] | None = None
 
 
 # ----------------------------------------------------------------------------------------------- tar

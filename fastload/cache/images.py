@@ -21,18 +21,27 @@ metadata          (EXIF, XMP, ICCP, unknown): DALI's WebP parser fails on a meta
                   odd-length image chunk; an animated WebP is refused
 ================  ==================================================================================
 
-Orientation convention: COCO coordinates address the stored pixel grid, so no decoder applies an orientation
-tag (EXIF in JPEG, PNG, WebP; IFD0 in TIFF). `orientation` reads the tag only to explain a size mismatch: an
-image whose COCO size is its *displayed* (turned) size.
+Orientation convention (`exif_orientation` in the cache config): an annotation is on the picture *as
+displayed*, its orientation tag applied (EXIF in JPEG, PNG, WebP; IFD0 in TIFF), as OpenCV's ``imread``, labelme
+and CVAT show it. With ``apply`` (the default) the build stores the displayed picture with orientation 1
+(`apply_orientation`: the stored grid turned or flipped as the tag says, re-encoded, listed as normalised);
+with ``ignore`` it keeps the stored grid, for data sets annotated on it. Either way the stored pixels are the
+ones the annotations address, so no decoder applies a tag at load.
 
-All functions are pure (bytes in, bytes or numbers out) and never raise on malformed input: a parser that
-cannot make sense of a structure says so (``None`` or a problem string), and the decoder has the last word.
+All functions are pure (bytes in, bytes or numbers out). The container parsers never raise on malformed input:
+one that cannot make sense of a structure says so (``None`` or a problem string), and the decoder has the last
+word. `image_header_size` is the exception: it reads the size a decoder will allocate, before anything
+decodes, and raises `ImageError` when the header is not there to read.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+
+import numpy as np
+
+from fastload.errors import ImageError
 
 # --------------------------------------------------------------------------------------------------- JPEG
 
@@ -103,14 +112,16 @@ def jpeg_exif(data: bytes) -> bytes | None:
 # --------------------------------------------------------------------------------------------------- TIFF
 
 ORIENTATION_TAG = 0x0112
-_SHORT, _LONG = 3, 4
+_WIDTH_TAG, _LENGTH_TAG = 0x0100, 0x0101  # ImageWidth, ImageLength
+_KIND_FORMATS = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF)
 
 
-def _tiff_orientation_entry(tiff: bytes) -> tuple[int, int, str] | None:
-    """``(value, offset of the value, struct format)`` of IFD0's Orientation entry (TIFF or BigTIFF), or None."""
+def _tiff_entries(tiff: bytes, tags: tuple[int, ...]) -> dict[int, tuple[int, int, str]]:
+    """``{tag: (value, offset of the value, struct format)}`` of IFD0's single-valued integer entries among
+    ``tags`` (TIFF or BigTIFF, either byte order); tags that are absent or of another shape are left out."""
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None or len(tiff) < 8:
-        return None
+        return {}
     magic = struct.unpack_from(order + "H", tiff, 2)[0]
     if magic == 42:
         ifd = struct.unpack_from(order + "I", tiff, 4)[0]
@@ -121,17 +132,25 @@ def _tiff_orientation_entry(tiff: bytes) -> tuple[int, int, str] | None:
         count_fmt, entry_size, head = "Q", 20, 8
         value_at, count_of = 12, lambda e: struct.unpack_from(order + "Q", tiff, e + 4)[0]
     else:
-        return None
+        return {}
     if ifd + head > len(tiff):
-        return None
+        return {}
+    found = {}
     entries = struct.unpack_from(order + count_fmt, tiff, ifd)[0]
     for k in range(min(entries, (len(tiff) - ifd - head) // entry_size)):
         entry = ifd + head + k * entry_size
         tag, kind = struct.unpack_from(order + "HH", tiff, entry)
-        if tag == ORIENTATION_TAG and kind in (_SHORT, _LONG) and count_of(entry) == 1:
-            fmt = order + ("H" if kind == _SHORT else "I")
-            return struct.unpack_from(fmt, tiff, entry + value_at)[0], entry + value_at, fmt
-    return None
+        if tag in tags and tag not in found and kind in _KIND_FORMATS and count_of(entry) == 1:
+            fmt = order + _KIND_FORMATS[kind]
+            if struct.calcsize(fmt) <= entry_size - value_at:  # a LONG8 only fits a BigTIFF entry
+                found[tag] = (struct.unpack_from(fmt, tiff, entry + value_at)[0], entry + value_at, fmt)
+    return found
+
+
+def _tiff_orientation_entry(tiff: bytes) -> tuple[int, int, str] | None:
+    """``(value, offset of the value, struct format)`` of IFD0's Orientation entry (TIFF or BigTIFF), or None."""
+    entry = _tiff_entries(tiff, (ORIENTATION_TAG,)).get(ORIENTATION_TAG)
+    return entry if entry is not None and entry[2][1] in "HI" else None
 
 
 def tiff_orientation(tiff: bytes) -> int | None:
@@ -246,7 +265,7 @@ def png_exif(data: bytes) -> bytes | None:
 def orientation(data: bytes, fmt: str) -> int | None:
     """The orientation tag (1..8) an image file carries, or None: EXIF in JPEG / PNG / WebP, IFD0 in TIFF.
 
-    fastload never applies it (COCO coordinates address the stored grid); it explains size mismatches.
+    A value outside 1..8 is no orientation (as OpenCV and Pillow treat it).
     """
     tiff = {"jpg": jpeg_exif, "png": png_exif, "webp": webp_exif, "tif": lambda d: d}.get(fmt, lambda d: None)(data)
     value = tiff_orientation(tiff) if tiff else None
@@ -256,3 +275,150 @@ def orientation(data: bytes, fmt: str) -> int | None:
 def transposes(value: int | None) -> bool:
     """Whether an orientation displays the image with height and width swapped (5..8: a quarter turn)."""
     return value in (5, 6, 7, 8)
+
+
+# what each orientation does to the stored grid to display it (the EXIF / TIFF 6.0 definitions)
+ORIENTATION_NAMES = {
+    2: "flipped left-right",
+    3: "turned 180 degrees",
+    4: "flipped upside down",
+    5: "transposed (flipped left-right, then turned 90 degrees counter-clockwise)",
+    6: "turned 90 degrees clockwise",
+    7: "transversed (flipped left-right, then turned 90 degrees clockwise)",
+    8: "turned 90 degrees counter-clockwise",
+}
+
+
+def apply_orientation(pixels: np.ndarray, value: int | None) -> np.ndarray:
+    """The displayed picture: the stored grid ``pixels`` (H, W, ...) flipped or turned as orientation ``value``
+    says (1 or None: unchanged; 5..8 give (W, H, ...)). A view, not a copy; exact (a permutation of pixels).
+    """
+    if value in (None, 1):
+        return pixels
+    if value not in ORIENTATION_NAMES:
+        raise ValueError(f"orientation must be 1..8 or None, got {value!r}")
+    if value == 2:
+        return pixels[:, ::-1]
+    if value == 3:
+        return pixels[::-1, ::-1]
+    if value == 4:
+        return pixels[::-1]
+    turned = pixels.swapaxes(0, 1)  # 5: the transpose; the others are it flipped
+    return {5: turned, 6: turned[:, ::-1], 7: turned[::-1, ::-1], 8: turned[::-1]}[value]
+
+
+def displayed_size(hw: tuple[int, int], value: int | None) -> tuple[int, int]:
+    """``(H, W)`` of the picture an image of stored size ``hw`` is displayed as under orientation ``value``."""
+    return (hw[1], hw[0]) if transposes(value) else (hw[0], hw[1])
+
+
+# --------------------------------------------------------------------------------------------------- sizes
+
+_JPEG_SOF = frozenset([*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)])
+
+
+def image_header_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` of the stored grid as the image's header declares it, without decoding.
+
+    What a decoder allocates from: a JPEG's frame header (SOF, the first before the first scan; the segments
+    before it are skipped by their lengths, so a thumbnail inside EXIF is not taken for it), a PNG's IHDR, a
+    WebP's VP8 / VP8L frame header (which must agree with a VP8X canvas), a BMP's info header, a TIFF's IFD0
+    ImageWidth and ImageLength. Orientation tags are not applied here (see `displayed_size`).
+
+    Raises
+    ------
+    ImageError
+        When the format is unknown or its header is missing, cut short or declares an empty image.
+    """
+    head = data[:12]
+    if head[:3] == b"\xff\xd8\xff":
+        return _jpeg_size(data)
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageError("PNG has no IHDR chunk first")
+        return _checked_size("PNG IHDR", *struct.unpack_from(">II", data, 16)[::-1])
+    if head[:2] == b"BM":
+        return _bmp_size(data)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_size(data)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        entries = _tiff_entries(data, (_WIDTH_TAG, _LENGTH_TAG))
+        if len(entries) != 2:
+            raise ImageError("TIFF has no single ImageWidth and ImageLength in its first IFD")
+        return _checked_size("TIFF IFD0", entries[_LENGTH_TAG][0], entries[_WIDTH_TAG][0])
+    raise ImageError(f"not a JPEG, PNG, BMP, TIFF or WebP image (starts with {data[:8]!r})")
+
+
+def _checked_size(where: str, height: int, width: int) -> tuple[int, int]:
+    if height < 1 or width < 1:
+        raise ImageError(f"{where} declares an empty image ({height} x {width})")
+    return int(height), int(width)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos, n = 2, len(data)
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:  # fill bytes
+            pos += 1
+        if pos + 4 > n or data[pos] != 0xFF:
+            raise ImageError("JPEG ends, or its marker structure breaks, before its frame header (SOF)")
+        marker = data[pos + 1]
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):
+            raise ImageError("JPEG has no frame header (SOF) before its first scan")
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 9 > n:
+                raise ImageError("JPEG frame header (SOF) is cut short")
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            if height == 0:
+                raise ImageError("JPEG frame header declares height 0 (a DNL marker height, which decoders refuse)")
+            return _checked_size("JPEG frame header", height, width)
+        if length < 2:
+            raise ImageError(f"JPEG segment FF{marker:02X} has an invalid length {length}")
+        pos += 2 + length
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 18:
+        raise ImageError("BMP is cut short before its info header")
+    info = struct.unpack_from("<I", data, 14)[0]
+    if info == 12 and len(data) >= 22:  # BITMAPCOREHEADER: unsigned 16-bit sizes
+        width, height = struct.unpack_from("<HH", data, 18)
+    elif info >= 16 and len(data) >= 26:  # BITMAPINFOHEADER and later: signed, a negative height is top-down
+        width, height = struct.unpack_from("<ii", data, 18)
+        height = abs(height)
+    else:
+        raise ImageError(f"BMP info header of {info} bytes is unknown or cut short")
+    return _checked_size("BMP info header", height, width)
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunks, _, problem = webp_chunks(data)
+    if problem:
+        raise ImageError(problem)
+    if any(f in (b"ANIM", b"ANMF") for f, _ in chunks):
+        raise ImageError("animated WebP (a cache image is one still picture)")
+    frame = None
+    for fourcc, payload in chunks:
+        if fourcc == b"VP8 " and len(payload) >= 10 and payload[3:6] == b"\x9d\x01\x2a":
+            width, height = struct.unpack_from("<HH", payload, 6)
+            frame = (height & 0x3FFF, width & 0x3FFF)  # the top 2 bits are an upscaling hint decoders ignore
+        elif fourcc == b"VP8L" and len(payload) >= 5 and payload[0] == 0x2F:
+            bits = struct.unpack_from("<I", payload, 1)[0]
+            frame = (((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1)
+        else:
+            continue
+        break
+    if frame is None:
+        raise ImageError("WebP has no VP8 or VP8L frame header")
+    vp8x = next((p for f, p in chunks if f == b"VP8X"), None)
+    if vp8x is not None:
+        if len(vp8x) < 10:
+            raise ImageError("WebP VP8X chunk is cut short")
+        canvas = (int.from_bytes(vp8x[7:10], "little") + 1, int.from_bytes(vp8x[4:7], "little") + 1)
+        if canvas != frame:
+            raise ImageError(f"WebP canvas is {canvas[0]} x {canvas[1]}, its frame {frame[0]} x {frame[1]}")
+    return _checked_size("WebP frame header", *frame)

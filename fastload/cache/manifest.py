@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastload.cache.config import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
 from fastload.cache.format import (
     LABEL_MAGIC,
     LABEL_VERSION,
     MEMBER_KINDS,
     SCHEMA_VERSION,
     dumps_canonical,
+    loads_json,
     shard_stem,
 )
 from fastload.errors import CacheError
@@ -67,13 +69,18 @@ def pretty_json(value: Any) -> bytes:
 
 
 def read_json(path: Path, *, what: str) -> Any:
+    """A JSON file of the cache, parsed within `fastload.cache.format.loads_json`'s depth bound."""
     try:
         with open(path, "rb") as fh:
-            return json.loads(fh.read().decode("utf-8"))
+            data = fh.read()
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{what} {path} is unreadable or not JSON ({exc}); rebuild with --resume") from exc
+    except OSError as exc:
+        raise CacheError(f"{what} {path} is unreadable ({exc}); rebuild with --resume") from exc
+    try:
+        return loads_json(data, what=f"{what} {path}")
+    except CacheError as exc:
+        raise CacheError(f"{exc}; rebuild with --resume") from None
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
@@ -241,6 +248,9 @@ class Manifest:
     total_bytes: int
     member_bytes: MemberBytes
     split: SplitInfo | None = None  # set when the cache is one split of a build with --split
+    # the build's image rules; a cache built before they were recorded kept the stored grid, under the default limit
+    exif_orientation: str = "ignore"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -312,6 +322,12 @@ class _Node:
         value, path = self._get(key)
         if not (isinstance(value, str) or (optional and value is None)):
             raise _Malformed(f"{path} must be a string{' or null' if optional else ''}, got {_show(value)}")
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value, path = self._get(key)
+        if value not in allowed:
+            raise _Malformed(f"{path} must be one of {list(allowed)}, got {_show(value)}")
         return value
 
     def file_name(self, key: str) -> str:
@@ -390,6 +406,8 @@ def _parse(m: _Node, version: int) -> Manifest:
         total_bytes=m.node("bytes").integer("total"),
         member_bytes=MemberBytes(**{kind: members.integer(kind) for kind in BYTE_KINDS}),
         split=_split(m),
+        exif_orientation=cfg.choice("exif_orientation", EXIF_ORIENTATIONS) if "exif_orientation" in cfg.value else "ignore",
+        max_image_pixels=cfg.integer("max_image_pixels", minimum=1) if "max_image_pixels" in cfg.value else DEFAULT_MAX_IMAGE_PIXELS,
     )
 
 

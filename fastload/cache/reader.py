@@ -10,7 +10,6 @@ never across a read (a slow disk or a NAS then serves several reads at once).
 from __future__ import annotations
 
 import hashlib
-import json
 import operator
 import os
 import threading
@@ -31,9 +30,10 @@ from fastload.cache.format import (
     SampleMembers,
     decode_image,
     decode_label,
-    decode_meta,
+    loads_json,
 )
 from fastload.cache.manifest import Manifest, ShardInfo, load_manifest
+from fastload.cache.validate import check_instance_ids, checked_sample, shard_path
 from fastload.errors import CacheError, ConfigError
 
 _FIX = "run `fastload cache verify {root}` and rebuild with `fastload cache build ... --resume`"
@@ -94,15 +94,15 @@ class CacheDataset(Sequence):
         self._image_id = np.empty(n, np.int64)
         self._position = np.empty(n, np.int64)
         self._image_ext = np.empty(n, np.uint8)
+        self._tar_paths = [self._check_tar(shard) for shard in shards]  # real paths, inside the cache folder
         i = 0
         for s, shard in enumerate(shards):
-            self._check_tar(shard)
             for sample in self._read_index(shard):
                 self._add_sample(i, s, shard, sample)
                 i += 1
 
-    def _check_tar(self, shard: ShardInfo) -> None:
-        path = self._root / shard.file
+    def _check_tar(self, shard: ShardInfo) -> Path:
+        path = shard_path(self._root, shard.file)
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -112,9 +112,10 @@ class CacheDataset(Sequence):
                 f"shard {shard.file} has {size} bytes, the manifest says {shard.bytes} (truncated or replaced); "
                 + _FIX.format(root=self._root)
             )
+        return path
 
     def _read_index(self, shard: ShardInfo) -> list[dict[str, Any]]:
-        path = self._root / shard.index_file
+        path = shard_path(self._root, shard.index_file)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -127,9 +128,9 @@ class CacheDataset(Sequence):
                 "edited); " + _FIX.format(root=self._root)
             )
         try:
-            index = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CacheError(f"shard index {shard.index_file} is not JSON ({exc}); " + _FIX.format(root=self._root)) from exc
+            index = loads_json(data, what=f"shard index {shard.index_file}")
+        except CacheError as exc:
+            raise CacheError(f"{exc}; " + _FIX.format(root=self._root)) from None
         if not isinstance(index, dict) or index.get("schema_version") != SCHEMA_VERSION:
             raise CacheError(f"shard index {shard.index_file} has an unknown schema; " + _FIX.format(root=self._root))
         samples = index.get("samples")
@@ -142,6 +143,7 @@ class CacheDataset(Sequence):
             members = sample["members"]
             if [m["kind"] for m in members] != list(MEMBER_KINDS):
                 raise ValueError(f"members {[m['kind'] for m in members]}, expected {list(MEMBER_KINDS)}")
+            _check_spans(members, shard.bytes)
             start = members[0]["offset"]
             end = members[-1]["offset"] + members[-1]["size"]
             self._shard_of[i] = s
@@ -157,7 +159,7 @@ class CacheDataset(Sequence):
             self._image_id[i] = sample["image_id"]
             self._position[i] = int(sample["key"])
             self._image_ext[i] = IMAGE_EXTENSIONS.index(members[0]["name"].split(".", 1)[1])
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise CacheError(
                 f"shard index {shard.index_file}: sample {sample.get('key', '?') if isinstance(sample, dict) else '?'} "
                 f"is malformed ({exc}); " + _FIX.format(root=self._root)
@@ -206,7 +208,7 @@ class CacheDataset(Sequence):
             if handle is None:
                 shard = self._manifest.shards[s]
                 try:
-                    handle = _Handle(os.open(self._root / shard.file, os.O_RDONLY))
+                    handle = _Handle(os.open(self._tar_paths[s], os.O_RDONLY))
                 except FileNotFoundError:
                     raise CacheError(f"shard {shard.file} is missing from {self._root}; rebuild it with --resume") from None
                 self._fds[s] = handle
@@ -302,12 +304,15 @@ class CacheDataset(Sequence):
         return f"shard {self._manifest.shards[self._shard_of[i]].file}, sample {self.key(i)} (cache index {i})"
 
     def read_members(self, i: int) -> SampleMembers:
-        """The encoded members of sample ``i``: one read, each member's CRC-32 checked.
+        """The encoded members of sample ``i``: one read, each member's CRC-32 checked, then the members checked
+        against each other and the index from their headers (`fastload.cache.validate.checked_sample`), before
+        any decoder sees them; ``meta`` is parsed within bounds.
 
         Raises
         ------
         CacheError
-            Naming the shard file and the sample, when the shard is missing or short or a CRC disagrees.
+            Naming the shard file and the sample (and the member and field), when the shard is missing or short,
+            a CRC disagrees or a check fails.
         """
         i = self._index(i)
         s = int(self._shard_of[i])
@@ -336,10 +341,18 @@ class CacheDataset(Sequence):
                 )
             parts.append(bytes(data))
         image, sem, ins, meta = parts
-        try:
-            meta_dict = decode_meta(meta)
+        try:  # the content, before anything decodes it (fastload.cache.validate)
+            checked = checked_sample(
+                image=image,
+                semantic=sem,
+                instance=ins,
+                meta=meta,
+                hw=self.image_size(i),
+                image_id=self.image_id(i),
+                max_pixels=self._manifest.max_image_pixels,
+            )
         except CacheError as exc:
-            raise CacheError(f"{self._where(i)}: {exc}") from None
+            raise CacheError(f"{self._where(i)}: {exc}; " + _FIX.format(root=self._root)) from None
         return SampleMembers(
             shard=self._manifest.shards[s].file,
             key=self.key(i),
@@ -347,7 +360,8 @@ class CacheDataset(Sequence):
             image_ext=IMAGE_EXTENSIONS[self._image_ext[i]],
             semantic=sem,
             instance=ins,
-            meta=meta_dict,
+            meta=checked.meta,
+            layouts=(checked.semantic, checked.instance),
         )
 
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -373,17 +387,20 @@ class CacheDataset(Sequence):
 
 
 def decode_labels(members: SampleMembers, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The semantic (uint8) and instance (uint16) masks of a sample, (H, W) each, checked against its size ``hw``."""
+    """The semantic (uint8) and instance (uint16) masks of a sample, (H, W) each, checked against its size ``hw``
+    and, the instance ids, against the meta's instance count (`fastload.cache.validate.check_instance_ids`)."""
     semantic = decode_label(members.semantic, kind="sem")
     instance = decode_label(members.instance, kind="ins")
     for name, array in (("semantic", semantic), ("instance", instance)):
         if array.shape != tuple(hw):
             raise CacheError(f"{name} mask is {array.shape[0]} x {array.shape[1]}, the sample {hw[0]} x {hw[1]}")
+    check_instance_ids(instance, len(members.meta.get("instances", ())))
     return semantic, instance
 
 
 def decode_members(members: SampleMembers, hw: tuple[int, int]) -> dict[str, Any]:
-    """Decode a sample's stored members: ``image`` uint8 (H, W, 3) RGB, ``semantic`` uint8, ``instance`` int32, ``meta``.
+    """Decode a sample's members (as `CacheDataset.read_members` checked them): ``image`` uint8 (H, W, 3) RGB,
+    ``semantic`` uint8, ``instance`` int32, ``meta``.
 
     Raises CacheError when a member does not decode or disagrees with the sample's size ``hw``.
     """
@@ -391,10 +408,19 @@ def decode_members(members: SampleMembers, hw: tuple[int, int]) -> dict[str, Any
     if image.shape[:2] != tuple(hw):
         raise CacheError(f"image decodes to {image.shape[0]} x {image.shape[1]}, the sample is {hw[0]} x {hw[1]}")
     semantic, instance = decode_labels(members, hw)
-    meta = members.meta
-    if (meta.get("height"), meta.get("width")) != tuple(hw):
-        raise CacheError(f"meta says {meta.get('height')} x {meta.get('width')}, the index {hw[0]} x {hw[1]}")
-    return {"image": image, "semantic": semantic, "instance": instance.astype(np.int32), "meta": meta}
+    return {"image": image, "semantic": semantic, "instance": instance.astype(np.int32), "meta": members.meta}
+
+
+def _check_spans(members: list[dict[str, Any]], tar_bytes: int) -> None:
+    """A sample's members lie in order inside the tar (after their 512-byte headers): no read leaves the file."""
+    end = 0
+    for m in members:
+        offset, size = m["offset"], m["size"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, size, m["crc32"])):
+            raise ValueError(f"{m['name']}: offset, size and crc32 must be integers")
+        if offset < end + 512 or size < 0 or offset + size > tar_bytes:
+            raise ValueError(f"{m['name']}: {size} bytes at offset {offset} do not lie in order inside the {tar_bytes}-byte tar")
+        end = offset + size
 
 
 def _target_params(sigma: Any, stride: Any) -> tuple[float, int]:

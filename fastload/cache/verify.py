@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -11,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from fastload.cache.format import MEMBER_KINDS, SCHEMA_VERSION, SampleMembers, dali_index_text, decode_meta
+from fastload.cache.format import MEMBER_KINDS, SCHEMA_VERSION, SampleMembers, dali_index_text
 from fastload.cache.manifest import Manifest, ShardInfo, load_manifest, read_json, sha256_file
 from fastload.cache.reader import decode_members
+from fastload.cache.validate import checked_sample, shard_path
 from fastload.errors import CacheError
 
 
@@ -33,10 +35,13 @@ class VerifyReport:
 def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
     """Check a cache end to end; problems are collected, not raised, so one run lists them all.
 
-    Per shard: the tar, our JSON index and DALI's index exist with the manifest's sizes and sha256, and
-    DALI's index equals the one our index implies. Per sample: each member's tar header names it with the
-    right size, its CRC-32 matches, every member decodes to the sample's height and width, the instance mask
-    holds no id beyond the instance table, and the semantic mask only train ids of the manifest (or 255).
+    Per shard: the tar, our JSON index and DALI's index lie inside the cache folder (symlinks followed) and
+    exist with the manifest's sizes and sha256, and DALI's index equals the one our index implies. Per sample:
+    each member lies inside the tar, its tar header names it with the right size, its CRC-32 matches, the
+    members pass the loaders' own checks (`fastload.cache.validate.checked_sample`: headers, sizes, bounds),
+    every member decodes to the sample's height and width, the instance mask holds no id beyond the instance
+    table, and the semantic mask only train ids of the manifest (or 255). A hostile sample is reported like a
+    damaged one, and the run goes on.
 
     Raises
     ------
@@ -55,9 +60,10 @@ def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
             if samples is None:
                 bar.update(shard.samples)
                 continue
-            with open(root / shard.file, "rb") as fh:
+            with open(shard_path(root, shard.file), "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
                 for sample in samples:
-                    problem = _check_sample(fh, sample, manifest)
+                    problem = _check_sample(fh, size, sample, manifest)
                     if problem:
                         problems.append(f"{shard.file} sample {sample.get('key', '?')}: {problem}")
                     checked += 1
@@ -70,7 +76,11 @@ def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
 
 def _check_shard_files(root: Path, shard: ShardInfo, problems: list[str]) -> list[dict[str, Any]] | None:
     """Hash-check a shard's three files; return its index's samples when the tar is readable at all."""
-    tar = root / shard.file
+    try:
+        tar, index_path, dali = (shard_path(root, name) for name in (shard.file, shard.index_file, shard.dali_index))
+    except CacheError as exc:
+        problems.append(f"{shard.file}: {exc}")
+        return None
     if not tar.is_file():
         problems.append(f"{shard.file}: missing")
         return None
@@ -79,7 +89,6 @@ def _check_shard_files(root: Path, shard: ShardInfo, problems: list[str]) -> lis
         problems.append(f"{shard.file}: {size} bytes, the manifest says {shard.bytes} (truncated or replaced)")
     elif sha256_file(tar) != shard.sha256:
         problems.append(f"{shard.file}: sha256 differs from the manifest (corrupt data; see the samples below)")
-    index_path = root / shard.index_file
     if not index_path.is_file():
         problems.append(f"{shard.index_file}: missing (index of {shard.file})")
         return None
@@ -96,7 +105,6 @@ def _check_shard_files(root: Path, shard: ShardInfo, problems: list[str]) -> lis
     except (CacheError, KeyError, TypeError, ValueError) as exc:
         problems.append(f"{shard.index_file}: malformed ({exc})")
         return None
-    dali = root / shard.dali_index
     if not dali.is_file():
         problems.append(f"{shard.dali_index}: missing (DALI index of {shard.file})")
     elif dali.read_bytes() != expected_idx:
@@ -104,27 +112,26 @@ def _check_shard_files(root: Path, shard: ShardInfo, problems: list[str]) -> lis
     return samples
 
 
-def _check_sample(fh: Any, sample: dict[str, Any], manifest: Manifest) -> str | None:
+def _check_sample(fh: Any, tar_bytes: int, sample: dict[str, Any], manifest: Manifest) -> str | None:
     try:
         members = sample["members"]
         if [m["kind"] for m in members] != list(MEMBER_KINDS):
             return f"members {[m['kind'] for m in members]}, expected {list(MEMBER_KINDS)}"
         data = {}
         for m in members:
-            fh.seek(m["offset"] - 512)
-            raw = fh.read(512 + m["size"])
-            if len(raw) != 512 + m["size"]:
-                return f"member {m['name']}: the shard ends early"
-            try:
-                header = tarfile.TarInfo.frombuf(raw[:512], "utf-8", "strict")
-            except tarfile.HeaderError as exc:
-                return f"member {m['name']}: its tar header is corrupt ({exc})"
-            if header.name != m["name"] or header.size != m["size"]:
-                return f"member {m['name']}: tar header says {header.name!r} of {header.size} bytes"
-            payload = raw[512:]
-            if zlib.crc32(payload) != m["crc32"]:
-                return f"member {m['name']}: CRC-32 mismatch (corrupt data)"
+            payload = _read_member(fh, tar_bytes, m)
+            if isinstance(payload, str):
+                return payload
             data[m["kind"]] = payload
+        checked = checked_sample(
+            image=data["image"],
+            semantic=data["sem"],
+            instance=data["ins"],
+            meta=data["meta"],
+            hw=(sample["height"], sample["width"]),
+            image_id=sample["image_id"],
+            max_pixels=manifest.max_image_pixels,
+        )
         members_obj = SampleMembers(
             shard="",
             key=sample["key"],
@@ -132,19 +139,37 @@ def _check_sample(fh: Any, sample: dict[str, Any], manifest: Manifest) -> str | 
             image_ext=members[0]["name"].split(".", 1)[1],
             semantic=data["sem"],
             instance=data["ins"],
-            meta=decode_meta(data["meta"]),
+            meta=checked.meta,
         )
         decoded = decode_members(members_obj, (sample["height"], sample["width"]))
-        if decoded["meta"].get("image_id") != sample["image_id"]:
-            return f"meta image_id {decoded['meta'].get('image_id')} differs from the index's {sample['image_id']}"
-        n = len(decoded["meta"].get("instances", []))
-        if int(decoded["instance"].max(initial=0)) > n:
-            return f"instance mask has id {int(decoded['instance'].max())} but meta lists {n} instances"
         labels = set(np.unique(decoded["semantic"]).tolist()) - {255}
         if labels and max(labels) >= manifest.num_classes:
             return f"semantic mask holds train id {max(labels)}; the manifest has {manifest.num_classes - 1} classes"
     except (CacheError, tarfile.TarError) as exc:
         return str(exc)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         return f"index entry malformed ({type(exc).__name__}: {exc})"
     return None
+
+
+def _read_member(fh: Any, tar_bytes: int, m: dict[str, Any]) -> bytes | str:
+    """A member's bytes, its tar header and CRC-32 checked; or the problem. Reads only inside the tar."""
+    offset, size = m["offset"], m["size"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, size)):
+        return f"member {m['name']}: offset and size must be integers, got {offset!r} and {size!r}"
+    if offset < 512 or size < 0 or offset + size > tar_bytes:
+        return f"member {m['name']}: {size} bytes at offset {offset} do not lie inside the {tar_bytes}-byte tar"
+    fh.seek(offset - 512)
+    raw = fh.read(512 + size)
+    if len(raw) != 512 + size:
+        return f"member {m['name']}: the shard ends early"
+    try:
+        header = tarfile.TarInfo.frombuf(raw[:512], "utf-8", "strict")
+    except tarfile.HeaderError as exc:
+        return f"member {m['name']}: its tar header is corrupt ({exc})"
+    if header.name != m["name"] or header.size != size:
+        return f"member {m['name']}: tar header says {header.name!r} of {header.size} bytes"
+    payload = raw[512:]
+    if zlib.crc32(payload) != m["crc32"]:
+        return f"member {m['name']}: CRC-32 mismatch (corrupt data)"
+    return payload

@@ -1,6 +1,7 @@
 """`build_cache`: COCO + images → sharded cache (tar shards, both indexes, completion records, manifest).
 
-The work is a thin shell around pure functions: ``load_coco`` validates the annotations, ``rasterize_image``
+The work is a thin shell around pure functions: ``load_coco`` validates the annotations,
+`fastload.cache.imagefile.read_checked_image` checks and normalises each image file, ``rasterize_image``
 makes the masks and ``instance_table`` the instance table, `fastload.cache.format` encodes them. Each worker process builds whole
 shards, so a shard's bytes depend only on its images and the config (never on the worker count), and every
 file appears atomically: ``*.tmp`` then ``os.replace``, the shard's ``.done.json`` last, ``manifest.json``
@@ -32,7 +33,6 @@ import numpy as np
 from tqdm import tqdm
 
 from fastload import __version__
-from fastload.cache import images
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
     LABEL_DTYPES,
@@ -47,9 +47,8 @@ from fastload.cache.format import (
     encode_meta,
     sample_key,
     shard_stem,
-    sniff_image_format,
-    truncation_problem,
 )
+from fastload.cache.imagefile import read_checked_image
 from fastload.cache.lock import build_lock, storage_error
 from fastload.cache.manifest import (
     MANIFEST_NAME,
@@ -92,95 +91,10 @@ class _SampleProblem(Exception):
 
 
 @dataclass(frozen=True)
-class CheckedImage:
-    """An image ready to store: its bytes, the extension of their content, and how the build normalised them.
-
-    normalised : None when ``data`` are the file's bytes unchanged; else what was done, in words (the
-        manifest's ``normalised[].what``)
-    """
-
-    data: bytes
-    fmt: str
-    normalised: str | None = None
-
-
-def read_checked_image(path: Path, height: int, width: int) -> CheckedImage:
-    """Read an image file, check it fully and normalise what decoders would read differently.
-
-    Checks: the file exists and is not empty, its magic bytes name a supported format, it is not truncated
-    (see `truncation_problem`), it decodes completely, and the decoded size equals the COCO ``height`` x
-    ``width``. A PNG named ``.jpg`` is accepted (decoders go by content) and stored as ``.png``. Normalised
-    (`fastload.cache.images`): a JPEG is cut after its end-of-image marker, a WebP loses its metadata chunks,
-    a TIFF becomes a PNG of its stored pixel grid. An orientation tag is never applied: COCO coordinates
-    address the stored grid, and a COCO size that is the *displayed* size is refused with that explanation.
-
-    Raises
-    ------
-    _SampleProblem
-        With the reason, for the caller to turn into an ImageError or a skip.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise _SampleProblem("image", f"file not found: {path}") from None
-    except OSError as exc:
-        raise _SampleProblem("image", f"file unreadable: {path} ({exc.strerror or exc})") from None
-    if not data:
-        raise _SampleProblem("image", f"file is empty (0 bytes): {path}")
-    fmt = sniff_image_format(data)
-    if fmt is None:
-        raise _SampleProblem("image", f"not a JPEG, PNG, BMP, TIFF or WebP file (starts with {data[:8]!r}): {path}")
-    problem = truncation_problem(data, fmt)
-    if problem:
-        raise _SampleProblem("image", f"{problem}: {path}")
-    tag = images.orientation(data, fmt)
-    data, normalised = _normalise_container(data, fmt, tag, path)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if decoded is None:
-        raise _SampleProblem("image", f"{fmt} file does not decode: {path}")
-    if decoded.shape[:2] != (height, width):
-        raise _SampleProblem("image", _size_problem(decoded.shape[:2], (height, width), tag, path))
-    if fmt == "tif":
-        # OpenCV's reading of the stored grid (tag set to 1 above), losslessly: every loader decodes a PNG alike
-        data, fmt = cv2.imencode(".png", decoded)[1].tobytes(), "png"
-    return CheckedImage(data, fmt, normalised)
-
-
-def _normalise_container(data: bytes, fmt: str, tag: int | None, path: Path) -> tuple[bytes, str | None]:
-    """The bytes to decode and store (before a TIFF's re-encoding), and what was changed, or None."""
-    if fmt == "jpg":
-        end, _ = images.jpeg_end(data)  # truncation_problem checked that it has one
-        if end is not None and end < len(data):
-            return data[:end], f"dropped {len(data) - end} bytes after the JPEG's end-of-image marker (appended data)"
-    elif fmt == "webp":
-        if images.webp_animated(data):
-            raise _SampleProblem(
-                "image", f"animated WebP: a COCO image is one still picture; save the annotated frame as PNG: {path}"
-            )
-        return images.webp_without_metadata(data)
-    elif fmt == "tif":
-        turned = f"; its Orientation tag {tag} is not applied: COCO coordinates address the stored grid" if tag not in (None, 1) else ""
-        return images.tiff_with_orientation_1(data), f"TIFF re-encoded as PNG, losslessly from the pixels OpenCV decodes{turned}"
-    return data, None
-
-
-def _size_problem(decoded: tuple[int, int], coco: tuple[int, int], tag: int | None, path: Path) -> str:
-    text = f"decoded size {decoded[0]} x {decoded[1]} (H x W) differs from the COCO entry's {coco[0]} x {coco[1]}"
-    if images.transposes(tag) and tuple(coco) == tuple(decoded)[::-1]:
-        text += (
-            f", the size its orientation tag ({tag}) displays it at; fastload never applies orientation tags (COCO "
-            "coordinates address the stored pixel grid, in every loader): annotate the stored grid "
-            f"({decoded[0]} x {decoded[1]}), or rotate the file's pixels and drop the tag (e.g. "
-            "PIL.ImageOps.exif_transpose, then save) and annotate the rotated image"
-        )
-    return f"{text}: {path}"
-
-
-@dataclass(frozen=True)
 class EncodedSample:
     """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it.
 
-    normalised : how the build changed the image's bytes (`CheckedImage.normalised`), or None
+    normalised : how the build changed the image's bytes (`fastload.cache.imagefile.CheckedImage.normalised`), or None
     """
 
     members: tuple[tuple[str, str, bytes], ...]
@@ -194,7 +108,10 @@ def encode_sample(record: Any, position: int, image_root: Path, cfg: CacheConfig
         path = resolve_image_path(image_root, record)
     except AnnotationError as exc:
         raise _SampleProblem("annotation", str(exc)) from None
-    image = read_checked_image(path, record.height, record.width)
+    try:
+        image = read_checked_image(path, record.height, record.width, cfg)
+    except ImageError as exc:
+        raise _SampleProblem("image", str(exc)) from None
     raster = rasterize_image(record)
     if len(raster.instances) > MAX_INSTANCES:
         raise _SampleProblem(

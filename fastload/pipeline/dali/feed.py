@@ -24,11 +24,12 @@ import numpy as np
 
 from fastload.augment.config import AugmentConfig
 from fastload.cache.format import MAX_INSTANCES, SampleMembers
+from fastload.cache.validate import checked_label_layouts
 from fastload.errors import CacheError
 from fastload.pipeline.dali.inputs import (
+    SampleError,
     cpu_label_columns,
     gpu_label_columns,
-    label_layouts,
     padded_bytes,
     param_columns,
 )
@@ -86,35 +87,33 @@ class FeedJob:
         image, image_len = padded_bytes([m.image for m, _ in samples])
         columns = {"image": image, "image_len": image_len}
         semantic, instance = [m.semantic for m, _ in samples], [m.instance for m, _ in samples]
+        layouts, counts = [lay for _, lay in samples], [_instance_count(m) for m, _ in samples]
         if self.spec.device == "gpu":
-            columns.update(gpu_label_columns(semantic, instance, [layouts for _, layouts in samples]))
+            columns.update(gpu_label_columns(semantic, instance, layouts))
         else:
-            columns.update(self._decoded(semantic, instance, samples))
+            try:
+                columns.update(cpu_label_columns(semantic, instance, layouts, counts))
+            except SampleError as exc:
+                k = exc.position
+                raise CacheError(f"{_name(samples[k][0], indices[k])}: {exc}; {_FIX}") from None
         columns.update(param_columns(params, hws, self.spec))
-        info = {
-            "max_id": max((_instance_count(m) for m, _ in samples), default=0),
-            "names": [_name(m, i) for (m, _), i in zip(samples, indices, strict=True)],
-        }
+        info = {"max_id": max(counts, default=0), "names": [_name(m, i) for (m, _), i in zip(samples, indices, strict=True)]}
         return {name: columns[name] for name in self.spec.inputs}, info
 
-    def _checked(self, index: int) -> tuple[SampleMembers, dict]:
-        """Read sample ``index`` (a CacheError from the read names shard and sample) and check its members."""
+    def _checked(self, index: int) -> tuple[SampleMembers, tuple]:
+        """Read sample ``index`` (the cache's read checks every member: fastload.cache.validate; its CacheError
+        names shard and sample) and return its members with their label headers (band tables)."""
         members = self._reads.take(index)
-        try:
-            layouts = label_layouts(members.semantic, members.instance, self.cache.image_size(index))
+        if members.layouts is not None:
+            return members, members.layouts
+        try:  # a cache that hands members over unchecked (a test double): the same checks here
+            layouts = checked_label_layouts(members.semantic, members.instance, self.cache.image_size(index))
             count = _instance_count(members)
             if count > MAX_INSTANCES:
                 raise CacheError(f"meta lists {count} instances, more than an instance mask holds ({MAX_INSTANCES})")
         except CacheError as exc:
             raise CacheError(f"{_name(members, index)}: {exc}; {_FIX}") from None
         return members, layouts
-
-    def _decoded(self, semantic, instance, samples) -> dict[str, np.ndarray]:
-        try:
-            return cpu_label_columns(semantic, instance, [layouts for _, layouts in samples])
-        except CacheError as exc:  # name the batch: the decoder does not know which sample it was on
-            names = ", ".join(_name(m, -1) for m, _ in samples)
-            raise CacheError(f"a label member of the samples {names}: {exc}; {_FIX}") from None
 
 
 def _instance_count(members: SampleMembers) -> int:

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from fastload.augment.params import ParamsBatch, affine_matrices, shadow_bands
-from fastload.cache.format import LABEL_DTYPES, LABEL_FILL, LabelLayout, decode_label, parse_label
+from fastload.cache.format import LABEL_FILL, LabelLayout, decode_label
+from fastload.cache.validate import check_instance_ids
 from fastload.errors import CacheError
 from fastload.pipeline.dali.spec import SCALARS, SHADOW_SCALARS, GraphSpec
 
-KINDS = ("sem", "ins")
-WHAT = {"sem": "semantic", "ins": "instance"}
+KINDS = ("sem", "ins")  # the order of a sample's (semantic, instance) layouts
 
 
 def param_columns(params: ParamsBatch, src_hw: np.ndarray, spec: GraphSpec) -> dict[str, np.ndarray]:
@@ -46,35 +46,21 @@ def padded_bytes(members: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths
 
 
-def label_layouts(semantic: bytes, instance: bytes, hw: tuple[int, int]) -> dict[str, LabelLayout]:
-    """Both label members' headers, checked against each other's kind and the sample's size ``hw``.
-
-    Raises CacheError naming the member and the field when a header is malformed, holds the wrong dtype, or
-    describes another size than the sample's.
-    """
-    layouts = {}
-    for kind, data in (("sem", semantic), ("ins", instance)):
-        layout = parse_label(data, what=WHAT[kind])
-        if layout.dtype != LABEL_DTYPES[kind]:
-            raise CacheError(f"{WHAT[kind]} member holds {layout.dtype.name}, expected {LABEL_DTYPES[kind].name}")
-        if (layout.height, layout.width) != tuple(hw):
-            raise CacheError(f"{kind} member is {layout.height} x {layout.width}, the sample {hw[0]} x {hw[1]}")
-        layouts[kind] = layout
-    return layouts
-
-
-def gpu_label_columns(semantic: Sequence[bytes], instance: Sequence[bytes], layouts: Sequence[dict[str, LabelLayout]]) -> dict[str, np.ndarray]:
+def gpu_label_columns(
+    semantic: Sequence[bytes], instance: Sequence[bytes], layouts: Sequence[tuple[LabelLayout, LabelLayout]]
+) -> dict[str, np.ndarray]:
     """``labels`` (both members, padded), and per kind ``*_chunks`` (offsets and sizes of the LZ4 bands in ``labels``)
-    and ``*_dims`` (bands, rows, width, padded height, width, 1): what ``fn.decoders.inflate`` needs."""
+    and ``*_dims`` (bands, rows, width, padded height, width, 1): what ``fn.decoders.inflate`` needs. ``layouts``:
+    each sample's (semantic, instance) headers as `fastload.cache.validate.checked_label_layouts` checked them."""
     rows = [s + i for s, i in zip(semantic, instance, strict=True)]
     labels, _ = padded_bytes(rows)
     out = {"labels": labels}
     for kind in KINDS:
-        bands = max((len(lay[kind].band_sizes) for lay in layouts), default=0)
+        bands = max((len(lay[KINDS.index(kind)].band_sizes) for lay in layouts), default=0)
         chunks = np.zeros((len(layouts), 2, bands), np.int32)
         dims = np.zeros((len(layouts), 6), np.int32)
         for k, lay in enumerate(layouts):
-            layout, start = lay[kind], 0 if kind == "sem" else len(semantic[k])
+            layout, start = lay[KINDS.index(kind)], 0 if kind == "sem" else len(semantic[k])
             b = len(layout.band_sizes)
             chunks[k, 0, :b] = layout.band_offsets + start
             chunks[k, 1, :b] = layout.band_sizes
@@ -84,12 +70,16 @@ def gpu_label_columns(semantic: Sequence[bytes], instance: Sequence[bytes], layo
 
 
 def cpu_label_columns(
-    semantic: Sequence[bytes], instance: Sequence[bytes], layouts: Sequence[dict[str, LabelLayout]]
+    semantic: Sequence[bytes], instance: Sequence[bytes], layouts: Sequence[tuple[LabelLayout, LabelLayout]], counts: Sequence[int]
 ) -> dict[str, np.ndarray]:
     """``sem`` uint8 and ``ins`` int16 (N, H, W, 1): the decoded masks, padded to the batch's largest (H, W) with
     each mask's fill, which a nearest warp reads exactly as it reads outside the image. ``layouts``: each sample's
-    checked headers (`label_layouts`)."""
-    hws = np.array([(lay["sem"].height, lay["sem"].width) for lay in layouts], np.int64).reshape(len(layouts), 2)
+    checked headers; ``counts``: each sample's instance count (its meta's), which its ids may not exceed.
+
+    Raises CacheError for a member that does not decode to its header's size, or holds ids above its count;
+    `SampleError` says which sample of the batch it was.
+    """
+    hws = np.array([(sem.height, sem.width) for sem, _ in layouts], np.int64).reshape(len(layouts), 2)
     n = len(semantic)
     h, w = (int(v) for v in hws.max(axis=0)) if n else (0, 0)
     out = {
@@ -98,7 +88,20 @@ def cpu_label_columns(
     }
     for k in range(n):
         sh, sw = int(hws[k, 0]), int(hws[k, 1])
-        out["sem"][k, :sh, :sw, 0] = decode_label(semantic[k], kind="sem", layout=layouts[k]["sem"])
-        # uint16 ids <= 32767 (the cache's limit, checked by the feed) are the same numbers as int16
-        out["ins"][k, :sh, :sw, 0] = decode_label(instance[k], kind="ins", layout=layouts[k]["ins"]).view(np.int16)
+        try:
+            out["sem"][k, :sh, :sw, 0] = decode_label(semantic[k], kind="sem", layout=layouts[k][0])
+            ins = decode_label(instance[k], kind="ins", layout=layouts[k][1])
+            check_instance_ids(ins, counts[k])
+        except CacheError as exc:
+            raise SampleError(k, exc) from None
+        # uint16 ids <= 32767 (checked just above) are the same numbers as int16
+        out["ins"][k, :sh, :sw, 0] = ins.view(np.int16)
     return out
+
+
+class SampleError(CacheError):
+    """A CacheError about sample ``position`` of a batch (the caller names it)."""
+
+    def __init__(self, position: int, error: CacheError) -> None:
+        super().__init__(str(error))
+        self.position = position
