@@ -21,7 +21,7 @@ class Reads:
 
     def __init__(self, *, sizes=None, max_delay=0.004, bad=(), seed=0, slow=None) -> None:
         self.sizes = sizes or {}
-        self.max_delay, self.bad, self.slow = max_delay, set(bad), slow or {}
+        self.max_delay, self.bad, self.slow = max_delay, set(bad), {100: 0.1, **(slow or {})}
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.running = self.peak = self.bytes = self.peak_bytes = self.calls = 0
@@ -149,6 +149,7 @@ def test_close_with_reads_in_flight_leaves_no_thread_and_starts_nothing_more():
     reads = Reads(max_delay=0.0, slow={i: 0.1 for i in range(100)})
     before = set(_io_threads())  # another test's loader may still be waiting for the garbage collector
     prefetcher = Prefetcher(reads, sample_bytes=reads.size, io_threads=8, max_bytes=1 << 20)
+    prefetcher.take(100)  # read here: it waits, so the pool takes the next wishes
     prefetcher.want(list(range(100)), now=False)
     time.sleep(0.02)
     assert reads.running > 0
@@ -165,3 +166,27 @@ def test_close_with_reads_in_flight_leaves_no_thread_and_starts_nothing_more():
 def test_bounds_must_be_positive_integers(name, value):
     with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
         Prefetcher(Reads(), sample_bytes=lambda i: 1, **{"io_threads": 4, "max_bytes": 10, name: value})
+
+
+def test_reads_that_do_not_wait_are_done_on_the_calling_thread():
+    # a page-cache hit costs CPU, not waiting: handing it to a thread only adds the hand-over (and GIL traffic)
+    def busy(index: int):
+        end = time.thread_time() + 0.0002  # 0.2 ms of CPU, no waiting
+        while time.thread_time() < end:
+            pass
+        return threading.current_thread().name
+
+    with Prefetcher(busy, sample_bytes=lambda i: 1, io_threads=8, max_bytes=100) as prefetcher:
+        names = [name for batch in consume(prefetcher, [[3 * k, 3 * k + 1, 3 * k + 2] for k in range(10)]) for name in batch]
+        assert prefetcher.inline
+    assert set(names) == {threading.current_thread().name}
+
+
+def test_the_first_read_that_waits_turns_the_pool_on_for_what_is_wanted():
+    reads = Reads(max_delay=0.0, slow={i: 0.03 for i in range(12)})
+    with Prefetcher(reads, sample_bytes=reads.size, io_threads=8, max_bytes=1 << 20) as prefetcher:
+        assert prefetcher.inline  # nothing measured yet
+        out = consume(prefetcher, [list(range(6)), list(range(6, 12))])
+        assert not prefetcher.inline
+    assert out == [[f"sample {i}" for i in range(6)], [f"sample {i}" for i in range(6, 12)]]
+    assert reads.peak > 1  # after the first read, the rest of the batch was read at once

@@ -42,9 +42,10 @@ DEFAULT_MAX_BYTES = 64 << 20
 """64 MiB per reading process: ~250 samples of 800x600 photos, several batches of 48."""
 MIN_DEPTH = 4
 START_DEPTH = 16
-INLINE_LATENCY = 50e-6
-"""Reads faster than this (seconds, measured: a page-cache hit) cost less on the calling thread than handing
-them to a pool thread does; slower ones (a disk, a NAS) go to the pool, as many at once as Little's law asks."""
+INLINE_WAIT = 100e-6
+"""Reads that wait less than this (seconds, measured: a read's wall time minus its own CPU time; a page-cache hit)
+cost less on the calling thread than handing them to a pool thread does — the CPU part (CRCs, checks) holds the
+GIL either way; reads that wait longer (a disk, a NAS) go to the pool, as many at once as Little's law asks."""
 _RATE_WINDOW = 64  # takes over which the consumer's rate is measured
 _LATENCY_WEIGHT = 0.2  # of each new read in the running mean of read durations
 
@@ -84,11 +85,13 @@ class Prefetcher(Generic[T]):
         self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)  # notified whenever a read finishes
         self._reads: dict[int, tuple[Future, int]] = {}  # submitted, not taken: future and bytes
-        self._ahead: dict[int, None] = {}  # wanted ahead, not yet submitted (an ordered set)
+        self._now: dict[int, None] = {}  # wanted now, not yet submitted (an ordered set)
+        self._ahead: dict[int, None] = {}  # wanted ahead, not yet submitted
         self._held = 0  # bytes of the reads in _reads
         self._flying = 0  # bytes of the reads submitted and not finished
         self._running = 0
         self._latency: float | None = None  # running mean of read durations, seconds
+        self._wait: float | None = None  # running mean of the part of a read spent off the CPU, seconds
         self._takes: deque[float] = deque(maxlen=_RATE_WINDOW)
         self._closed = False
 
@@ -96,29 +99,18 @@ class Prefetcher(Generic[T]):
     def want(self, indices: Sequence[int], *, now: bool) -> None:
         """Samples to read: needed ``now`` (read at once, bytes in flight permitting), or ahead (as depth allows).
 
-        When reads take less than handing them to a thread costs (`INLINE_LATENCY`: the page cache), nothing is
-        read ahead: `take` reads on the calling thread.
+        While reads hardly wait (`INLINE_WAIT`: the page cache), the wishes are only noted and `take` reads on the
+        calling thread; the first read that waits turns the pool on, for these wishes too.
         """
-        if self.inline:
-            return
-        if not now:
-            with self._lock:
-                for i in indices:
-                    i = int(i)
-                    if i not in self._reads:
-                        self._ahead[i] = None
-            self._pump()
-            return
-        for i in indices:
-            i = int(i)
-            size = self._sample_bytes(i)
-            with self._lock:
-                if i in self._reads:
-                    continue
-                self._ahead.pop(i, None)
-                while self._flying and self._flying + size > self.max_bytes:
-                    self._room.wait()
-                self._submit(i, size)
+        with self._lock:
+            wishes = self._now if now else self._ahead
+            for i in indices:
+                i = int(i)
+                if i not in self._reads and i not in self._now:
+                    self._ahead.pop(i, None)
+                    wishes[i] = None
+        if not self.inline:
+            self._submit_wishes()
 
     def take(self, index: int) -> T:
         """Sample ``index``: the read's result (or its error); read here and now if it was not read ahead."""
@@ -129,13 +121,35 @@ class Prefetcher(Generic[T]):
             if entry is not None:
                 self._held -= entry[1]
             else:
+                self._now.pop(index, None)
                 self._ahead.pop(index, None)
         if entry is None:
-            return self._timed_read(index)
+            try:
+                return self._timed_read(index)
+            finally:
+                if not self.inline:  # this read waited: the others wanted go to the pool now
+                    self._submit_wishes()
         try:
             return entry[0].result()
         finally:
             self._pump()
+
+    def _submit_wishes(self) -> None:
+        """Submit the samples wanted now (bytes in flight permitting), then read ahead as depth allows."""
+        while True:
+            with self._lock:
+                if not self._now or self._closed:
+                    break
+                index = next(iter(self._now))
+            size = self._sample_bytes(index)
+            with self._lock:
+                if index not in self._now:  # taken meanwhile
+                    continue
+                del self._now[index]
+                while self._flying and self._flying + size > self.max_bytes:
+                    self._room.wait()
+                self._submit(index, size)
+        self._pump()
 
     def forget_except(self, keep: set[int]) -> None:
         """Drop reads and wishes outside ``keep`` (a wrong guess about what comes next), freeing their bytes."""
@@ -145,6 +159,7 @@ class Prefetcher(Generic[T]):
                 future.cancel()
                 self._held -= size
             self._ahead = {i: None for i in self._ahead if i in keep}
+            self._now = {i: None for i in self._now if i in keep}
 
     @property
     def depth(self) -> int:
@@ -153,8 +168,9 @@ class Prefetcher(Generic[T]):
 
     @property
     def inline(self) -> bool:
-        """Whether reads are so fast (measured) that `take` reads them on the calling thread instead."""
-        return self._latency is not None and self._latency < INLINE_LATENCY
+        """Whether reads hardly wait, so that `take` reads them on the calling thread instead: until a read is
+        measured to wait (the first `take` reads on the calling thread and measures), and while they do not."""
+        return self._wait is None or self._wait < INLINE_WAIT
 
     @property
     def bytes_held(self) -> int:
@@ -175,6 +191,7 @@ class Prefetcher(Generic[T]):
             for future, _ in self._reads.values():
                 future.cancel()
             self._reads.clear()
+            self._now.clear()
             self._ahead.clear()
             self._held = 0
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -210,12 +227,14 @@ class Prefetcher(Generic[T]):
         future.add_done_callback(lambda _f: self._finished(size))
 
     def _timed_read(self, index: int) -> T:
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.thread_time()
         try:
             return self._read(index)
         finally:
             took = time.monotonic() - start
+            waited = max(0.0, took - (time.thread_time() - cpu))
             self._latency = took if self._latency is None else self._latency + _LATENCY_WEIGHT * (took - self._latency)
+            self._wait = waited if self._wait is None else self._wait + _LATENCY_WEIGHT * (waited - self._wait)
 
     def _finished(self, size: int) -> None:
         with self._lock:
