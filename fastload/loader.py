@@ -7,9 +7,13 @@ augmentation parameters, resumable state — and hands a backend an iterator of 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from fastload.pipeline.prefetch import DEFAULT_IO_THREADS
 from fastload.sampling import epoch_order, num_batches, rank_batches
 
 DEVICES = ("auto", "cuda", "cuda:N", "cpu")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the fingerprint of the cache, the augmentation and the size (1 had none; still loads)
 
 
 class _LoaderShell:
@@ -102,6 +106,7 @@ class _LoaderShell:
         self._epoch = 0  # the epoch of the current (or next) pass
         self._yielded = 0  # batches of that pass yielded so far
         self._resume: int | None = None  # set by load_state_dict: where the next pass starts
+        self._iterating: threading.Thread | None = None  # the thread whose pass is running
         self._backend = None
 
     @property
@@ -155,6 +160,13 @@ class _LoaderShell:
         return self._epoch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        me, other = threading.current_thread(), self._iterating
+        if other is not None and other is not me and other.is_alive():
+            raise RuntimeError(
+                f"{self._name} is being iterated in thread {other.name!r}: a loader makes one pass at a time (a second "
+                "pass would take its batches); give each thread its own loader, or end that thread's loop first"
+            )
+        self._iterating = me
         # a new pass starts at batch 0 of the current epoch, or where load_state_dict said
         epoch, start = self._epoch, self._resume or 0
         self._resume, self._yielded = None, start
@@ -168,6 +180,8 @@ class _LoaderShell:
                 self._yielded += 1
                 yield self._output(batch)
         finally:
+            if self._iterating is me:
+                self._iterating = None
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
@@ -205,13 +219,38 @@ class _LoaderShell:
             "rank": self.rank,
             "world_size": self.world_size,
             "num_samples": len(self.cache),
+            "fingerprint": self.fingerprint,
+        }
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one beyond the counts: the cache's content (the hash of its
+        shards' sha256s; None for a cache object that has none), the augmentation config and the output size."""
+        config = json.dumps(dataclasses.asdict(self.augment), sort_keys=True, default=str).encode()
+        return {
+            "cache": getattr(self.cache, "fingerprint", None),
+            "augment": hashlib.sha256(config).hexdigest()[:16],
+            "size": list(self.size),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``; the next iteration starts at its batch. Mismatched setups are errors."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"state must be a dict from state_dict() with version {STATE_VERSION}, got {state!r}")
+        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
+            raise ValueError(
+                f"state must be a dict from state_dict() with version {STATE_VERSION}, got {validation.short_repr(state)}"
+            )
         current = self.state_dict()
+        saved = state.get("fingerprint") or {}  # version 1 states have none
+        what = {"cache": "the cache's content (another cache, or one rebuilt)", "augment": "the augmentation config",
+                "size": "the output size"}  # fmt: skip
+        for key, words in what.items():
+            if key in saved and saved[key] is not None and current["fingerprint"][key] is not None:
+                if saved[key] != current["fingerprint"][key]:
+                    raise ValueError(
+                        f"load_state_dict: {words} differs from the run that saved the state ({key}: "
+                        f"{validation.short_repr(saved[key])} then, {current['fingerprint'][key]!r} now); a resumed "
+                        "run must see the same samples with the same augmentation to continue it exactly"
+                    )
         for key in ("seed", "shuffle", "drop_last", "batch_size", "rank", "world_size", "num_samples"):
             mine = current[key]
             if state.get(key) != mine:

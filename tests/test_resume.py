@@ -52,6 +52,48 @@ def test_state_from_another_setup_is_refused(cache):
         b.load_state_dict(a.state_dict())
 
 
+def test_state_from_another_cache_augmentation_or_size_is_refused_naming_it(cache, tmp_path):
+    other_cache = make_synth_cache(tmp_path, n=13, seed=1)  # as many samples, other content
+    state = make_loader("cpu", cache, batch_size=4, augment="default").state_dict()
+    for kwargs, words in (
+        ({"cache": other_cache}, r"the cache's content \(another cache, or one rebuilt\)"),
+        ({"augment": "none"}, "the augmentation config"),
+        ({"size": (48, 48)}, "the output size"),
+    ):
+        setup = {"cache": cache, "batch_size": 4, "augment": "default", **kwargs}
+        loader = make_loader("cpu", setup.pop("cache"), **setup)
+        with pytest.raises(ValueError, match=f"load_state_dict: {words} differs"):
+            loader.load_state_dict(state)
+    same = make_loader("cpu", cache, batch_size=4, augment="default")
+    same.load_state_dict(state)  # the same setup resumes
+    old = {k: v for k, v in state.items() if k != "fingerprint"} | {"version": 1}
+    same.load_state_dict(old)  # a state saved before fingerprints: counts checked, nothing more to check
+
+
+@pytest.mark.parametrize("kind", LOADER_KINDS)
+def test_a_second_thread_iterating_a_loader_is_refused_and_the_first_is_unharmed(kind, cache):
+    import threading
+
+    loader = make_loader(kind, cache, batch_size=2, augment="none", shuffle=False)
+    first = iter(loader)
+    got = [next(first)["index"].tolist()]
+    errors = []
+
+    def second():
+        try:
+            next(iter(loader))
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=second, name="intruder")
+    thread.start()
+    thread.join()
+    got += [b["index"].tolist() for b in first]
+    loader.close()
+    assert errors and "is being iterated in thread 'MainThread'" in errors[0] and "its own loader" in errors[0]
+    assert sorted(i for batch in got for i in batch) == list(range(13))  # the first pass lost nothing
+
+
 @pytest.mark.parametrize("kind", LOADER_KINDS)
 def test_state_dict_is_plain_json_data(kind, cache):
     import json

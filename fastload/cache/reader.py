@@ -255,6 +255,13 @@ class CacheDataset(Sequence):
         return self._manifest
 
     @property
+    def fingerprint(self) -> str:
+        """The content's identity: a hash of every shard's and shard index's sha256 (from the manifest). Two
+        caches built from the same inputs and config share it; a rebuilt or another cache does not."""
+        text = "|".join(f"{s.file}:{s.sha256}:{s.index_sha256}" for s in self._manifest.shards)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
     def root(self) -> Path:
         return self._root
 

@@ -396,6 +396,8 @@ class TorchBackend:
                     max_id=int(raw["max_id"]),
                 )
             yield {key: raw[key] for key in BATCH_KEYS}
+        # a newer iterate() (or close()) took the workers: this pass cannot go on without stealing its batches
+        raise RuntimeError("this TorchBackend iterator was superseded by a later iterate() call or close()")
 
     def close(self) -> None:
         """Stop the worker processes and the reader threads. Idempotent."""
