@@ -12,13 +12,14 @@ import pytest
 from fastload.cache import format as fmt
 from fastload.cache.config import CacheConfig, load_cache_config
 from fastload.errors import CacheError, ConfigError
+from fastload.labels import MAX_INSTANCES
 
 
 @pytest.mark.parametrize("shape", [(7, 9), (600, 800), (1, 1), (3000, 5)])
 def test_labels_round_trip_exactly(shape):
     rng = np.random.default_rng(0)
     semantic = rng.integers(0, 256, size=shape, dtype=np.uint8)
-    instance = rng.integers(0, fmt.MAX_INSTANCES + 1, size=shape).astype(np.uint16)
+    instance = rng.integers(0, MAX_INSTANCES + 1, size=shape).astype(np.uint16)
     for kind, array in (("sem", semantic), ("ins", instance)):
         for level in (0, 3):
             back = fmt.decode_label(fmt.encode_label(array, kind=kind, level=level), kind=kind)

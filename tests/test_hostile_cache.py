@@ -24,7 +24,6 @@ from imagefactory import jpeg_declaring
 from loader_kit import make_synth_cache
 
 from fastload.cache.format import (
-    MAX_INSTANCES,
     MAX_META_BYTES,
     decode_label,
     encode_label,
@@ -36,6 +35,7 @@ from fastload.cache.validate import check_label_bands, checked_label_layouts
 from fastload.cache.verify import verify_cache
 from fastload.cli import main
 from fastload.errors import CacheError
+from fastload.labels import MAX_INSTANCES
 
 BAD, BAD_SHARD, BAD_KEY = 5, "shard-00001.tar", "00000005"
 H, W = 48, 64  # the synthetic cache's images

@@ -39,11 +39,7 @@ import numpy as np
 
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import NOISE_SHIFTS, SampleParams, affine_matrix, shadow_band
-
-SEMANTIC_FILL = 255
-"""Semantic label outside the warped image: ignore."""
-INSTANCE_FILL = 0
-"""Instance id outside the warped image: background."""
+from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 
 # ------------------------------------------------------------------------------------------- matrices
 

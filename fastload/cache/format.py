@@ -37,6 +37,7 @@ import numpy as np
 
 from fastload.cache.images import jpeg_end, webp_chunks
 from fastload.errors import CacheError
+from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 
 SCHEMA_VERSION = 2  # of manifest.json, the shard indexes and the completion records (1: label PNGs and maps)
 
@@ -131,8 +132,7 @@ LABEL_MAGIC = b"FLZ4"
 LABEL_VERSION = 1
 LABEL_BAND_BYTES = 1 << 16  # raw bytes of a uint16 band at most (LZ4's window; nvCOMP's preferred chunk)
 LABEL_DTYPES = {"sem": np.dtype(np.uint8), "ins": np.dtype(np.uint16)}
-LABEL_FILL = {"sem": 255, "ins": 0}
-MAX_INSTANCES = 32767  # instance ids fit int16, the type DALI's warp reads the uint16 member as
+LABEL_FILL = {"sem": SEMANTIC_FILL, "ins": INSTANCE_FILL}  # what a warp reads outside the image
 _DTYPE_CODES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
 _HEADER = struct.Struct("<4sHHIIII")
 

@@ -28,9 +28,10 @@ from fastload.cache.format import (
     shard_stem,
 )
 from fastload.errors import CacheError
+from fastload.labels import BACKGROUND_NAME
 
 MANIFEST_NAME = "manifest.json"
-BACKGROUND = "__background__"  # the name of train id 0 in ``classes`` (torchvision's word for it)
+BACKGROUND = BACKGROUND_NAME  # the name of train id 0 in ``classes`` (torchvision's word for it)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of image and annotation ids (the reader's int64 tables)
 BYTE_KINDS = MEMBER_KINDS
 LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' layout (fastload.cache.format)

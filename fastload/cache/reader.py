@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fastload.advice import rebuild_shard
 from fastload.cache.format import (
     IMAGE_EXTENSIONS,
     LABEL_DTYPES,
@@ -36,7 +37,6 @@ from fastload.cache.manifest import Manifest, ShardInfo, load_manifest
 from fastload.cache.validate import check_instance_ids, checked_sample, shard_path
 from fastload.errors import CacheError, ConfigError
 
-_FIX = "run `fastload cache verify {root}` and rebuild with `fastload cache build ... --resume`"
 # shard files a process keeps open (least recently used closed first): a shuffled epoch reads every shard,
 # and a cache of more shards than the common soft limit of 1024 descriptors would otherwise hit EMFILE
 MAX_OPEN_SHARDS = 64
@@ -110,7 +110,7 @@ class CacheDataset(Sequence):
         if size != shard.bytes:
             raise CacheError(
                 f"shard {shard.file} has {size} bytes, the manifest says {shard.bytes} (truncated or replaced); "
-                + _FIX.format(root=self._root)
+                + rebuild_shard(self._root)
             )
         return path
 
@@ -119,23 +119,23 @@ class CacheDataset(Sequence):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise CacheError(f"shard index {shard.index_file} is missing; " + _FIX.format(root=self._root)) from None
+            raise CacheError(f"shard index {shard.index_file} is missing; " + rebuild_shard(self._root)) from None
         # an edited or damaged index can still be valid JSON with plausible offsets and sizes, which the
         # members' CRC-32s do not cover (a wrong height/width would warp the sample wrongly): check its hash
         if hashlib.sha256(data).hexdigest() != shard.index_sha256:
             raise CacheError(
                 f"shard index {shard.index_file} of {shard.file}: sha256 differs from the manifest (damaged or "
-                "edited); " + _FIX.format(root=self._root)
+                "edited); " + rebuild_shard(self._root)
             )
         try:
             index = loads_json(data, what=f"shard index {shard.index_file}")
         except CacheError as exc:
-            raise CacheError(f"{exc}; " + _FIX.format(root=self._root)) from None
+            raise CacheError(f"{exc}; " + rebuild_shard(self._root)) from None
         if not isinstance(index, dict) or index.get("schema_version") != SCHEMA_VERSION:
-            raise CacheError(f"shard index {shard.index_file} has an unknown schema; " + _FIX.format(root=self._root))
+            raise CacheError(f"shard index {shard.index_file} has an unknown schema; " + rebuild_shard(self._root))
         samples = index.get("samples")
         if not isinstance(samples, list) or len(samples) != shard.samples:
-            raise CacheError(f"shard index {shard.index_file} does not list {shard.samples} samples; " + _FIX.format(root=self._root))
+            raise CacheError(f"shard index {shard.index_file} does not list {shard.samples} samples; " + rebuild_shard(self._root))
         return samples
 
     def _add_sample(self, i: int, s: int, shard: ShardInfo, sample: dict[str, Any]) -> None:
@@ -162,7 +162,7 @@ class CacheDataset(Sequence):
         except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise CacheError(
                 f"shard index {shard.index_file}: sample {sample.get('key', '?') if isinstance(sample, dict) else '?'} "
-                f"is malformed ({exc}); " + _FIX.format(root=self._root)
+                f"is malformed ({exc}); " + rebuild_shard(self._root)
             ) from exc
 
     # ------------------------------------------------------------------------------------------ pickling
@@ -329,11 +329,11 @@ class CacheDataset(Sequence):
         except CacheError as exc:  # the shard file is gone (opened lazily, so this is where it shows)
             raise CacheError(f"{self._where(i)}: {exc}") from None
         except OSError as exc:
-            raise CacheError(f"{self._where(i)}: read failed ({exc}); " + _FIX.format(root=self._root)) from exc
+            raise CacheError(f"{self._where(i)}: read failed ({exc}); " + rebuild_shard(self._root)) from exc
         if len(buf) != length:
             raise CacheError(
                 f"{self._where(i)}: the shard ends early (got {len(buf)} of {length} bytes at offset {start}); "
-                + _FIX.format(root=self._root)
+                + rebuild_shard(self._root)
             )
         view = memoryview(buf)
         parts = []
@@ -344,7 +344,7 @@ class CacheDataset(Sequence):
                 ext = IMAGE_EXTENSIONS[self._image_ext[i]] if kind == "image" else LABEL_EXTENSIONS[kind]
                 raise CacheError(
                     f"{self._where(i)}: member {self.key(i)}.{ext} fails its CRC-32 check (corrupt data); "
-                    + _FIX.format(root=self._root)
+                    + rebuild_shard(self._root)
                 )
             parts.append(bytes(data))
         image, sem, ins, meta = parts
@@ -359,7 +359,7 @@ class CacheDataset(Sequence):
                 max_pixels=self._manifest.max_image_pixels,
             )
         except CacheError as exc:
-            raise CacheError(f"{self._where(i)}: {exc}; " + _FIX.format(root=self._root)) from None
+            raise CacheError(f"{self._where(i)}: {exc}; " + rebuild_shard(self._root)) from None
         return SampleMembers(
             shard=self._manifest.shards[s].file,
             key=self.key(i),
@@ -377,7 +377,7 @@ class CacheDataset(Sequence):
         try:
             return decode_labels(self.read_members(i), self.image_size(i))
         except CacheError as exc:
-            raise CacheError(f"{self._where(i)}: {exc}; " + _FIX.format(root=self._root)) from None
+            raise CacheError(f"{self._where(i)}: {exc}; " + rebuild_shard(self._root)) from None
 
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
         from fastload.targets import center_targets
@@ -388,7 +388,7 @@ class CacheDataset(Sequence):
         try:
             sample = decode_members(members, (height, width))
         except CacheError as exc:
-            raise CacheError(f"{self._where(i)}: {exc}; " + _FIX.format(root=self._root)) from None
+            raise CacheError(f"{self._where(i)}: {exc}; " + rebuild_shard(self._root)) from None
         sample["heatmap"], sample["offset"] = center_targets(sample["instance"], self.sigma, stride=self.stride)
         return sample
 

@@ -40,9 +40,10 @@ import lz4.block
 import numpy as np
 
 from fastload.cache.config import DEFAULT_MAX_IMAGE_PIXELS
-from fastload.cache.format import LABEL_DTYPES, MAX_INSTANCES, LabelLayout, decode_meta, parse_label
+from fastload.cache.format import LABEL_DTYPES, LabelLayout, decode_meta, parse_label
 from fastload.cache.images import image_header_size
 from fastload.errors import CacheError, ImageError
+from fastload.labels import MAX_INSTANCES
 
 LABEL_NAMES = {"sem": "semantic", "ins": "instance"}
 

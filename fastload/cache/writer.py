@@ -37,7 +37,6 @@ from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
     LABEL_DTYPES,
     LABEL_EXTENSIONS,
-    MAX_INSTANCES,
     MEMBER_KINDS,
     SCHEMA_VERSION,
     TarWriter,
@@ -63,6 +62,7 @@ from fastload.cache.manifest import (
 from fastload.cache.split import assign, check_split, split_of
 from fastload.coco import load_coco, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ConfigError, FastloadError, ImageError
+from fastload.labels import MAX_INSTANCES
 from fastload.procs import die_with_parent
 from fastload.raster import rasterize_image
 from fastload.targets import instance_table

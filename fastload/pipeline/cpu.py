@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fastload.advice import rebuild_shard
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import map_hw
 from fastload.augment.reference import augment_sample
@@ -158,8 +159,7 @@ class _AugmentedBatches(Dataset):
                         raise CacheError(f"image decodes to {image.shape[0]} x {image.shape[1]}, the sample is {hw[0]} x {hw[1]}")
                 except CacheError as exc:
                     raise CacheError(
-                        f"shard {members.shard}, sample {members.key} (cache index {index}): {exc}; run `fastload "
-                        "cache verify` on the cache and rebuild the shard with `fastload cache build ... --resume`"
+                        f"shard {members.shard}, sample {members.key} (cache index {index}): {exc}; {rebuild_shard()}"
                     ) from None
         except Exception as exc:
             # every other error gets the cache index, which survives torch's re-raise in the main process (it

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from fastload.advice import rebuild_shard
 from fastload.augment.config import AugmentConfig
-from fastload.cache.format import MAX_INSTANCES, SampleMembers
+from fastload.cache.format import SampleMembers
 from fastload.cache.validate import checked_label_layouts
 from fastload.errors import CacheError
+from fastload.labels import MAX_INSTANCES
 from fastload.pipeline.dali.inputs import (
     SampleError,
     cpu_label_columns,
@@ -38,7 +40,7 @@ from fastload.pipeline.plan import BatchPlan
 from fastload.pipeline.prefetch import Prefetcher
 from fastload.pipeline.workers import WorkerPool
 
-_FIX = "run `fastload cache verify` on the cache and rebuild the shard with `fastload cache build ... --resume`"
+_FIX = rebuild_shard()
 
 
 @dataclass

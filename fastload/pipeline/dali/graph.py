@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastload.augment.reference import INSTANCE_FILL, SEMANTIC_FILL, noise_texture
+from fastload.augment.reference import noise_texture
+from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 from fastload.pipeline.dali.spec import OUTPUTS, SCALARS, GraphSpec
 
 _MISSING_DALI = (
