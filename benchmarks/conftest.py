@@ -10,7 +10,7 @@ import pytest
 
 def sample_root_path() -> Path:
     """The bundled fruits_nuts_coco folder (``fastload.sample_data()``), or ``$FASTLOAD_SAMPLE_DATA`` when set."""
-    from fastload.sample import sample_data
+    from fastload.data import sample_data
 
     env = os.environ.get("FASTLOAD_SAMPLE_DATA")
     return Path(env) if env else sample_data()

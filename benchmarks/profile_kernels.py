@@ -296,7 +296,7 @@ def hand_over_rows(cfg, out_hw: tuple[int, int], batch: int, repeats: int) -> di
     import torch
 
     from fastload.pipeline.batch import widen_batch
-    from fastload.pipeline.cpu import _AugmentedBatches
+    from fastload.pipeline.opencv import _AugmentedBatches
 
     compact = _AugmentedBatches([], cfg, out_hw, finish=True, io_threads=1, max_read_bytes=0)._layout(batch)
     oh, ow = out_hw
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     if not args.default_malloc:
-        from fastload.pipeline.cpu import _keep_freed_memory
+        from fastload.pipeline.opencv import _keep_freed_memory
 
         _keep_freed_memory()
     out_hw = (int(args.size[0]), int(args.size[1]))

@@ -6,7 +6,7 @@ the cached JPEG and the mask PNGs, warp image and maps, photometric ops, normali
 ``samples_per_s``. Data: 16 synthetic 640x480 images (so every sample is resized as well as augmented).
 
 Rows (group ``augment-batch-512x8``):
-* ``cpu-reference``: ``TorchBackend`` in the calling process (one core; the loader adds worker processes)
+* ``cpu-reference``: ``OpencvBackend`` in the calling process (one core; the loader adds worker processes)
 * ``dali-cpu-1thread`` / ``dali-cpu-Nthreads``: ``DaliBackend`` on the CPU with 1 and all usable threads
 * ``dali-cuda``: ``DaliBackend`` on the GPU (skipped without CUDA)
 """
@@ -50,9 +50,9 @@ def _plan(n: int, cfg) -> BatchPlan:
 
 def _backend(kind: str, cache, cfg):
     if kind == "cpu-reference":
-        from fastload.pipeline.cpu import TorchBackend
+        from fastload.pipeline.opencv import OpencvBackend
 
-        return TorchBackend(
+        return OpencvBackend(
             cache=cache,
             out_size=SIZE,
             augment=cfg,
@@ -71,8 +71,7 @@ def _backend(kind: str, cache, cfg):
         cache=cache,
         out_size=SIZE,
         augment=cfg,
-        device="cuda" if cuda else "cpu",
-        device_id=None,
+        device=f"cuda:{torch.cuda.current_device()}" if cuda else "cpu",
         batch_size=BATCH,
         num_threads=threads,
         prefetch=1,

@@ -34,7 +34,7 @@ STAGES = [
 def sample(tmp_path_factory):
     import cv2
 
-    from fastload.pipeline.cpu import _keep_freed_memory
+    from fastload.pipeline.opencv import _keep_freed_memory
 
     cv2.setNumThreads(1)
     _keep_freed_memory()

@@ -14,7 +14,7 @@ _LAZY = {
     "Loader": ("fastload.loader", "Loader"),
     "CpuLoader": ("fastload.loader", "CpuLoader"),
     "AugmentConfig": ("fastload.augment.config", "AugmentConfig"),
-    "sample_data": ("fastload.sample", "sample_data"),
+    "sample_data": ("fastload.data", "sample_data"),
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -1,4 +1,4 @@
-"""torch DataLoader's vocabulary on `Loader` and `CpuLoader`: what each of DataLoader's arguments means here.
+"""The loaders' arguments: their checks, and torch DataLoader's vocabulary on `Loader` and `CpuLoader`.
 
 A script written for ``torch.utils.data.DataLoader`` should run with its loader swapped for fastload's. Each of
 DataLoader's arguments is honoured with its meaning, mapped onto fastload's own, or refused with an error that
@@ -8,7 +8,7 @@ names what to use instead — never a bare ``TypeError`` about an internal class
 | --- | --- |
 | ``dataset`` | the first argument, ``cache`` |
 | ``batch_size`` | the same, positional too: ``Loader(cache, 48)``; required (``None``, no batching, is refused) |
-| ``shuffle``, ``drop_last`` | the same (``drop_last``: the last incomplete *global* step, `fastload.sampling`) |
+| ``shuffle``, ``drop_last`` | the same (``drop_last``: the last incomplete *global* step, `fastload.pipeline.sampling`) |
 | ``sampler``, ``batch_sampler`` | refused: ``shuffle``/``seed``/``set_epoch``, ``rank``/``world_size`` |
 | ``num_workers`` | ``num_threads`` under DataLoader's name (both given and different: an error) |
 | ``collate_fn`` | refused: batches are dicts of tensors; ``keys=`` yields tuples |
@@ -21,7 +21,8 @@ names what to use instead — never a bare ``TypeError`` about an internal class
 | ``persistent_workers`` | ``True``: workers always persist; ``False`` refused where there are workers |
 | ``pin_memory_device``, ``in_order`` | refused unless DataLoader's default (``""``, ``True``) |
 
-Every function is a pure check of the arguments; the loader shell calls them from its constructor.
+Every function is a pure check of the arguments; the loader shell calls them from its constructor (the peer loaders
+of the benchmark too, so that they take the same arguments the same way). Bounds come from `fastload.validation`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 import types
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from fastload import validation
+from fastload.augment.config import AugmentConfig, load_augment
+from fastload.errors import CacheError, ConfigError
 from fastload.pipeline.plan import BATCH_KEYS
 
 DEFAULT_PREFETCH = 2
@@ -259,3 +264,61 @@ def renamed(function: Any, qualname: str) -> Any:
     copy.__module__ = function.__module__
     copy.__qualname__ = qualname
     return copy
+
+
+# --- the loaders' own arguments: ValueErrors that name the argument and the allowed values -----------------
+def cache_argument(cache: Any):
+    """``cache=``: an opened cache as is, or a folder opened here; a ValueError naming what is wrong."""
+    if isinstance(cache, (str, os.PathLike)):
+        from fastload.cache.reader import open_cache
+
+        path = Path(cache)
+        if not path.exists():
+            raise ValueError(f"cache: {str(path)!r} does not exist; build one with `fastload cache build`")
+        try:
+            return open_cache(path)
+        except CacheError as exc:
+            raise ValueError(f"cache: {exc}") from exc
+    if not (hasattr(cache, "read_members") and hasattr(cache, "manifest") and hasattr(cache, "__len__")):
+        raise ValueError(f"cache must be a path or an opened cache (fastload.open_cache), got {type(cache).__name__}")
+    return cache
+
+
+def augment_argument(value: Any) -> AugmentConfig:
+    """``augment=``: an AugmentConfig, a shipped config's name, a YAML path, or None; a ConfigError naming it."""
+    try:
+        return load_augment(value)
+    except ConfigError as exc:
+        if str(exc).startswith("augment"):
+            raise
+        raise ConfigError(
+            f"augment: {exc}; pass an AugmentConfig, 'default', 'none', or the path of a YAML file"
+        ) from exc
+
+
+# the largest value of each positive-integer argument, and what the bound protects (fastload.validation)
+_UPPER = {
+    "batch_size": (validation.MAX_BATCH_SIZE, "a batch is allocated whole, on the device, before its first sample"),
+    "num_threads": (validation.MAX_THREADS, "each is a thread, or for the CpuLoader a worker process"),
+    "prefetch": (validation.MAX_PREFETCH, "each batch prepared ahead holds a whole batch of memory"),
+    "io_threads": (validation.MAX_THREADS, "each is a thread per reading process"),
+    "world_size": (validation.MAX_WORLD_SIZE, ""),
+}
+
+
+def positive_int(name: str, value: Any) -> int:
+    """A positive-integer argument within its upper bound (`_UPPER`), else a ValueError naming it."""
+    high, why = _UPPER.get(name, (None, ""))
+    return validation.check_int(name, value, 1, high, error=ValueError, why=why)
+
+
+def size_argument(size: Any, *, stride: int) -> tuple[int, int]:
+    """``size=``: (H, W) within bounds and divisible by the targets' stride, else a ValueError."""
+    height, width = validation.check_size("size", size, error=ValueError)
+    if height % stride or width % stride:
+        raise ValueError(
+            f"size {(height, width)} must be divisible by the targets' stride {stride} (augment config, targets.stride)"
+        )
+    return height, width
+
+

@@ -89,7 +89,7 @@ def run_demo(
     if data not in DATA_CHOICES:
         raise ConfigError(f"data must be one of {list(DATA_CHOICES)}, got {data!r}")
     if coco is None and data == "sample":
-        from fastload.sample import sample_data
+        from fastload.data import sample_data
 
         coco, images = sample_data() / "annotations.json", sample_data() / "images"
         log(f"demo: using the {SAMPLE_DESCRIPTION} in {sample_data()}")

@@ -2,7 +2,7 @@
 
 The shell owns everything both loaders must agree on — arguments, epoch order, rank sharding, per-sample
 augmentation parameters, resumable state — and hands a backend an iterator of `BatchPlan`s. The backends
-(`fastload.pipeline.dali.DaliBackend`, `fastload.pipeline.cpu.TorchBackend`) only turn plans into tensors.
+(`fastload.pipeline.dali.DaliBackend`, `fastload.pipeline.opencv.OpencvBackend`) only turn plans into tensors.
 """
 
 from __future__ import annotations
@@ -10,27 +10,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
-import os
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from fastload import dataloader_args, validation
-from fastload.augment.config import AugmentConfig, load_augment
+from fastload.augment.config import AugmentConfig
 from fastload.cores import usable_cores
-from fastload.errors import CacheError, ConfigError
+from fastload.pipeline.devices import choose_engine, rank_world, resolve_device
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.pipeline.plan import BatchPlan
+from fastload.pipeline.plan import Backend, BatchPlan
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS
-from fastload.sampling import epoch_order, num_batches, rank_batches
+from fastload.pipeline.sampling import epoch_order, num_batches, rank_batches
 
-DEVICES = ("auto", "cuda", "cuda:N", "cpu")
 STATE_VERSION = 2  # 2: the fingerprint of the cache, the augmentation and the size (1 had none; still loads)
 
 
@@ -58,6 +53,7 @@ class _LoaderShell:
         size: Sequence[int] = (512, 512),
         augment: Any = None,
         device: str = "auto",
+        engine: str = "auto",
         num_threads: int | None = None,
         prefetch: int = dataloader_args.DEFAULT_PREFETCH,
         rank: int | None = None,
@@ -77,14 +73,14 @@ class _LoaderShell:
         name = self._name
         dataloader_args.refuse_unknown(name, dataloader_only, accepted=dataloader_args.parameters(_LoaderShell.__init__))
         dataloader_args.require_batch_size(name, batch_size)
-        self.cache = _open(cache)
+        self.cache = dataloader_args.cache_argument(cache)
         self._owns_cache = self.cache is not cache  # opened here from a path: close() closes its files too
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.augment: AugmentConfig = _augment(augment)
-        self.size = _size(size, stride=self.augment.targets.stride)
+        self.batch_size = dataloader_args.positive_int("batch_size", batch_size)
+        self.augment: AugmentConfig = dataloader_args.augment_argument(augment)
+        self.size = dataloader_args.size_argument(size, stride=self.augment.targets.stride)
         validation.check_batch_pixels(self.batch_size, self.size, error=ValueError)
-        self.device = _device(device)
-        self._device_asked = str(device)
+        self.device = resolve_device(device)
+        self.backend = self._engine(engine, device)
         workers = dataloader_args.workers(name, num_threads, num_workers, in_process=self._in_process)
         self.num_threads = usable_cores() if workers is None else workers
         processes = self.num_threads if self.backend == "opencv-workers" else None
@@ -92,15 +88,15 @@ class _LoaderShell:
         dataloader_args.check_pin_memory(pin_memory)
         dataloader_args.check_timeout(name, timeout)
         prefetch = dataloader_args.prefetch(name, prefetch, prefetch_factor, worker_processes=processes)
-        self.prefetch = _positive_int("prefetch", prefetch)
-        self.io_threads = _positive_int("io_threads", io_threads)
+        self.prefetch = dataloader_args.positive_int("prefetch", prefetch)
+        self.io_threads = dataloader_args.positive_int("io_threads", io_threads)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         seed = dataloader_args.seed(name, seed, generator)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
-        self.rank, self.world_size = _rank_world(rank, world_size)
+        self.rank, self.world_size = rank_world(rank, world_size)
         self.keys = dataloader_args.batch_keys(name, keys)
         self.worker_init_fn = dataloader_args.worker_init_fn(name, worker_init_fn, backend=self.backend)
         self._epoch = 0  # the epoch of the current (or next) pass
@@ -109,9 +105,9 @@ class _LoaderShell:
         self._iterating: threading.Thread | None = None  # the thread whose pass is running
         self._backend = None
 
-    @property
-    def backend(self) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _engine(self, engine: str, device: Any) -> str:
+        """``backend``: what makes the batches (`fastload.pipeline.devices.choose_engine`)."""
+        return choose_engine(engine, device_asked=device, device=self.device, loader=self._name)
 
     # --- what a training script asks a DataLoader's dataset -------------------------------------------------
     @property
@@ -264,8 +260,35 @@ class _LoaderShell:
         self._epoch, self._yielded, self._resume = epoch, done, done
 
     # --- lifecycle ---------------------------------------------------------------------------------------
-    def _make_backend(self):  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _make_backend(self) -> Backend:
+        """The engine named by ``backend``: the DALI graph on ``device``, or OpenCV in worker processes."""
+        if self.backend == "opencv-workers":
+            from fastload.pipeline.opencv import OpencvBackend
+
+            return OpencvBackend(
+                cache=self.cache,
+                out_size=self.size,
+                augment=self.augment,
+                device=self.device,
+                batch_size=self.batch_size,
+                num_workers=self.num_threads,
+                prefetch=self.prefetch,
+                io_threads=self.io_threads,
+                worker_init_fn=self.worker_init_fn,
+            )
+        from fastload.pipeline.dali import DaliBackend
+
+        return DaliBackend(
+            cache=self.cache,
+            out_size=self.size,
+            augment=self.augment,
+            device=self.device,
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            prefetch=self.prefetch,
+            workers=feed_workers(self.num_threads),
+            io_threads=self.io_threads,
+        )
 
     def _get_backend(self):
         if self._backend is None:
@@ -312,7 +335,7 @@ class Loader(_LoaderShell):
     cache : path or opened cache (``fastload.open_cache``)
     batch_size : samples per batch and rank; also positional, as DataLoader's: ``Loader(cache, 48)``
     shuffle, seed : a full-dataset permutation per epoch, a function of (seed, epoch)
-    drop_last : drop the last incomplete global step (see fastload.sampling)
+    drop_last : drop the last incomplete global step (see fastload.pipeline.sampling)
     size : (H, W) output size; divisible by the targets' stride
     augment : AugmentConfig, a YAML path, or a shipped config's name: "default", "none" (None = "none"); its
         ``targets`` section sets the heatmap sigma, the stride and the semantic loss weights
@@ -342,57 +365,12 @@ class Loader(_LoaderShell):
 
     _name = "Loader"
 
-    @property
-    def backend(self) -> str:
-        """What makes the batches: ``"dali-gpu"``, ``"dali-cpu"`` (device="cpu": DALI's graph on the CPU), or
-        ``"opencv-workers"`` (device="auto" without a GPU: the CpuLoader's engine, the faster one on a CPU)."""
-        if self.device.type == "cuda":
-            return "dali-gpu"
-        return "opencv-workers" if self._device_asked == "auto" else "dali-cpu"
-
-    def _make_backend(self):
-        from fastload.pipeline.dali import DaliBackend
-
-        if self.backend == "opencv-workers":
-            _notice_cpu_backend()
-            return _torch_backend(self, num_workers=self.num_threads)
-        cuda = self.device.type == "cuda"
-        return DaliBackend(
-            cache=self.cache,
-            out_size=self.size,
-            augment=self.augment,
-            device="cuda" if cuda else "cpu",
-            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device())
-            if cuda
-            else None,
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            prefetch=self.prefetch,
-            workers=feed_workers(self.num_threads),
-            io_threads=self.io_threads,
-        )
-
 
 def feed_workers(num_threads: int) -> int:
     """Feed worker processes for a DALI loader given ``num_threads`` cores: one per four (at least one, at most
     eight). A feed worker reads, checks and prepares ~4,000-8,000 samples/s (benchmarks/cpu_proxy.py), so a few
     keep a GPU pipeline fed while leaving DALI's own threads (nvJPEG's host work) their cores."""
     return max(1, min(8, num_threads // 4))
-
-
-_noticed: set[str] = set()
-
-
-def _notice_cpu_backend() -> None:
-    """Say once per process that ``Loader(device="auto")`` found no GPU and runs the CPU engine."""
-    if "cpu-backend" in _noticed:
-        return
-    _noticed.add("cpu-backend")
-    logging.getLogger("fastload").warning(
-        "fastload.Loader: no CUDA GPU is visible, so device='auto' makes the batches with the CpuLoader's engine "
-        "(OpenCV in worker processes), about 2x DALI's CPU graph on a CPU (README, 'Which loader'); the batches "
-        "are the same. Pass device='cpu' to run DALI's graph on the CPU anyway."
-    )
 
 
 class CpuLoader(_LoaderShell):
@@ -409,134 +387,9 @@ class CpuLoader(_LoaderShell):
     _name = "CpuLoader"
     _in_process = True  # num_threads=0 loads in the calling process, as DataLoader's num_workers=0 does
 
-    @property
-    def backend(self) -> str:
-        """What makes the batches: always ``"opencv-workers"`` (see `Loader.backend`)."""
+    def _engine(self, engine: str, device: Any) -> str:
+        if engine not in ("auto", "opencv"):
+            raise ValueError(f"CpuLoader: engine must be 'opencv' (or 'auto'), got {engine!r}; fastload.Loader runs DALI")
         return "opencv-workers"
 
-    def _make_backend(self):
-        return _torch_backend(self, num_workers=self.num_threads)
 
-
-def _torch_backend(shell: _LoaderShell, *, num_workers: int):
-    from fastload.pipeline.cpu import TorchBackend
-
-    return TorchBackend(
-        cache=shell.cache,
-        out_size=shell.size,
-        augment=shell.augment,
-        device=shell.device,
-        batch_size=shell.batch_size,
-        num_workers=num_workers,
-        prefetch=shell.prefetch,
-        io_threads=shell.io_threads,
-        worker_init_fn=shell.worker_init_fn,
-    )
-
-
-# --- argument checks: ValueErrors that name the argument and the allowed values ----------------------------
-def _open(cache: Any):
-    if isinstance(cache, (str, os.PathLike)):
-        from fastload.cache.reader import open_cache
-
-        path = Path(cache)
-        if not path.exists():
-            raise ValueError(f"cache: {str(path)!r} does not exist; build one with `fastload cache build`")
-        try:
-            return open_cache(path)
-        except CacheError as exc:
-            raise ValueError(f"cache: {exc}") from exc
-    if not (hasattr(cache, "read_members") and hasattr(cache, "manifest") and hasattr(cache, "__len__")):
-        raise ValueError(f"cache must be a path or an opened cache (fastload.open_cache), got {type(cache).__name__}")
-    return cache
-
-
-def _augment(value: Any) -> AugmentConfig:
-    try:
-        return load_augment(value)
-    except ConfigError as exc:
-        if str(exc).startswith("augment"):
-            raise
-        raise ConfigError(
-            f"augment: {exc}; pass an AugmentConfig, 'default', 'none', or the path of a YAML file"
-        ) from exc
-
-
-# the largest value of each positive-integer argument, and what the bound protects (fastload.validation)
-_UPPER = {
-    "batch_size": (validation.MAX_BATCH_SIZE, "a batch is allocated whole, on the device, before its first sample"),
-    "num_threads": (validation.MAX_THREADS, "each is a thread, or for the CpuLoader a worker process"),
-    "prefetch": (validation.MAX_PREFETCH, "each batch prepared ahead holds a whole batch of memory"),
-    "io_threads": (validation.MAX_THREADS, "each is a thread per reading process"),
-    "world_size": (validation.MAX_WORLD_SIZE, ""),
-}
-
-
-def _positive_int(name: str, value: Any) -> int:
-    high, why = _UPPER.get(name, (None, ""))
-    return validation.check_int(name, value, 1, high, error=ValueError, why=why)
-
-
-def _size(size: Any, *, stride: int) -> tuple[int, int]:
-    height, width = validation.check_size("size", size, error=ValueError)
-    if height % stride or width % stride:
-        raise ValueError(
-            f"size {(height, width)} must be divisible by the targets' stride {stride} (augment config, targets.stride)"
-        )
-    return height, width
-
-
-def _device(device: Any) -> torch.device:
-    """The loader's device: "cpu", "auto" / "cuda" (the rank's GPU), or an explicit "cuda:N" / torch.device."""
-    name = str(device) if isinstance(device, torch.device) else device
-    explicit = re.fullmatch(r"cuda:(\d+)", name) if isinstance(name, str) else None
-    if not (name in ("auto", "cuda", "cpu") or explicit):
-        raise ValueError(f"device must be one of {list(DEVICES)} (or a torch.device), got {device!r}")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    count = torch.cuda.device_count()
-    if explicit:
-        index = int(explicit.group(1))
-        if index >= count:
-            raise ValueError(f"device={device!r} but torch sees {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
-        return torch.device("cuda", index)
-    return torch.device("cuda", _rank_gpu(count))
-
-
-def _rank_gpu(count: int) -> int:
-    """This process's GPU for "auto"/"cuda": ``LOCAL_RANK`` under torchrun, else torch's current device.
-
-    Under torchrun every rank of a node sees all its GPUs and must take its own (a DDP model lives on
-    cuda:LOCAL_RANK); a launcher that gives each process one GPU (CUDA_VISIBLE_DEVICES per rank) leaves it
-    cuda:0 whatever its local rank.
-    """
-    local = os.environ.get("LOCAL_RANK")
-    if local is None:
-        return torch.cuda.current_device()
-    try:
-        index = int(local)
-    except ValueError:
-        raise ValueError(f"LOCAL_RANK={local!r} is not an integer; unset it or pass device='cuda:N'") from None
-    if count == 1:
-        return 0
-    if not 0 <= index < count:
-        raise ValueError(
-            f"LOCAL_RANK={index} but torch sees {count} CUDA GPU(s) in this process; pass device='cuda:N' "
-            "or run one process per GPU"
-        )
-    return index
-
-
-def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    dist = torch.distributed
-    initialised = dist.is_available() and dist.is_initialized()
-    if world_size is None:
-        world_size = dist.get_world_size() if initialised else 1
-    if rank is None:
-        rank = dist.get_rank() if initialised else 0
-    world_size = _positive_int("world_size", world_size)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in 0..{world_size - 1} (world_size={world_size}), got {rank!r}")
-    return int(rank), world_size

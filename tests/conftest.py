@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sample_root_path() -> Path:
     """The bundled fruits_nuts_coco folder (``fastload.sample_data()``), or ``$FASTLOAD_SAMPLE_DATA`` when set."""
-    from fastload.sample import sample_data
+    from fastload.data import sample_data
 
     env = os.environ.get("FASTLOAD_SAMPLE_DATA")
     root = Path(env) if env else sample_data()

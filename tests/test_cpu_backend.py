@@ -16,7 +16,7 @@ from fastload.augment.params import draw_params
 from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import SampleMembers, encode_label
 from fastload.errors import CacheError
-from fastload.pipeline.cpu import TorchBackend, _keep_freed_memory
+from fastload.pipeline.opencv import OpencvBackend, _keep_freed_memory
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
 from fastload.targets import center_targets, semantic_weights
 
@@ -92,8 +92,8 @@ def plan(indices, epoch: int = 0) -> BatchPlan:
     return BatchPlan(indices=idx, params=tuple(draw_params(0, epoch, int(i), CFG) for i in idx))
 
 
-def backend(cache=None, *, workers: int = 0, batch_size: int = 3) -> TorchBackend:
-    return TorchBackend(
+def backend(cache=None, *, workers: int = 0, batch_size: int = 3) -> OpencvBackend:
+    return OpencvBackend(
         cache=cache or TinyCache(),
         out_size=OUT,
         augment=CFG,
@@ -226,7 +226,7 @@ def test_abandoned_pass_does_not_leak_into_the_next(workers):
 
 @pytest.mark.cuda
 def test_batches_land_on_the_gpu():
-    be = TorchBackend(
+    be = OpencvBackend(
         cache=TinyCache(),
         out_size=OUT,
         augment=CFG,
@@ -246,8 +246,8 @@ def test_batches_land_on_the_gpu():
 # ------------------------------------------------------------------------------------------ real caches
 
 
-def _real_backend(cache, *, workers: int, size=(64, 96)) -> TorchBackend:
-    return TorchBackend(
+def _real_backend(cache, *, workers: int, size=(64, 96)) -> OpencvBackend:
+    return OpencvBackend(
         cache=cache,
         out_size=size,
         augment=CFG,

@@ -39,8 +39,8 @@ pytest.importorskip("nvidia.dali")
 pytestmark = pytest.mark.cuda
 
 
-def _device_id() -> int:
-    return torch.cuda.current_device()
+def _device() -> str:
+    return f"cuda:{torch.cuda.current_device()}"
 
 
 def gpu_backend(cache=None, **kwargs):
@@ -52,8 +52,7 @@ def gpu_backend(cache=None, **kwargs):
     return DaliBackend(
         cache=cache if cache is not None else MemCache(),
         out_size=kwargs.pop("out_size", (32, 48)),
-        device="cuda",
-        device_id=_device_id(),
+        device=_device(),
         num_threads=2,
         **kwargs,
     )
@@ -68,8 +67,8 @@ def cache(sample_cache):
 
 @pytest.fixture(scope="module")
 def cuda_pairs(cache):
-    pairs = run_pairs(cache, GEOMETRY, device="cuda", device_id=_device_id())
-    return {**pairs, **run_pairs(cache, PHOTOMETRIC, device="cuda", device_id=_device_id(), step=2)}
+    pairs = run_pairs(cache, GEOMETRY, device=_device())
+    return {**pairs, **run_pairs(cache, PHOTOMETRIC, device=_device(), step=2)}
 
 
 # ------------------------------------------------------------------------------------------- fidelity
@@ -93,7 +92,7 @@ def test_cuda_target_maps_match_the_reference(cuda_pairs, draw):
 
 
 def test_cuda_flip_only_is_exact_for_masks(cache):
-    check_flip_is_exact(cache, device="cuda", device_id=_device_id())
+    check_flip_is_exact(cache, device=_device())
 
 
 def test_cuda_instances_follow_their_polygons(cuda_pairs, sample_coco):
@@ -129,7 +128,7 @@ def test_cuda_batches_live_on_the_device_with_the_contract_layout():
     empty = BatchPlan(np.zeros(0, np.int64), ())
     batches = list(be.iterate(iter([plan([0, 1, 2]), empty, plan([3])])))
     assert [len(b["index"]) for b in batches] == [3, 0, 1]
-    device = torch.device("cuda", _device_id())
+    device = torch.device(_device())
     for b in batches:
         assert tuple(b) == BATCH_KEYS
         assert all(t.device == device for t in b.values())

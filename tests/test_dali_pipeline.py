@@ -117,7 +117,6 @@ def backend(
         out_size=out_size,
         augment=cfg,
         device="cpu",
-        device_id=None,
         batch_size=batch_size,
         num_threads=2,
         prefetch=prefetch,
@@ -441,7 +440,7 @@ def test_only_decoder_failures_become_cache_errors():
 )
 def test_arguments_are_checked(overrides, message):
     kwargs = dict(
-        cache=MemCache(), out_size=OUT, augment=NONE, device="cpu", device_id=None, batch_size=1, num_threads=1,
+        cache=MemCache(), out_size=OUT, augment=NONE, device="cpu", batch_size=1, num_threads=1,
         prefetch=1,
     )  # fmt: skip
     with pytest.raises(ValueError, match=message):

@@ -91,7 +91,6 @@ def run_pairs(
     draws: dict[str, Callable[[int], SampleParams]],
     *,
     device: str,
-    device_id: int | None,
     step: int = 1,
     out=OUT,
 ) -> dict[str, list[Pair]]:
@@ -103,7 +102,6 @@ def run_pairs(
         out_size=out,
         augment=CFG,
         device=device,
-        device_id=device_id,
         batch_size=6,
         num_threads=2,
         prefetch=2,
@@ -290,8 +288,8 @@ def cache(sample_cache):
 @pytest.fixture(scope="module")
 def cpu_pairs(cache) -> dict[str, list[Pair]]:
     # every photo for the geometric draws (the polygon check wants them all), every other one for colour
-    geometric = run_pairs(cache, GEOMETRY, device="cpu", device_id=None)
-    return {**geometric, **run_pairs(cache, PHOTOMETRIC, device="cpu", device_id=None, step=2)}
+    geometric = run_pairs(cache, GEOMETRY, device="cpu")
+    return {**geometric, **run_pairs(cache, PHOTOMETRIC, device="cpu", step=2)}
 
 
 @pytest.mark.parametrize("draw", [*GEOMETRY, *PHOTOMETRIC])
@@ -322,7 +320,7 @@ def test_flip_matches_the_reference_exactly(cpu_pairs):
             assert np.array_equal(p.dali[key], p.ref[key]), f"sample {p.index} {key}"
 
 
-def check_flip_is_exact(cache, *, device: str, device_id: int | None) -> None:
+def check_flip_is_exact(cache, *, device: str) -> None:
     """At the native size a flip maps pixels onto pixels: every label map is the mirrored source, exactly."""
     from fastload.pipeline.dali import DaliBackend
 
@@ -333,7 +331,6 @@ def check_flip_is_exact(cache, *, device: str, device_id: int | None) -> None:
         out_size=native,
         augment=CFG,
         device=device,
-        device_id=device_id,
         batch_size=4,
         num_threads=2,
         prefetch=1,
@@ -358,7 +355,7 @@ def check_flip_is_exact(cache, *, device: str, device_id: int | None) -> None:
 
 
 def test_flip_only_is_exact_for_masks(cache):
-    check_flip_is_exact(cache, device="cpu", device_id=None)
+    check_flip_is_exact(cache, device="cpu")
 
 
 def test_instances_follow_their_polygons_through_the_affine(cpu_pairs, sample_coco):

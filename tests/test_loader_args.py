@@ -97,50 +97,50 @@ def four_gpus(monkeypatch):
 def test_under_torchrun_the_default_gpu_is_local_rank(four_gpus, monkeypatch, device):
     import torch
 
-    from fastload.loader import _device
+    from fastload.pipeline.devices import resolve_device
 
-    assert _device(device) == torch.device("cuda", 0)  # no torchrun: torch's current device
+    assert resolve_device(device) == torch.device("cuda", 0)  # no torchrun: torch's current device
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert _device(device) == torch.device("cuda", 3)
+    assert resolve_device(device) == torch.device("cuda", 3)
 
 
 def test_an_explicit_gpu_wins_over_local_rank(four_gpus, monkeypatch):
     import torch
 
-    from fastload.loader import _device
+    from fastload.pipeline.devices import resolve_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert _device("cuda:1") == torch.device("cuda", 1)
-    assert _device(torch.device("cuda", 2)) == torch.device("cuda", 2)
-    assert _device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device(torch.device("cuda", 2)) == torch.device("cuda", 2)
+    assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match=r"cuda:0..cuda:3"):
-        _device("cuda:4")
+        resolve_device("cuda:4")
 
 
 def test_one_visible_gpu_per_process_is_cuda_0_whatever_the_local_rank(four_gpus, monkeypatch):
     import torch
 
-    from fastload.loader import _device
+    from fastload.pipeline.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA_VISIBLE_DEVICES set per rank
     monkeypatch.setenv("LOCAL_RANK", "5")
-    assert _device("auto") == torch.device("cuda", 0)
+    assert resolve_device("auto") == torch.device("cuda", 0)
 
 
 def test_a_local_rank_beyond_the_visible_gpus_is_named(four_gpus, monkeypatch):
-    from fastload.loader import _device
+    from fastload.pipeline.devices import resolve_device
 
     monkeypatch.setenv("LOCAL_RANK", "6")
     with pytest.raises(ValueError, match="LOCAL_RANK=6 but torch sees 4"):
-        _device("auto")
+        resolve_device("auto")
     monkeypatch.setenv("LOCAL_RANK", "one")
     with pytest.raises(ValueError, match="LOCAL_RANK='one' is not an integer"):
-        _device("cuda")
+        resolve_device("cuda")
 
 
 def test_both_loaders_hand_their_backend_the_chosen_gpu(four_gpus, monkeypatch, cache):
-    import fastload.pipeline.cpu as cpu_backend
     import fastload.pipeline.dali as dali_backend
+    import fastload.pipeline.opencv as cpu_backend
 
     seen = {}
 
@@ -152,30 +152,52 @@ def test_both_loaders_hand_their_backend_the_chosen_gpu(four_gpus, monkeypatch, 
         return fake
 
     monkeypatch.setattr(dali_backend, "DaliBackend", record("dali"))
-    monkeypatch.setattr(cpu_backend, "TorchBackend", record("cpu"))
+    monkeypatch.setattr(cpu_backend, "OpencvBackend", record("cpu"))
     monkeypatch.setenv("LOCAL_RANK", "2")
     for kind in LOADER_KINDS:
         loader = make_loader(kind, cache, batch_size=2, device="auto")
         assert str(loader.device) == "cuda:2"
         with pytest.raises(RuntimeError, match="stop here"):
             next(iter(loader))
-    assert seen["dali"]["device_id"] == 2 and seen["dali"]["device"] == "cuda"
+    assert str(seen["dali"]["device"]) == "cuda:2"  # resolved once, by the shell
     assert str(seen["cpu"]["device"]) == "cuda:2"
 
 
 def test_auto_without_a_gpu_uses_the_faster_cpu_engine_and_says_so(cache, caplog, monkeypatch):
     import torch
 
-    import fastload.loader
+    import fastload.pipeline.devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(fastload.loader, "_noticed", set())
-    loader = make_loader("dali", cache, batch_size=2, device="auto", num_threads=1)
+    monkeypatch.setattr(fastload.pipeline.devices, "_noticed", set())
+    with caplog.at_level("WARNING", logger="fastload"):  # said when the engine is chosen: at construction
+        loader = make_loader("dali", cache, batch_size=2, device="auto", num_threads=1)
     assert loader.backend == "opencv-workers"
-    with caplog.at_level("WARNING", logger="fastload"):
-        batch = next(iter(loader))
-    assert "no CUDA GPU is visible" in caplog.text and "device='cpu'" in caplog.text
+    batch = next(iter(loader))
+    assert "no CUDA GPU is visible" in caplog.text and "engine='dali'" in caplog.text
     assert tuple(batch)[:2] == ("image", "semantic")
     loader.close()
     assert make_loader("dali", cache, batch_size=2, device="cpu").backend == "dali-cpu"  # asked for: DALI
     assert make_loader("cpu", cache, batch_size=2).backend == "opencv-workers"
+
+
+@pytest.mark.parametrize(
+    ("kind", "engine", "device", "backend"),
+    [
+        ("dali", "dali", "auto", "dali-cpu"),  # DALI's graph on the CPU, whatever the machine
+        ("dali", "opencv", "cpu", "opencv-workers"),  # the OpenCV engine, asked for by name
+        ("dali", "auto", "cpu", "dali-cpu"),  # an explicit CPU device has always meant DALI's graph
+        ("cpu", "opencv", "cpu", "opencv-workers"),
+    ],
+)
+def test_the_engine_is_chosen_by_name(cache, monkeypatch, kind, engine, device, backend):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert make_loader(kind, cache, batch_size=2, device=device, engine=engine).backend == backend
+
+
+@pytest.mark.parametrize(("kind", "engine", "message"), [("dali", "kornia", "engine must be one of"), ("cpu", "dali", "must be 'opencv'")])
+def test_an_engine_that_cannot_run_is_named(cache, kind, engine, message):
+    with pytest.raises(ValueError, match=message):
+        make_loader(kind, cache, batch_size=2, engine=engine)

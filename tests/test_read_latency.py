@@ -189,11 +189,11 @@ def _backend(kind: str, cache, workers: int, io_threads: int, max_read_bytes: in
     if kind == "dali":
         from fastload.pipeline.dali import DaliBackend
 
-        return DaliBackend(**args, device="cpu", device_id=None, num_threads=2, workers=max(1, workers),
+        return DaliBackend(**args, device="cpu", num_threads=2, workers=max(1, workers),
                            io_threads=io_threads, max_read_bytes=max_read_bytes)  # fmt: skip
-    from fastload.pipeline.cpu import TorchBackend
+    from fastload.pipeline.opencv import OpencvBackend
 
-    return TorchBackend(**args, device=torch.device("cpu"), num_workers=workers, io_threads=io_threads,
+    return OpencvBackend(**args, device=torch.device("cpu"), num_workers=workers, io_threads=io_threads,
                         max_read_bytes=max_read_bytes)  # fmt: skip
 
 
@@ -267,7 +267,7 @@ def test_drop_page_cache_advises_every_shard(clean):
 
 @pytest.mark.parametrize("workers, depth", [(0, 1), (0, 3), (1, 2), (2, 1), (2, 4), (3, 2)])
 def test_each_work_item_names_the_plans_its_worker_gets_next(workers, depth):
-    from fastload.pipeline.cpu import _WorkSampler
+    from fastload.pipeline.opencv import _WorkSampler
     from fastload.pipeline.plan import BatchPlan
 
     plans = [BatchPlan(indices=np.array([2 * k, 2 * k + 1])) for k in range(11)]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastload.sampling import epoch_order, num_batches, rank_batches
+from fastload.pipeline.sampling import epoch_order, num_batches, rank_batches
 
 
 @pytest.mark.parametrize("n", [1, 7, 23, 48, 100])

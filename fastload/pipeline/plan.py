@@ -1,13 +1,19 @@
-"""What the loader shell hands a backend: one batch's sample indices, and where their augmentation comes from."""
+"""The contract between the loader shell and its engines: a batch plan (one batch's sample indices and where their
+augmentation comes from), the `Backend` protocol, and the rule that a new pass supersedes the one before."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import ParamsBatch, SampleParams, draw_batch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -43,3 +49,43 @@ class BatchPlan:
 
 BATCH_KEYS = ("image", "semantic", "instance", "heatmap", "offset", "semantic_weight", "index")
 """Every batch dict has exactly these keys (dtypes and shapes: docs/design.md, Loader)."""
+
+
+class Backend(Protocol):
+    """What the loader shell talks to (`fastload.pipeline.dali.DaliBackend`, `fastload.pipeline.opencv.OpencvBackend`).
+
+    ``iterate`` yields one batch dict per plan (keys `BATCH_KEYS`, on the loader's device), in plan order; a
+    corrupt sample's error comes after the batches before it. A later ``iterate`` or ``close`` supersedes an
+    unfinished pass (`Passes`). ``close`` stops every thread and process the backend started; iterating again
+    starts them anew.
+    """
+
+    def iterate(self, plans: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]: ...
+
+    def close(self) -> None: ...
+
+
+class Passes:
+    """The one rule for a backend's passes: a new pass (or ``close``) supersedes the one before; a superseded pass
+    raises as soon as it is asked for another batch, instead of taking the new pass's batches."""
+
+    def __init__(self, backend: str) -> None:
+        self._backend = backend
+        self._current = 0
+
+    def start(self) -> int:
+        """A new pass; returns its token."""
+        self._current += 1
+        return self._current
+
+    def end_all(self) -> None:
+        """``close()``: every pass started so far is superseded."""
+        self._current += 1
+
+    def current(self, token: int) -> bool:
+        return token == self._current
+
+    def check(self, token: int) -> None:
+        """Raise unless the pass of ``token`` is the current one."""
+        if token != self._current:
+            raise RuntimeError(f"this {self._backend} iterator was superseded by a later iterate() call or close()")

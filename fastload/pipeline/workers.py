@@ -50,7 +50,7 @@ START_METHOD = "forkserver"
 PRELOAD = [
     "fastload.pipeline.forkserver_guard",  # first: the fork server ends with the process that started it
     "fastload.pipeline.workers",
-    "fastload.pipeline.cpu",
+    "fastload.pipeline.opencv",
     "fastload.pipeline.dali.feed",
 ]
 _ALIGN = 64  # arrays in a slot start on cache-line boundaries

@@ -50,16 +50,17 @@ def make_peer(
     ``augment`` is what `fastload.Loader` takes (None, "default", "none", a YAML path, an AugmentConfig);
     ``device`` "auto" | "cpu" | "cuda[:N]" as there. The loader yields fastload's batch dicts on ``device``.
     """
-    from fastload.loader import _augment, _device, _open, _size
+    from fastload.dataloader_args import augment_argument, cache_argument, size_argument
+    from fastload.pipeline.devices import resolve_device
 
     if name not in PEERS:
         raise ValueError(f"unknown peer loader {name!r}; choose from {', '.join(PEERS)}")
-    cfg = _augment(augment)
+    cfg = augment_argument(augment)
     kwargs = dict(
         augment=cfg,
         batch_size=int(batch_size),
-        size=_size(size, stride=cfg.targets.stride),
-        device=_device(device),
+        size=size_argument(size, stride=cfg.targets.stride),
+        device=resolve_device(device),
         num_workers=int(num_workers),
         seed=int(seed),
         prefetch=int(prefetch),
@@ -69,7 +70,7 @@ def make_peer(
     if name == "kornia":
         from fastload.bench.peers.kornia_peer import make_kornia_loader
 
-        return make_kornia_loader(_open(cache), **kwargs)
+        return make_kornia_loader(cache_argument(cache), **kwargs)
     from fastload.bench.peers.albu import make_albumentations_loader
 
-    return make_albumentations_loader(_open(cache), loop=name == "albumentations-loop", **kwargs)
+    return make_albumentations_loader(cache_argument(cache), loop=name == "albumentations-loop", **kwargs)

@@ -23,8 +23,8 @@ from fastload.cache.format import decode_image
 from fastload.cache.reader import decode_labels
 from fastload.errors import ConfigError
 from fastload.pipeline.plan import BATCH_KEYS
+from fastload.pipeline.sampling import epoch_order
 from fastload.pipeline.workers import mp_context
-from fastload.sampling import epoch_order
 
 EXTRA_HINT = 'pip install "fastload[peers]"'
 
@@ -103,7 +103,7 @@ class CacheSamples(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """fastload's epoch order (`fastload.sampling.epoch_order`): a permutation per (seed, epoch)."""
+    """fastload's epoch order (`fastload.pipeline.sampling.epoch_order`): a permutation per (seed, epoch)."""
 
     def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from fastload import validation
 from fastload.augment.config import AugmentConfig
 from fastload.pipeline.batch import render_batch_targets, widen_mask
 from fastload.pipeline.dali.failures import named_failure
@@ -18,11 +19,11 @@ from fastload.pipeline.dali.graph import build_pipeline, dali_modules, shutdown_
 from fastload.pipeline.dali.nvcomp import nvcomp_available, nvcomp_missing
 from fastload.pipeline.dali.spec import OUTPUTS, GraphSpec
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.pipeline.plan import BATCH_KEYS, BatchPlan, Passes
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES
 from fastload.pipeline.workers import WorkerPool
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda")  # device types
 
 
 class _Switch:
@@ -47,8 +48,7 @@ class DaliBackend:
     out_size : (H, W) of the outputs; divisible by the targets' stride
     augment : the AugmentConfig the plans' parameters come from (it decides which ops the graph holds, the
         normalisation and the targets)
-    device : "cuda": decode and augment on the GPU, tensors on it; "cpu": DALI on CPU, CPU tensors
-    device_id : the CUDA device for "cuda" (None: torch's current device); None for "cpu"
+    device : "cuda:N": decode and augment on that GPU, tensors on it; "cpu": DALI on the CPU, CPU tensors
     batch_size : the largest N of a plan
     num_threads : DALI CPU threads
     prefetch : batches DALI prepares ahead of the one being consumed (``prefetch_queue_depth``)
@@ -66,8 +66,7 @@ class DaliBackend:
         cache: Any,
         out_size: Sequence[int],
         augment: AugmentConfig,
-        device: Literal["cpu", "cuda"],
-        device_id: int | None,
+        device: torch.device | str,
         batch_size: int,
         num_threads: int,
         prefetch: int,
@@ -75,8 +74,16 @@ class DaliBackend:
         io_threads: int = DEFAULT_IO_THREADS,
         max_read_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        if device not in DEVICES:
-            raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+        asked = device
+        try:
+            device = torch.device(asked)
+        except (RuntimeError, TypeError):
+            device = None
+        if device is None or device.type not in DEVICES or (device.type == "cuda" and device.index is None):
+            raise ValueError(
+                "device must be one of ['cpu', 'cuda:N'] (a CUDA device with its index; fastload.pipeline.devices."
+                f"resolve_device resolves 'auto' and 'cuda'), got {validation.short_repr(asked)}"
+            )
         for name, value, least in (
             ("batch_size", batch_size, 1),
             ("num_threads", num_threads, 1),
@@ -87,41 +94,35 @@ class DaliBackend:
         ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if device == "cpu" and device_id is not None:
-            raise ValueError(f"device_id must be None with device='cpu', got {device_id!r}")
         dali_modules()  # fail now, with the install hint, not at the first batch
-        if device == "cuda":
+        if device.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError("device='cuda' but torch sees no CUDA device; pass device='cpu'")
+                raise ValueError(f"device={str(device)!r} but torch sees no CUDA device; pass device='cpu'")
             if not nvcomp_available():  # a warning, not an error: DALI may still find it where we do not look
                 logging.getLogger("fastload").warning(nvcomp_missing("fastload cannot find it where DALI looks"))
-            device_id = torch.cuda.current_device() if device_id is None else int(device_id)
         self.cache = cache
         self.augment = augment
-        self.spec = GraphSpec.create(out_size=out_size, augment=augment, device="gpu" if device == "cuda" else "cpu")
+        self.spec = GraphSpec.create(out_size=out_size, augment=augment, device="gpu" if device.type == "cuda" else "cpu")
         self.device = device
-        self.device_id = device_id
         self.batch_size = int(batch_size)
         self.num_threads = int(num_threads)
         self.prefetch = int(prefetch)
         self.workers = int(workers)
         self.io_threads = int(io_threads)
         self.max_read_bytes = int(max_read_bytes)
-        self._torch_device = torch.device("cuda", device_id) if device == "cuda" else torch.device("cpu")
         self._switch = _Switch()
         self._pool: WorkerPool | None = None
         self._pipe = None
         self._dirty = False  # a pass left batches in flight: drain (or rebuild) before the next one
-        self._generation = 0
+        self._passes = Passes("DaliBackend")
 
     def iterate(self, batches: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
         """One batch dict per plan, in order. A later call supersedes an unfinished earlier iterator."""
-        self._generation += 1
-        return self._pass(iter(batches), self._generation)
+        return self._pass(iter(batches), self._passes.start())
 
     def close(self) -> None:
         """Stop the feed workers and shut the pipeline down now. Iterating again starts new ones."""
-        self._generation += 1
+        self._passes.end_all()
         self._stop_feed()
         self._discard_pipeline()
         pool, self._pool = self._pool, None
@@ -134,7 +135,7 @@ class DaliBackend:
         return self._pool.pids if self._pool is not None else []
 
     # --- one pass -----------------------------------------------------------------------------------------
-    def _pass(self, plans: Iterator[BatchPlan], generation: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _pass(self, plans: Iterator[BatchPlan], token: int) -> Iterator[dict[str, torch.Tensor]]:
         pool = self._ready_pool()
         pipe = self._ready_pipeline()
         feed = InputFeed(pool, plans, self.spec.inputs)
@@ -143,8 +144,7 @@ class DaliBackend:
         try:
             pipe.schedule_run()  # the first call queues `prefetch` plans
             while feed.pending:
-                if generation != self._generation:
-                    raise RuntimeError("this DaliBackend iterator was superseded by a later iterate() call or close()")
+                self._passes.check(token)
                 plan, ticket, info = feed.pending.popleft()
                 if ticket is None:
                     yield self._empty_batch()
@@ -163,13 +163,13 @@ class DaliBackend:
             # a failed pass (a bad sample, DALI's own error): nothing of it may keep running, in this process or
             # in one forked later, and nothing of it stays open (an exception kept by the caller keeps this backend
             # alive); the next pass starts a fresh pipeline and fresh workers
-            if generation == self._generation:
+            if self._passes.current(token):
                 self.close()
             raise
 
     def _collect(self, pipe, plan: BatchPlan, ticket: int, info: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Wait for one batch, make torch tensors of it, hand DALI its buffers back, render the targets."""
-        stream = torch.cuda.current_stream(self._torch_device) if self.device == "cuda" else None
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         try:
             with nvtx_range("fastload/dali_outputs"):
                 # with a stream, DALI orders its outputs before work queued on it: no host synchronisation
@@ -221,7 +221,7 @@ class DaliBackend:
             self._pipe = build_pipeline(
                 self.spec,
                 self._switch,
-                device_id=self.device_id,
+                device_id=self.device.index,
                 batch_size=self.batch_size,
                 num_threads=self.num_threads,
                 prefetch=self.prefetch,
@@ -262,25 +262,25 @@ class DaliBackend:
             return tensor
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        tensor = torch.empty(tuple(dense.shape()), dtype=dtype, device=self._torch_device)
+        tensor = torch.empty(tuple(dense.shape()), dtype=dtype, device=self.device)
         feed_ndarray(dense, tensor, cuda_stream=stream)  # asynchronous, on torch's current stream
         return tensor
 
     def _index(self, plan: BatchPlan) -> torch.Tensor:
         index = torch.as_tensor(np.asarray(plan.indices, dtype=np.int64))
-        if self.device == "cpu":
+        if self.device.type == "cpu":
             return index
         # from pinned memory the copy is asynchronous on the current stream (from pageable memory it would sync)
-        return index.pin_memory().to(self._torch_device, non_blocking=True)
+        return index.pin_memory().to(self.device, non_blocking=True)
 
     def _empty_batch(self) -> dict[str, torch.Tensor]:
         """A batch with N = 0 (a short last step of a distributed epoch), made without running DALI."""
         h, w = self.spec.out_size
         batch = {
-            "image": torch.empty((0, 3, h, w), dtype=torch.float32, device=self._torch_device),
-            "semantic": torch.empty((0, h, w), dtype=torch.int64, device=self._torch_device),
-            "instance": torch.empty((0, h, w), dtype=torch.int32, device=self._torch_device),
+            "image": torch.empty((0, 3, h, w), dtype=torch.float32, device=self.device),
+            "semantic": torch.empty((0, h, w), dtype=torch.int64, device=self.device),
+            "instance": torch.empty((0, h, w), dtype=torch.int32, device=self.device),
         }
         batch.update(render_batch_targets(batch["instance"], self.augment.targets, max_id=0))
-        batch["index"] = torch.empty((0,), dtype=torch.int64, device=self._torch_device)
+        batch["index"] = torch.empty((0,), dtype=torch.int64, device=self.device)
         return {key: batch[key] for key in BATCH_KEYS}

@@ -1,6 +1,6 @@
 """The real sample data fastload ships: 18 photos with 165 hand-drawn polygons (fruits_nuts_coco, MIT).
 
-It lives inside the package (``fastload/data/fruits_nuts_coco``) so that a fresh clone or an installed wheel has
+It lives inside the package (``fastload/data/fruits_nuts_coco``, beside this file) so that a fresh clone or an installed wheel has
 real pictures for the tests, the README example and ``fastload demo --data sample``. Its ``README.md`` says where
 it comes from; its ``LICENSE`` applies to those files.
 """
@@ -20,7 +20,7 @@ def sample_data() -> Path:
     FileNotFoundError
         When the package was installed without its data files (a broken install): reinstall fastload.
     """
-    root = Path(__file__).resolve().parent / "data" / SAMPLE_NAME
+    root = Path(__file__).resolve().parent / SAMPLE_NAME
     if not (root / "annotations.json").is_file():
         raise FileNotFoundError(
             f"fastload's sample data is missing from {root}: the package was installed without its data "

@@ -1,4 +1,4 @@
-"""The CPU backend: torch DataLoader worker processes running the NumPy/OpenCV reference kernels.
+"""The OpenCV engine ("opencv-workers": `CpuLoader`, and `Loader` without a GPU): torch DataLoader worker processes running the NumPy/OpenCV reference kernels.
 
 It is the benchmark's "before" and the reference the DALI backend is checked against, so it is made a good
 one. The loader shell (`fastload.loader.CpuLoader`) hands it an iterator of `BatchPlan`s; a batch sampler turns
@@ -49,7 +49,7 @@ from fastload.cache.reader import decode_labels
 from fastload.errors import CacheError, FastloadError, add_note
 from fastload.pipeline.batch import finish_batch, numpy_targets, widen_batch
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.pipeline.plan import BATCH_KEYS, BatchPlan, Passes
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, Prefetcher, plans_for
 from fastload.pipeline.workers import mp_context
 
@@ -282,7 +282,7 @@ def _keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))
 
 
-class TorchBackend:
+class OpencvBackend:
     """Turns batch plans into batches with torch DataLoader workers and the CPU reference kernels.
 
     Parameters
@@ -324,7 +324,7 @@ class TorchBackend:
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self._feed = _WorkSampler(self.num_workers, depth=plans_for(io_threads, self.batch_size))
-        self._generation = 0
+        self._passes = Passes("OpencvBackend")
         workers = self.num_workers > 0
         self._dataset = _AugmentedBatches(
             cache,
@@ -355,9 +355,8 @@ class TorchBackend:
     def iterate(self, batches: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
         """Yield one batch dict (keys `BATCH_KEYS`, on ``device``) per plan, in plan order."""
         if self._loader is None:
-            raise RuntimeError("TorchBackend.iterate() after close(); make a new backend")
-        self._generation += 1
-        generation = self._generation
+            raise RuntimeError("OpencvBackend.iterate() after close(); make a new backend")
+        token = self._passes.start()
         self._feed.source = iter(batches)
         # with persistent workers this resets the one iterator: batches of an abandoned pass still in flight
         # are drained and dropped
@@ -365,7 +364,7 @@ class TorchBackend:
         # checked before every next(): a newer iterate() owns the (shared) iterator, and an abandoned
         # generator resumed later must not take its batches
         first = True
-        while generation == self._generation:
+        while self._passes.current(token):
             try:
                 raw = next(it, None)
             except RuntimeError as exc:
@@ -397,12 +396,12 @@ class TorchBackend:
                 )
             yield {key: raw[key] for key in BATCH_KEYS}
         # a newer iterate() (or close()) took the workers: this pass cannot go on without stealing its batches
-        raise RuntimeError("this TorchBackend iterator was superseded by a later iterate() call or close()")
+        self._passes.check(token)
 
     def close(self) -> None:
         """Stop the worker processes and the reader threads. Idempotent."""
         loader, self._loader = self._loader, None
-        self._generation += 1
+        self._passes.end_all()
         if loader is None:
             return
         iterator = getattr(loader, "_iterator", None)  # the persistent workers' iterator, if started
