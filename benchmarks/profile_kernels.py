@@ -99,7 +99,8 @@ def load_samples(cache_root: Path, n: int) -> tuple[Any, list[Sample]]:
     from fastload.augment.config import load_augment
     from fastload.augment.params import draw_params
     from fastload.cache.format import decode_image
-    from fastload.cache.reader import decode_labels, open_cache
+    from fastload.cache.reader import decode_labels
+    from fastload.samples import open_cache
 
     cfg = load_augment("default")
     every = always_on(cfg)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from fastload.cache import format as fmt
-from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
+from fastload.samples import open_cache
 from fastload.synth import synth_coco
 
 

@@ -99,7 +99,7 @@ def cold_and_warm(kind: str, cache_root: Path, *, workers: int) -> tuple[float, 
     A first, untimed pass starts the loader (pipeline, worker processes); then the shards' pages are dropped
     (`drop_page_cache`) and two whole passes are timed, each including its own first batch.
     """
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     cache = open_cache(cache_root)
     loader = make_loader(kind, cache, workers=workers)
@@ -117,7 +117,7 @@ def read_ms_cold_and_warm(cache_root: Path) -> tuple[float, float]:
     (shard pages dropped) and again from the page cache."""
     import numpy as np
 
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     cache = open_cache(cache_root)
     order = np.random.default_rng(0).permutation(len(cache))

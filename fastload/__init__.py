@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "build_cache": ("fastload.cache.writer", "build_cache"),
-    "open_cache": ("fastload.cache.reader", "open_cache"),
+    "open_cache": ("fastload.samples", "open_cache"),
     "Loader": ("fastload.loader", "Loader"),
     "CpuLoader": ("fastload.loader", "CpuLoader"),
     "AugmentConfig": ("fastload.augment.config", "AugmentConfig"),

@@ -270,7 +270,7 @@ def renamed(function: Any, qualname: str) -> Any:
 def cache_argument(cache: Any):
     """``cache=``: an opened cache as is, or a folder opened here; a ValueError naming what is wrong."""
     if isinstance(cache, (str, os.PathLike)):
-        from fastload.cache.reader import open_cache
+        from fastload.samples import open_cache
 
         path = Path(cache)
         if not path.exists():

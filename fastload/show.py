@@ -320,7 +320,7 @@ def show(
     # open a cache given by path once, for both loaders and the class names
     opened = isinstance(cache, (str, Path))
     if opened:
-        from fastload.cache.reader import open_cache
+        from fastload.samples import open_cache
 
         cache = open_cache(cache)
     try:

@@ -149,9 +149,9 @@ def read_through(path: str, cache: str | Path) -> None:
     CacheError): "open_cache" (``cache[i]``), "cpu" (CpuLoader in process), "cpu-worker" (one worker process),
     "dali" (``Loader(device="cpu")``: DALI's graph on the CPU), "verify" (`verify_cache`)."""
     from fastload import CpuLoader, Loader
-    from fastload.cache.reader import open_cache
     from fastload.cache.verify import verify_cache
     from fastload.errors import CacheError
+    from fastload.samples import open_cache
 
     if path == "open_cache":
         ds = open_cache(cache)

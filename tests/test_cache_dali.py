@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastload.cache.format import DALI_IMAGE_EXT, LABEL_EXTENSIONS, encode_meta
-from fastload.cache.reader import open_cache
+from fastload.samples import open_cache
 
 dali = pytest.importorskip("nvidia.dali")
 

@@ -27,10 +27,10 @@ from PIL import Image
 
 from fastload.cache import images
 from fastload.cache.manifest import NormalisedInfo, load_manifest
-from fastload.cache.reader import open_cache
 from fastload.cache.verify import verify_cache
 from fastload.cache.writer import build_cache
 from fastload.errors import CacheError, ImageError
+from fastload.samples import open_cache
 from fastload.synth import synth_coco
 
 BAD_FILE = "000001.jpg"  # image id 2, position 1 of three

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastload.cache.reader import CacheDataset, open_cache
+from fastload.cache.reader import CacheDataset
 from fastload.errors import CacheError
+from fastload.samples import open_cache
 
 
 @pytest.fixture

@@ -260,7 +260,7 @@ def _real_backend(cache, *, workers: int, size=(64, 96)) -> OpencvBackend:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_real_cache_batches_equal_the_reference(synth_cache, workers):
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     cache = open_cache(synth_cache)
     plans = [plan([3, 17, 8, 0], epoch=2), plan([23, 9])]
@@ -299,7 +299,7 @@ def test_corrupt_member_in_a_worker_names_shard_and_sample(synth_cache, tmp_path
     import json
     import shutil
 
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     root = tmp_path / "cache"
     shutil.copytree(synth_cache, root)

@@ -60,7 +60,7 @@ def gpu_backend(cache=None, **kwargs):
 
 @pytest.fixture(scope="module")
 def cache(sample_cache):
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     return open_cache(sample_cache)
 

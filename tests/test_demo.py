@@ -41,7 +41,7 @@ def test_demo_on_the_bundled_real_photos(tmp_path, capsys):
     assert not (out / "data").exists(), "the sample data is read where fastload ships it, not copied"
     report = json.loads((out / "bench.json").read_text())
     assert report["config"]["cache"] == str(out / "cache")
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     assert len(open_cache(out / "cache")) == 18  # the 18 real photos
     assert "fruits_nuts_coco" in capsys.readouterr().out

@@ -26,9 +26,9 @@ from imagefactory import exif, jpeg, pil_rgb
 
 from fastload.augment.config import AugmentConfig
 from fastload.cache.images import apply_orientation
-from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
 from fastload.raster import rasterize_polygons
+from fastload.samples import open_cache
 
 UNDO = {6: 8, 8: 6}  # the orientation that turns a displayed picture back into the stored grid (others undo themselves)
 SHAPES = {"square": (64, 64), "wide": (48, 80)}

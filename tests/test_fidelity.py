@@ -280,7 +280,7 @@ def coco_records(sample_coco: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def cache(sample_cache):
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     return open_cache(sample_cache)
 

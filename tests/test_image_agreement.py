@@ -41,8 +41,8 @@ from PIL import Image
 
 from fastload.augment.config import AugmentConfig
 from fastload.cache.images import apply_orientation
-from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
+from fastload.samples import open_cache
 
 H, W = 40, 56
 STORED = pattern(H, W)

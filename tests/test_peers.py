@@ -14,9 +14,9 @@ import torch
 
 from fastload.augment.config import AugmentConfig
 from fastload.bench.peers import PEERS, make_peer
-from fastload.cache.reader import open_cache
 from fastload.errors import ConfigError
 from fastload.pipeline.plan import BATCH_KEYS
+from fastload.samples import open_cache
 from fastload.targets import center_targets, center_targets_per_instance, semantic_weights
 
 pytest.importorskip("albumentations")

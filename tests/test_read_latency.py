@@ -27,8 +27,8 @@ import torch
 from loader_kit import assert_batches_equal, loader_processes, make_loader, make_synth_cache, start_mp_helpers
 
 from fastload.bench.storage import DelayedCache
-from fastload.cache.reader import open_cache
 from fastload.errors import CacheError
+from fastload.samples import open_cache
 
 N, BATCH = 20, 4  # 5 batches per epoch
 ARGS = dict(batch_size=BATCH, augment="default", seed=5, io_threads=8)
@@ -122,7 +122,7 @@ def test_the_first_bad_sample_of_its_batch_is_reported_after_the_batches_before(
     for index in (9, 10):
         flip_image_byte(root, index)
     cache = SlowSample(root, latency_s=0.0, jitter_s=0.01)
-    cache.slow_start = int(cache._span[9, 0])
+    cache.slow_start = cache.span(9)[0]
     loader = make_loader(kind, cache, **{**ARGS, "shuffle": False}, **extra)
     batches = []
     with pytest.raises(CacheError) as error:

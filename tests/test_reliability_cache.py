@@ -20,8 +20,8 @@ import pytest
 import torch
 from loader_kit import LOADER_KINDS, make_loader, make_synth_cache
 
-from fastload.cache.reader import open_cache
 from fastload.errors import CacheError
+from fastload.samples import open_cache
 
 DEADLINE_S = 60.0  # a hang fails here; a healthy iteration takes well under a second
 BAD = 5  # the damaged sample: shard-00001.tar (4 samples per shard), key 00000005

@@ -17,7 +17,7 @@ import pytest
 from imagefactory import MOTION_PHOTO_VIDEO
 
 from fastload.cache.manifest import load_manifest
-from fastload.cache.reader import open_cache
+from fastload.samples import open_cache
 from fastload.synth import synth_coco
 
 CLI = [sys.executable, "-m", "fastload"]

@@ -24,10 +24,10 @@ import yaml
 
 import fastload
 from fastload.cache.manifest import load_manifest
-from fastload.cache.reader import open_cache
 from fastload.cache.writer import build_cache
 from fastload.coco import ImageRecord, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ImageError
+from fastload.samples import open_cache
 from fastload.synth import synth_coco
 
 PACKAGE = Path(fastload.__file__).parent

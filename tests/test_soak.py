@@ -22,7 +22,8 @@ import psutil
 import pytest
 from loader_kit import LOADER_KINDS, loader_processes, make_loader, make_synth_cache, start_mp_helpers
 
-from fastload.cache.reader import MAX_OPEN_SHARDS, open_cache
+from fastload.cache.reader import MAX_OPEN_SHARDS
+from fastload.samples import open_cache
 
 EPOCHS = 20
 SOAK_ARGS = dict(batch_size=8, size=(64, 64), augment="default", seed=1)
@@ -137,7 +138,8 @@ def test_a_cache_of_many_shards_stays_within_a_low_descriptor_limit(tmp_path):
         f"""
         import os, resource
         import numpy as np
-        from fastload.cache.reader import MAX_OPEN_SHARDS, open_cache
+        from fastload.cache.reader import MAX_OPEN_SHARDS
+        from fastload.samples import open_cache
         resource.setrlimit(resource.RLIMIT_NOFILE, (100, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         ds = open_cache({str(cache)!r})
         for i in np.random.default_rng(0).permutation(len(ds)).tolist() * 2:

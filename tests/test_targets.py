@@ -16,10 +16,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastload.augment.config import AugmentConfig, GeometryConfig, RandomRange, Translation
 from fastload.augment.params import affine_matrix, draw_params
 from fastload.augment.reference import warp_mask
-from fastload.cache.reader import open_cache
 from fastload.coco import load_coco
 from fastload.errors import ConfigError
 from fastload.raster import rasterize_image
+from fastload.samples import open_cache
 from fastload.targets import (
     batch_tables,
     center_targets,

@@ -203,7 +203,7 @@ def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any) -> Any:
 
 def cache_num_classes(cache: str) -> int:
     """K + 1, the cache's classes with background: the logits SegNet needs."""
-    from fastload.cache.reader import open_cache
+    from fastload.samples import open_cache
 
     with open_cache(cache) as opened:
         return opened.num_classes

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fastload.cache.manifest import load_manifest
-from fastload.cache.reader import CacheDataset
+from fastload.samples import CacheSamples
 
 
 def drop_page_cache(root: str | Path) -> int:
@@ -47,7 +47,7 @@ def drop_page_cache(root: str | Path) -> int:
     return advised
 
 
-class DelayedCache(CacheDataset):
+class DelayedCache(CacheSamples):
     """An opened cache whose sample reads each take ``latency_s`` (+ up to ``jitter_s``) seconds longer.
 
     Picklable: DataLoader workers get a copy, with the same latency and their own counters.

@@ -1,6 +1,7 @@
-"""`open_cache`: a built cache as a random-access `Sequence` of samples.
+"""`CacheDataset`: a built cache as a random-access `Sequence` of samples, as stored (the storage every path reads).
 
-Opening reads ``manifest.json`` and every shard's JSON index (no tar data). A sample is then one ``pread``
+Opening reads ``manifest.json`` and every shard's JSON index (no tar data: `fastload.cache.index`). A sample is
+then one ``pread``
 of its members' contiguous span, CRC-checked per member. File handles are opened lazily, per process, and
 never pickled, so a `CacheDataset` can be handed to torch DataLoader workers (fork or spawn). Reads from many
 threads run concurrently: the lock that guards the table of open files is held only to find a descriptor,
@@ -24,18 +25,16 @@ import numpy as np
 from fastload.advice import rebuild_shard
 from fastload.cache.format import (
     IMAGE_EXTENSIONS,
-    LABEL_DTYPES,
     LABEL_EXTENSIONS,
     MEMBER_KINDS,
-    SCHEMA_VERSION,
     SampleMembers,
     decode_image,
     decode_label,
-    loads_json,
 )
-from fastload.cache.manifest import Manifest, ShardInfo, load_manifest
-from fastload.cache.validate import check_instance_ids, checked_sample, shard_path
-from fastload.errors import CacheError, ConfigError
+from fastload.cache.index import CacheIndex
+from fastload.cache.manifest import Manifest, load_manifest
+from fastload.cache.validate import check_instance_ids, checked_sample
+from fastload.errors import CacheError
 
 # shard files a process keeps open (least recently used closed first): a shuffled epoch reads every shard,
 # and a cache of more shards than the common soft limit of 1024 descriptors would otherwise hit EMFILE
@@ -52,118 +51,27 @@ class _Handle:
 
 
 class CacheDataset(Sequence):
-    """The samples of a cache, in order (shard by shard). Build with `open_cache`.
+    """The samples of the cache at ``root``, in order (shard by shard), as stored.
 
     ``ds[i]`` decodes sample ``i`` (negative indices count from the end; out of range → IndexError)::
 
         image     uint8   (H, W, 3)  RGB, the source pixels
         semantic  uint8   (H, W)     train ids, 0 background, 255 ignore
         instance  int32   (H, W)     instance ids 1..N, 0 background
-        heatmap   float32 (H', W')   Panoptic-DeepLab centre heatmap of the instance mask, in [0, 1]
-        offset    float32 (2, H', W') (dy, dx) to the instance centre in map pixels
         meta      dict    {image_id, file_name, height, width, instances: [{id, annotation_id, category_id,
                            train_id, bbox, area, centre}, ...]}
 
-    with ``(H', W') = (ceil(H/stride), ceil(W/stride))``. Heatmap and offsets are computed on access with
-    `fastload.targets.center_targets` (``sigma``, ``stride`` of `open_cache`): the cache stores masks, and the
-    loaders render the maps after augmentation instead.
+    `fastload.open_cache` gives a `fastload.samples.CacheSamples`, which adds the heatmap and offsets of each
+    sample's instance mask: the cache stores masks, and the loaders render the maps after augmentation instead.
     """
 
-    def __init__(self, root: str | Path, *, sigma: float = 8.0, stride: int = 1) -> None:
+    def __init__(self, root: str | Path) -> None:
         self._root = Path(root)
-        self.sigma, self.stride = _target_params(sigma, stride)
         self._manifest = load_manifest(self._root)
-        self._load_indexes()
+        self._ix = CacheIndex(self._root, self._manifest)
         self._fds: OrderedDict[int, _Handle] = OrderedDict()  # shard → open file, least recently used first
         self._lock = threading.Lock()  # guards _fds only; never held across a read
         self._pid = os.getpid()
-
-    # ------------------------------------------------------------------------------------------ opening
-
-    def _load_indexes(self) -> None:
-        shards = self._manifest.shards
-        n = sum(s.samples for s in shards)
-        if n != self._manifest.samples:
-            raise CacheError(f"{self._root}/manifest.json: shards hold {n} samples, counts say {self._manifest.samples}; rebuild the cache")
-        kinds = len(MEMBER_KINDS)
-        self._shard_of = np.empty(n, np.int32)
-        self._span = np.empty((n, 2), np.int64)  # absolute start of the first member's data, span length
-        self._member = np.empty((n, kinds, 2), np.int64)  # (offset within span, size)
-        self._crc = np.empty((n, kinds), np.uint32)
-        self._hw = np.empty((n, 2), np.int32)
-        self._image_id = np.empty(n, np.int64)
-        self._position = np.empty(n, np.int64)
-        self._image_ext = np.empty(n, np.uint8)
-        self._tar_paths = [self._check_tar(shard) for shard in shards]  # real paths, inside the cache folder
-        i = 0
-        for s, shard in enumerate(shards):
-            for sample in self._read_index(shard):
-                self._add_sample(i, s, shard, sample)
-                i += 1
-
-    def _check_tar(self, shard: ShardInfo) -> Path:
-        path = shard_path(self._root, shard.file)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise CacheError(f"shard {shard.file} is missing from {self._root}; rebuild it with `fastload cache build ... --resume`") from None
-        if size != shard.bytes:
-            raise CacheError(
-                f"shard {shard.file} has {size} bytes, the manifest says {shard.bytes} (truncated or replaced); "
-                + rebuild_shard(self._root)
-            )
-        return path
-
-    def _read_index(self, shard: ShardInfo) -> list[dict[str, Any]]:
-        path = shard_path(self._root, shard.index_file)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CacheError(f"shard index {shard.index_file} is missing; " + rebuild_shard(self._root)) from None
-        # an edited or damaged index can still be valid JSON with plausible offsets and sizes, which the
-        # members' CRC-32s do not cover (a wrong height/width would warp the sample wrongly): check its hash
-        if hashlib.sha256(data).hexdigest() != shard.index_sha256:
-            raise CacheError(
-                f"shard index {shard.index_file} of {shard.file}: sha256 differs from the manifest (damaged or "
-                "edited); " + rebuild_shard(self._root)
-            )
-        try:
-            index = loads_json(data, what=f"shard index {shard.index_file}")
-        except CacheError as exc:
-            raise CacheError(f"{exc}; " + rebuild_shard(self._root)) from None
-        if not isinstance(index, dict) or index.get("schema_version") != SCHEMA_VERSION:
-            raise CacheError(f"shard index {shard.index_file} has an unknown schema; " + rebuild_shard(self._root))
-        samples = index.get("samples")
-        if not isinstance(samples, list) or len(samples) != shard.samples:
-            raise CacheError(f"shard index {shard.index_file} does not list {shard.samples} samples; " + rebuild_shard(self._root))
-        return samples
-
-    def _add_sample(self, i: int, s: int, shard: ShardInfo, sample: dict[str, Any]) -> None:
-        try:
-            members = sample["members"]
-            if [m["kind"] for m in members] != list(MEMBER_KINDS):
-                raise ValueError(f"members {[m['kind'] for m in members]}, expected {list(MEMBER_KINDS)}")
-            _check_spans(members, shard.bytes)
-            start = members[0]["offset"]
-            end = members[-1]["offset"] + members[-1]["size"]
-            self._shard_of[i] = s
-            self._span[i] = (start, end - start)
-            for k, m in enumerate(members):
-                self._member[i, k] = (m["offset"] - start, m["size"])
-                self._crc[i, k] = m["crc32"]
-                if m["kind"] in LABEL_DTYPES and (
-                    m["shape"] != [sample["height"], sample["width"]] or m["dtype"] != LABEL_DTYPES[m["kind"]].name
-                ):
-                    raise ValueError(f"{m['name']} is {m['dtype']} {m['shape']}, the sample {sample['height']} x {sample['width']}")
-            self._hw[i] = (sample["height"], sample["width"])
-            self._image_id[i] = sample["image_id"]
-            self._position[i] = int(sample["key"])
-            self._image_ext[i] = IMAGE_EXTENSIONS.index(members[0]["name"].split(".", 1)[1])
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
-            raise CacheError(
-                f"shard index {shard.index_file}: sample {sample.get('key', '?') if isinstance(sample, dict) else '?'} "
-                f"is malformed ({exc}); " + rebuild_shard(self._root)
-            ) from exc
 
     # ------------------------------------------------------------------------------------------ pickling
 
@@ -208,7 +116,7 @@ class CacheDataset(Sequence):
             if handle is None:
                 shard = self._manifest.shards[s]
                 try:
-                    handle = _Handle(os.open(self._tar_paths[s], os.O_RDONLY))
+                    handle = _Handle(os.open(self._ix.tar_paths[s], os.O_RDONLY))
                 except FileNotFoundError:
                     raise CacheError(f"shard {shard.file} is missing from {self._root}; rebuild it with --resume") from None
                 self._fds[s] = handle
@@ -277,10 +185,10 @@ class CacheDataset(Sequence):
         return self._manifest.num_classes
 
     def __len__(self) -> int:
-        return len(self._shard_of)
+        return len(self._ix.shard_of)
 
     def __repr__(self) -> str:
-        return f"CacheDataset({str(self._root)!r}, samples={len(self)}, shards={len(self._manifest.shards)})"
+        return f"{type(self).__name__}({str(self._root)!r}, samples={len(self)}, shards={len(self._manifest.shards)})"
 
     def _index(self, i: Any) -> int:
         i = operator.index(i)  # ints and NumPy integers; slices are not supported
@@ -291,24 +199,29 @@ class CacheDataset(Sequence):
             raise IndexError(f"cache index {i} out of range for {n} samples")
         return i
 
+    def span(self, i: int) -> tuple[int, int]:
+        """Where sample ``i``'s members lie in its shard's tar: (offset of the first member's data, bytes)."""
+        start, length = self._ix.span[self._index(i)]
+        return int(start), int(length)
+
     def span_bytes(self, i: int) -> int:
         """Bytes one `read_members` of sample ``i`` reads (from the index, no tar read)."""
-        return int(self._span[self._index(i), 1])
+        return int(self._ix.span[self._index(i), 1])
 
     def image_size(self, i: int) -> tuple[int, int]:
         """``(H, W)`` of sample ``i`` from the index (no tar read)."""
         i = self._index(i)
-        return int(self._hw[i, 0]), int(self._hw[i, 1])
+        return int(self._ix.hw[i, 0]), int(self._ix.hw[i, 1])
 
     def key(self, i: int) -> str:
         """Sample key (the image's position in the COCO list, ``%08d``)."""
-        return f"{int(self._position[self._index(i)]):08d}"
+        return f"{int(self._ix.position[self._index(i)]):08d}"
 
     def image_id(self, i: int) -> int:
-        return int(self._image_id[self._index(i)])
+        return int(self._ix.image_id[self._index(i)])
 
     def _where(self, i: int) -> str:
-        return f"shard {self._manifest.shards[self._shard_of[i]].file}, sample {self.key(i)} (cache index {i})"
+        return f"shard {self._manifest.shards[self._ix.shard_of[i]].file}, sample {self.key(i)} (cache index {i})"
 
     def read_members(self, i: int) -> SampleMembers:
         """The encoded members of sample ``i``: one read, each member's CRC-32 checked, then the members checked
@@ -322,8 +235,8 @@ class CacheDataset(Sequence):
             a CRC disagrees or a check fails.
         """
         i = self._index(i)
-        s = int(self._shard_of[i])
-        start, length = (int(v) for v in self._span[i])
+        s = int(self._ix.shard_of[i])
+        start, length = (int(v) for v in self._ix.span[i])
         try:
             buf = self._pread(s, length, start)
         except CacheError as exc:  # the shard file is gone (opened lazily, so this is where it shows)
@@ -338,10 +251,10 @@ class CacheDataset(Sequence):
         view = memoryview(buf)
         parts = []
         for k, kind in enumerate(MEMBER_KINDS):
-            off, size = (int(v) for v in self._member[i, k])
+            off, size = (int(v) for v in self._ix.member[i, k])
             data = view[off : off + size]
-            if zlib.crc32(data) != int(self._crc[i, k]):
-                ext = IMAGE_EXTENSIONS[self._image_ext[i]] if kind == "image" else LABEL_EXTENSIONS[kind]
+            if zlib.crc32(data) != int(self._ix.crc[i, k]):
+                ext = IMAGE_EXTENSIONS[self._ix.image_ext[i]] if kind == "image" else LABEL_EXTENSIONS[kind]
                 raise CacheError(
                     f"{self._where(i)}: member {self.key(i)}.{ext} fails its CRC-32 check (corrupt data); "
                     + rebuild_shard(self._root)
@@ -364,7 +277,7 @@ class CacheDataset(Sequence):
             shard=self._manifest.shards[s].file,
             key=self.key(i),
             image=image,
-            image_ext=IMAGE_EXTENSIONS[self._image_ext[i]],
+            image_ext=IMAGE_EXTENSIONS[self._ix.image_ext[i]],
             semantic=sem,
             instance=ins,
             meta=checked.meta,
@@ -380,8 +293,6 @@ class CacheDataset(Sequence):
             raise CacheError(f"{self._where(i)}: {exc}; " + rebuild_shard(self._root)) from None
 
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
-        from fastload.targets import center_targets
-
         i = self._index(i)
         members = self.read_members(i)
         height, width = self.image_size(i)
@@ -389,7 +300,6 @@ class CacheDataset(Sequence):
             sample = decode_members(members, (height, width))
         except CacheError as exc:
             raise CacheError(f"{self._where(i)}: {exc}; " + rebuild_shard(self._root)) from None
-        sample["heatmap"], sample["offset"] = center_targets(sample["instance"], self.sigma, stride=self.stride)
         return sample
 
 
@@ -416,37 +326,3 @@ def decode_members(members: SampleMembers, hw: tuple[int, int]) -> dict[str, Any
         raise CacheError(f"image decodes to {image.shape[0]} x {image.shape[1]}, the sample is {hw[0]} x {hw[1]}")
     semantic, instance = decode_labels(members, hw)
     return {"image": image, "semantic": semantic, "instance": instance.astype(np.int32), "meta": members.meta}
-
-
-def _check_spans(members: list[dict[str, Any]], tar_bytes: int) -> None:
-    """A sample's members lie in order inside the tar (after their 512-byte headers): no read leaves the file."""
-    end = 0
-    for m in members:
-        offset, size = m["offset"], m["size"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, size, m["crc32"])):
-            raise ValueError(f"{m['name']}: offset, size and crc32 must be integers")
-        if offset < end + 512 or size < 0 or offset + size > tar_bytes:
-            raise ValueError(f"{m['name']}: {size} bytes at offset {offset} do not lie in order inside the {tar_bytes}-byte tar")
-        end = offset + size
-
-
-def _target_params(sigma: Any, stride: Any) -> tuple[float, int]:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating, np.integer)) or not 0 < sigma < float("inf"):
-        raise ConfigError(f"sigma must be a positive number of map pixels, got {sigma!r}")
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise ConfigError(f"stride must be an integer >= 1, got {stride!r}")
-    return float(sigma), int(stride)
-
-
-def open_cache(path: str | Path, *, sigma: float = 8.0, stride: int = 1) -> CacheDataset:
-    """Open a built cache folder (see `CacheDataset`).
-
-    ``sigma`` (map pixels) and ``stride`` set the heatmap and offsets that ``cache[i]`` computes on access.
-
-    Raises
-    ------
-    CacheError
-        No manifest (the build did not finish: resume it or merge the nodes' parts), a manifest from a newer
-        fastload (upgrade) or an older one (rebuild), or a missing / short shard or shard index (named).
-    """
-    return CacheDataset(path, sigma=sigma, stride=stride)

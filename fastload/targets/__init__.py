@@ -29,6 +29,7 @@ NumPy-only at import.
 from fastload.targets.definition import (
     batch_tables,
     center_targets,
+    check_target_params,
     instance_centres,
     instance_table,
     sample_targets,
@@ -38,6 +39,7 @@ from fastload.targets.reference import center_targets_per_instance
 from fastload.targets.twin import render_targets
 
 __all__ = [
+    "check_target_params",
     "batch_tables",
     "center_targets",
     "center_targets_per_instance",

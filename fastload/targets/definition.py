@@ -76,7 +76,7 @@ def center_targets(
         ``(dy, dx)`` = centre − pixel, in map pixels, on instance pixels; 0 elsewhere.
     """
     mask = _check_mask(instance_mask)
-    sigma, stride = _check_params(sigma, stride)
+    sigma, stride = check_target_params(sigma, stride)
     runs = _row_runs(mask)
     return _center_targets(mask, runs, _instance_stats(runs, mask.shape[1]), sigma, stride)
 
@@ -95,7 +95,7 @@ def sample_targets(
     arrays as the two functions called apart.
     """
     mask = _check_mask(instance_mask)
-    sigma, stride = _check_params(sigma, stride)
+    sigma, stride = check_target_params(sigma, stride)
     area, weight = _check_weight_params(small_instance_area, small_instance_weight)
     runs = _row_runs(mask)
     stats = _instance_stats(runs, mask.shape[1])
@@ -232,7 +232,8 @@ def _check_mask(instance_mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _check_params(sigma: float, stride: int) -> tuple[float, int]:
+def check_target_params(sigma: float, stride: int) -> tuple[float, int]:
+    """``sigma`` (map pixels) and ``stride`` checked: a ConfigError naming the bad one and its range."""
     # the upper bounds are the config's (fastload.validation): each window is (6σ+3)² pixels
     if isinstance(sigma, bool) or not (isinstance(sigma, numbers.Real) and 0 < sigma <= MAX_SIGMA):
         raise ConfigError(f"sigma must be a positive number of map pixels (at most {MAX_SIGMA:g}), got {short_repr(sigma)}")

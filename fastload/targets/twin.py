@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastload.errors import ConfigError
-from fastload.targets.definition import _check_params, _check_weight_params, _gaussian_window
+from fastload.targets.definition import _check_weight_params, _gaussian_window, check_target_params
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +92,7 @@ def render_targets(
         ``heatmap`` float32 (N, 1, H', W'); ``offset`` float32 (N, 2, H', W'), ``(dy, dx)`` in map pixels;
         ``semantic_weight`` float32 (N, H, W).
     """
-    sigma, stride = _check_params(sigma, stride)
+    sigma, stride = check_target_params(sigma, stride)
     area, weight = _check_weight_params(small_instance_area, small_instance_weight)
     _check_instance_batch(instance)
     layout = _Layout.of(instance, sigma, stride)
