@@ -44,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from fastload.augment.config import load_augment
-    from fastload.bench.peers.kornia_peer import build_sequential
     from fastload.targets import render_targets
+    from fastload.tools.bench.peers.kornia_peer import build_sequential
 
     device = torch.device(args.device)
     cfg = load_augment("default")

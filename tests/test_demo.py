@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from fastload.bench.report import validate_report
 from fastload.errors import ConfigError
+from fastload.tools.bench.report import validate_report
 
 
 def test_demo_end_to_end_tiny(tmp_path, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--n", "6", "--image-size", "64", "80", "--size", "32", "32"]
@@ -31,7 +31,7 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
 
 
 def test_demo_on_the_bundled_real_photos(tmp_path, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     out = tmp_path / "demo"
     argv = ["demo", "--data", "sample", "--out", str(out), "--size", "32", "32", "--batch-size", "2"]
@@ -48,14 +48,14 @@ def test_demo_on_the_bundled_real_photos(tmp_path, capsys):
 
 
 def test_demo_wants_both_coco_and_images(tmp_path):
-    from fastload.demo import run_demo
+    from fastload.tools.demo import run_demo
 
     with pytest.raises(ConfigError, match="both --coco and --images"):
         run_demo(tmp_path, coco=tmp_path / "a.json")
 
 
 def test_demo_refuses_to_delete_a_folder_that_is_not_a_cache(tmp_path):
-    from fastload.demo import run_demo
+    from fastload.tools.demo import run_demo
 
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "precious.txt").write_text("keep me")

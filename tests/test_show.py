@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fastload.show import (
+from fastload.tools.show import (
     COLUMNS,
     grid_size,
     offset_wheel,
@@ -29,7 +29,7 @@ def test_show_both_loaders_writes_a_png_of_the_expected_size(synth_cache, tmp_pa
 
 
 def test_show_cli_on_the_real_sample_photos(sample_cache, tmp_path, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     out = tmp_path / "g.png"
     argv = ["show", "--cache", str(sample_cache), "--n", "2", "--out", str(out), "--loader", "cpu"]

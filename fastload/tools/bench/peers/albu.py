@@ -1,7 +1,7 @@
 """The ``albumentations`` peer: what a competent engineer writes today with a torch DataLoader and Albumentations.
 
 Per sample, in DataLoader worker processes (persistent, one OpenCV thread each, as many as the CpuLoader gets):
-read the cache sample, OpenCV decode, resize to fit the output (`fastload.bench.peers.common.fit_to_output`),
+read the cache sample, OpenCV decode, resize to fit the output (`fastload.tools.bench.peers.common.fit_to_output`),
 one ``A.Compose`` on uint8 pixels, then the Panoptic-DeepLab targets from the *augmented* instance mask with
 `fastload.targets.center_targets` and `semantic_weights` (or, as ``albumentations-loop``, with Panoptic-DeepLab's
 per-instance loop `fastload.targets.center_targets_per_instance`: the user's true starting point). On a CPU
@@ -45,10 +45,10 @@ import torch
 
 from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.reference import INSTANCE_FILL, SEMANTIC_FILL, normalize_image
-from fastload.bench.peers.common import CacheSamples, PeerLoader, require, widen_labels
 from fastload.errors import ConfigError
 from fastload.pipeline.batch import normalize_batch, numpy_targets
 from fastload.targets import center_targets_per_instance, semantic_weights
+from fastload.tools.bench.peers.common import CacheSamples, PeerLoader, require, widen_labels
 
 
 def _either(*ps: float) -> float:

@@ -12,7 +12,7 @@ name                     what it is
 Each reads the same cache (`fastload.open_cache`) and draws its augmentation from the same YAML
 (`fastload.augment.config.AugmentConfig`) as closely as its library allows; each module's docstring has the table
 of differences. The libraries are optional (``pip install "fastload[peers]"``) and are imported only when a peer
-is made: ``import fastload`` and ``fastload.bench`` never import them.
+is made: ``import fastload`` and ``fastload.tools.bench`` never import them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _LIBRARY = {"albumentations": "albumentations", "albumentations-loop": "albument
 
 def require_peer(name: str) -> None:
     """Raise the one-line ConfigError naming the ``peers`` extra unless peer ``name``'s library imports."""
-    from fastload.bench.peers.common import require
+    from fastload.tools.bench.peers.common import require
 
     require(_LIBRARY[name], peer=name)
 
@@ -67,9 +67,9 @@ def make_peer(
         drop_last=drop_last,
     )
     if name == "kornia":
-        from fastload.bench.peers.kornia_peer import make_kornia_loader
+        from fastload.tools.bench.peers.kornia_peer import make_kornia_loader
 
         return make_kornia_loader(_open(cache), **kwargs)
-    from fastload.bench.peers.albu import make_albumentations_loader
+    from fastload.tools.bench.peers.albu import make_albumentations_loader
 
     return make_albumentations_loader(_open(cache), loop=name == "albumentations-loop", **kwargs)

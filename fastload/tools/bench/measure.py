@@ -38,8 +38,8 @@ import numpy as np
 import psutil
 import torch
 
-from fastload.bench.ranges import H2D, STEP, WAIT, nvtx_range
 from fastload.errors import FastloadError
+from fastload.tools.bench.ranges import H2D, STEP, WAIT, nvtx_range
 
 StepFn = Callable[[dict[str, torch.Tensor]], Any]
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from fastload.bench.affinity import limited_cores
-from fastload.bench.measure import device_used_bytes, measure
-from fastload.bench.peers import PEERS
-from fastload.bench.sysinfo import machine_info, now_iso
 from fastload.cores import usable_cores
+from fastload.tools.bench.affinity import limited_cores
+from fastload.tools.bench.measure import device_used_bytes, measure
+from fastload.tools.bench.peers import PEERS
+from fastload.tools.bench.sysinfo import machine_info, now_iso
 
 LOADERS = ("cpu", "dali", *PEERS)
 DEFAULT_LOADERS = ("cpu", "dali")
@@ -41,7 +41,7 @@ class BenchConfig:
 
     cache : cache directory
     augment : augmentation config: a YAML path, "default" or "none"
-    loaders : names from LOADERS, run in this order (the peers: fastload.bench.peers)
+    loaders : names from LOADERS, run in this order (the peers: fastload.tools.bench.peers)
     batch_sizes : each loader is measured at each batch size
     size : output (height, width)
     steps, warmup : measured steps, and unmeasured steps before them
@@ -149,12 +149,12 @@ LoaderFactory = Callable[..., Any]
 
 
 def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
-    """``fastload.CpuLoader`` ("cpu"), ``fastload.Loader`` ("dali") or a peer (fastload.bench.peers) for one
+    """``fastload.CpuLoader`` ("cpu"), ``fastload.Loader`` ("dali") or a peer (fastload.tools.bench.peers) for one
     measurement; every one gets ``cfg.resolved_workers`` worker processes or threads."""
     cache: Any = cfg.cache
     if cfg.read_latency_ms:
-        # storage planning: every sample read takes this much longer, as on a NAS (fastload.bench.storage)
-        from fastload.bench.storage import DelayedCache
+        # storage planning: every sample read takes this much longer, as on a NAS (fastload.tools.bench.storage)
+        from fastload.tools.bench.storage import DelayedCache
 
         cache = DelayedCache.from_ms(cfg.cache, cfg.read_latency_ms)
     try:
@@ -170,10 +170,10 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
 
 def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any) -> Any:
     import fastload
-    from fastload.show import dali_device
+    from fastload.tools.show import dali_device
 
     if name in PEERS:
-        from fastload.bench.peers import make_peer
+        from fastload.tools.bench.peers import make_peer
 
         return make_peer(
             name,
@@ -218,9 +218,9 @@ def run_bench(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Measure every loader at every batch size (and core count), ``cfg.rounds`` times interleaved; return the
-    report dict (schema: fastload.bench.report)."""
+    report dict (schema: fastload.tools.bench.report)."""
     if loader_factory is make_loader:  # a missing peer library is said before anything is measured
-        from fastload.bench.peers import require_peer
+        from fastload.tools.bench.peers import require_peer
 
         for name in cfg.loaders:
             if name in PEERS:
@@ -260,7 +260,7 @@ def _measure_one(
     loader_factory: LoaderFactory,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from fastload.bench.model import TrainStep
+    from fastload.tools.bench.model import TrainStep
 
     # device-wide GPU memory before the loader exists: what it adds (DALI's own pool too) is the peak above this
     gpu = cfg.device != "cpu" and torch.cuda.is_available()
@@ -330,7 +330,7 @@ _warned: set[str] = set()
 
 
 def _warn_cpu_bf16(log: Callable[[str], None]) -> None:
-    from fastload.bench.sysinfo import cpu_has_native_bf16
+    from fastload.tools.bench.sysinfo import cpu_has_native_bf16
 
     if "bf16" in _warned or cpu_has_native_bf16():
         return

@@ -1,7 +1,7 @@
 """The ``kornia`` peer: DataLoader workers decode and resize (uint8), Kornia augments whole batches on the device.
 
 Workers (persistent, one OpenCV thread each) read the cache sample, decode it with OpenCV and resize it to fit the
-output (`fastload.bench.peers.common.fit_to_output`), and hand over compact uint8 images and masks (pinned for
+output (`fastload.tools.bench.peers.common.fit_to_output`), and hand over compact uint8 images and masks (pinned for
 CUDA). The main process moves them to the loader's device (the GPU on a GPU machine; the CPU in CI), converts
 the image to float32 in [0, 1] and runs one ``kornia.augmentation.AugmentationSequential`` over the batch, image
 linear and masks nearest (one affine for all three), then normalises and renders the Panoptic-DeepLab targets
@@ -40,8 +40,8 @@ import torch
 
 from fastload.augment.config import AugmentConfig
 from fastload.augment.reference import SEMANTIC_FILL
-from fastload.bench.peers.common import CacheSamples, PeerLoader, require
 from fastload.targets import render_targets
+from fastload.tools.bench.peers.common import CacheSamples, PeerLoader, require
 
 
 def build_sequential(cfg: AugmentConfig) -> Any:

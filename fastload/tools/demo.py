@@ -7,7 +7,7 @@ Everything lands in one folder (``--out``, default ``fastload-demo``):
 
     data/          the synthetic COCO dataset (annotations.json, images/), with --data synthetic only
     cache/         the cache built from it
-    bench.json     the benchmark report (schema: fastload.bench.report)
+    bench.json     the benchmark report (schema: fastload.tools.bench.report)
     bench.png      samples/s and data stall per loader
     show.png       augmented samples with their masks and maps, cpu and dali rows side by side
 """
@@ -79,10 +79,10 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the demo; see the module docstring for what is written where."""
-    from fastload.bench.report import format_table, plot, write_json
-    from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
     from fastload.cache.writer import build_cache
-    from fastload.show import show
+    from fastload.tools.bench.report import format_table, plot, write_json
+    from fastload.tools.bench.run import BenchConfig, dali_device_sentence, run_bench
+    from fastload.tools.show import show
 
     if (coco is None) != (images is None):
         raise ConfigError("give both --coco and --images, or neither (then a synthetic dataset is made)")
