@@ -6,13 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fastload.tools.show import (
-    COLUMNS,
-    grid_size,
-    offset_wheel,
-    semantic_overlay,
-    show,
-)
+from fastload.tools.picture import COLUMNS, grid_size, offset_wheel, semantic_overlay
+from fastload.tools.show import show
 
 
 def _read(path):

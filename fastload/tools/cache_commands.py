@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fastload.cache.manifest import Manifest
+from fastload.labels import BACKGROUND, IGNORE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,9 +69,9 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from fastload import build_cache
     from fastload.cache.config import as_cache_config
     from fastload.cache.split import parse_split, split_names
-    from fastload.cache.writer import build_cache
     from fastload.errors import ConfigError
 
     if args.seed is not None and not args.split:
@@ -186,7 +187,7 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
         ),
         f"images {m.images}  samples {m.samples}  instances {m.instances}  skipped {len(m.skips)}  "
         f"normalised {len(m.normalised)}  shards {len(m.shards)}",
-        f"classes ({m.num_classes} with background = train id 0; 255 = ignore):",
+        f"classes ({m.num_classes} with background = train id {BACKGROUND}; {IGNORE} = ignore):",
         f"  {'train_id':>8}  {'coco_id':>7}  {'instances':>9}  name",
     ]
     lines += [f"  {c.train_id:>8}  {c.coco_id:>7}  {c.instances:>9}  {c.name}" for c in m.categories]

@@ -10,229 +10,23 @@ with the same augmentation parameters). Columns:
 4. the offsets as a colour wheel: hue = the direction each pixel points to its instance centre, brightness =
    distance (the wheel in the header gives the key; black = no offset).
 
-The grid is composed with NumPy and written with OpenCV, so its size is exact: see :func:`grid_size`.
+The grid is composed with NumPy (`fastload.tools.picture`) and written with OpenCV, so its size is exact: see
+`fastload.tools.picture.grid_size`.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-COLUMNS = ("image (augmented)", "semantic + instances", "centre heatmap", "offsets: hue = direction")
-LABEL_W = 112  # left strip: sample index, loader, agreement
-HEADER_H = 40  # top strip: column titles, the offset colour wheel
-FOOTER_H = 26  # bottom strip: the class colour key
-IGNORE = 255
+from fastload.tools.picture import denormalize, render_grid
+from fastload.validation import check_int
 
-# a fixed palette so that a class keeps its colour across pictures (tab10-like, then golden-angle hues)
-_PALETTE = np.array(
-    [
-        (0, 0, 0),
-        (31, 119, 180),
-        (255, 127, 14),
-        (44, 160, 44),
-        (214, 39, 40),
-        (148, 103, 189),
-        (140, 86, 75),
-        (227, 119, 194),
-        (188, 189, 34),
-        (23, 190, 207),
-    ],
-    dtype=np.uint8,
-)
-
-
-def class_colours(num: int = 256) -> np.ndarray:
-    """uint8 (num, 3) RGB: 0 black, 1..9 tab10, then evenly spread hues."""
-    import cv2
-
-    out = np.zeros((num, 3), dtype=np.uint8)
-    k = min(num, len(_PALETTE))
-    out[:k] = _PALETTE[:k]
-    if num > k:
-        hues = ((np.arange(k, num) * 137.508) % 180).astype(np.uint8)  # OpenCV hue is 0..179
-        hsv = np.stack([hues, np.full_like(hues, 200), np.full_like(hues, 230)], axis=-1)[None]
-        out[k:] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
-    return out
-
-
-def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """float32 (3, H, W) normalised → uint8 (H, W, 3) RGB."""
-    img = image.transpose(1, 2, 0) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _stripes(h: int, w: int) -> np.ndarray:
-    ii, jj = np.mgrid[0:h, 0:w]
-    light = ((ii + jj) // 4) % 2 == 0
-    out = np.empty((h, w, 3), np.uint8)
-    out[light] = (235, 235, 235)
-    out[~light] = (120, 120, 120)
-    return out
-
-
-def _outlines(instance: np.ndarray) -> np.ndarray:
-    """bool (H, W): pixels whose right or lower neighbour belongs to another instance (either being > 0)."""
-    edge = np.zeros(instance.shape, bool)
-    dx = instance[:, 1:] != instance[:, :-1]
-    dy = instance[1:, :] != instance[:-1, :]
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    edge[1:, :] |= dy
-    edge[:-1, :] |= dy
-    return edge & ((instance > 0) | np.roll(instance > 0, 1, axis=1) | np.roll(instance > 0, 1, axis=0))
-
-
-def semantic_overlay(rgb: np.ndarray, semantic: np.ndarray, instance: np.ndarray | None = None) -> np.ndarray:
-    """uint8 (H, W, 3): classes blended over the image, ignore striped, instance outlines white."""
-    colours = class_colours()
-    out = rgb.astype(np.float32)
-    fg = (semantic > 0) & (semantic != IGNORE)
-    out[fg] = 0.45 * out[fg] + 0.55 * colours[semantic[fg]].astype(np.float32)
-    out[semantic == 0] *= 0.6  # background dimmed so that the classes stand out
-    ign = semantic == IGNORE
-    out[ign] = 0.25 * out[ign] + 0.75 * _stripes(*semantic.shape)[ign].astype(np.float32)
-    out = out.astype(np.uint8)
-    if instance is not None:
-        out[_outlines(instance)] = (255, 255, 255)
-    return out
-
-
-def heatmap_overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3): heat in [0, 1] (inferno) over a dimmed grey copy of the image; heat is resized to it."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    if heat.shape != (h, w):
-        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
-    coded = cv2.applyColorMap(np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-    coded = cv2.cvtColor(coded, cv2.COLOR_BGR2RGB).astype(np.float32)
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
-    alpha = np.clip(heat, 0.0, 1.0)[..., None] * 0.6 + 0.4
-    return np.clip(alpha * coded + (1 - alpha) * 0.5 * grey, 0, 255).astype(np.uint8)
-
-
-def offset_wheel(offset: np.ndarray, *, max_magnitude: float | None = None) -> np.ndarray:
-    """uint8 (H', W', 3) RGB from float32 (2, H', W') (dy, dx): hue = direction, value = magnitude.
-
-    Directions as on screen: right red, down yellow-green, left cyan, up blue/violet (OpenCV's HSV wheel,
-    angle measured from +x towards +y, i.e. clockwise on screen since rows grow downwards).
-    ``max_magnitude`` maps to full brightness (default: the 99th percentile of the non-zero magnitudes).
-    """
-    import cv2
-
-    dy, dx = offset[0].astype(np.float32), offset[1].astype(np.float32)
-    mag = np.hypot(dy, dx)
-    if max_magnitude is None:
-        nz = mag[mag > 0]
-        max_magnitude = float(np.percentile(nz, 99)) if nz.size else 1.0
-    ang = (np.degrees(np.arctan2(dy, dx)) % 360.0) / 2.0  # OpenCV hue 0..180
-    val = np.clip(mag / max(max_magnitude, 1e-6), 0.0, 1.0) * 255.0
-    hsv = np.stack([ang, np.full_like(ang, 255.0), val], axis=-1).astype(np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-
-
-def wheel_legend(diameter: int) -> np.ndarray:
-    """uint8 (d, d, 3): the key to :func:`offset_wheel` (each pixel's offset points away from the centre)."""
-    r = diameter / 2.0
-    yy, xx = np.mgrid[0:diameter, 0:diameter].astype(np.float32) + 0.5 - r
-    wheel = offset_wheel(np.stack([yy, xx]), max_magnitude=r)
-    wheel[np.hypot(yy, xx) > r] = 0
-    return wheel
-
-
-def grid_size(rows: int, out_hw: tuple[int, int], tile: int) -> tuple[int, int]:
-    """(height, width) in pixels of a grid of ``rows`` rows for loader output ``out_hw`` and tile width."""
-    th, tw = _tile_hw(out_hw, tile)
-    return HEADER_H + rows * th + FOOTER_H, LABEL_W + len(COLUMNS) * tw
-
-
-def _tile_hw(out_hw: tuple[int, int], tile: int) -> tuple[int, int]:
-    h, w = out_hw
-    return max(1, round(h * tile / w)), tile
-
-
-def _put(
-    img: np.ndarray, text: str, xy: tuple[int, int], *, scale: float = 0.45, colour=(255, 255, 255)
-) -> None:
-    import cv2
-
-    cv2.putText(img, text, xy, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
-
-
-def sample_panels(sample: dict[str, np.ndarray], mean, std) -> list[np.ndarray]:
-    """The four panels (RGB uint8, the loader's output size) of one sample (tensors as NumPy, no batch axis)."""
-    import cv2
-
-    rgb = denormalize(sample["image"], mean, std)
-    h, w = rgb.shape[:2]
-    heat = sample["heatmap"][0]
-    off = offset_wheel(sample["offset"])
-    if off.shape[:2] != (h, w):
-        off = cv2.resize(off, (w, h), interpolation=cv2.INTER_NEAREST)
-    return [
-        rgb,
-        semantic_overlay(
-            rgb, sample["semantic"].astype(np.int64).clip(0, 255).astype(np.uint8), sample["instance"]
-        ),
-        heatmap_overlay(rgb, heat),
-        off,
-    ]
-
-
-def _class_key(grid: np.ndarray, names: Sequence[str]) -> None:
-    """Colour swatches and names along the footer: train id k has ``class_colours()[k]``; then ignore."""
-    colours = class_colours()
-    y0 = grid.shape[0] - FOOTER_H + 6
-    x = 6
-    entries = [(colours[k], name) for k, name in enumerate(names, start=1)] + [(None, "ignore (255)")]
-    for colour, name in entries:
-        if x + 16 > grid.shape[1]:
-            break
-        grid[y0 : y0 + 14, x : x + 14] = _stripes(14, 14) if colour is None else colour
-        _put(grid, name, (x + 18, y0 + 12))
-        x += 18 + 9 * len(name) + 14
-
-
-def render_grid(
-    rows: list[dict[str, Any]],
-    *,
-    out_hw: tuple[int, int],
-    tile: int,
-    mean,
-    std,
-    class_names: Sequence[str] = (),
-) -> np.ndarray:
-    """uint8 RGB grid. Each row: {"sample": dict of NumPy arrays, "label": [lines of text]}.
-
-    class_names : names of train ids 1..K, for the colour key in the footer
-    """
-    import cv2
-
-    th, tw = _tile_hw(out_hw, tile)
-    height, width = grid_size(len(rows), out_hw, tile)
-    grid = np.full((height, width, 3), 32, np.uint8)
-    for c, name in enumerate(COLUMNS):
-        _put(grid, name, (LABEL_W + c * tw + 8, 24), scale=0.55)
-    d = HEADER_H - 6
-    x0 = LABEL_W + 3 * tw + tw - d - 4
-    grid[3 : 3 + d, x0 : x0 + d] = wheel_legend(d)
-    for r, row in enumerate(rows):
-        y = HEADER_H + r * th
-        for c, panel in enumerate(sample_panels(row["sample"], mean, std)):
-            interp = cv2.INTER_AREA if panel.shape[1] > tw else cv2.INTER_NEAREST
-            grid[y : y + th, LABEL_W + c * tw : LABEL_W + (c + 1) * tw] = cv2.resize(
-                panel, (tw, th), interpolation=interp
-            )
-        for k, line in enumerate(row["label"]):
-            _put(grid, line, (6, y + 20 + 18 * k))
-        grid[y, :] = 64  # a thin line between rows
-    _class_key(grid, class_names)
-    return grid
+if TYPE_CHECKING:
+    from fastload.augment.config import AugmentConfig
 
 
 def _batch_numpy(batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
@@ -252,20 +46,11 @@ def first_batch(
     epoch: int,
     device: str,
 ) -> list[dict[str, np.ndarray]]:
-    """The first ``n`` samples of ``epoch`` from the named loader ("cpu" or "dali"), as NumPy."""
-    import fastload
+    """The first ``n`` samples of ``epoch`` from the named loader ("cpu" or "dali", GPU or not), as NumPy."""
+    from fastload.tools.loaders import fastload_loader
 
-    cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[loader]
-    device = dali_device(device) if loader == "dali" else device
-    ld = cls(
-        cache,
-        batch_size=n,
-        shuffle=True,
-        seed=seed,
-        size=size,
-        augment=augment,
-        device=device,
-        num_threads=None,
+    ld = fastload_loader(
+        loader, cache, batch_size=n, shuffle=True, seed=seed, size=size, augment=augment, device=device, num_threads=None
     )
     try:
         ld.set_epoch(epoch)
@@ -275,19 +60,50 @@ def first_batch(
         ld.close()
 
 
-def dali_device(device: str) -> str:
-    """The device that makes ``fastload.Loader`` run DALI: "auto" without a GPU would pick the CPU engine."""
-    import torch
-
-    return "cpu" if device == "auto" and not torch.cuda.is_available() else device
-
-
 def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mean, std) -> tuple[float, float]:
     """(semantic pixels equal, %; mean |difference| of the denormalised images, 0..255) of two loaders' samples."""
     sem = 100.0 * float(np.mean(a["semantic"] == b["semantic"]))
     da = denormalize(a["image"], mean, std).astype(np.float32)
     db = denormalize(b["image"], mean, std).astype(np.float32)
     return sem, float(np.mean(np.abs(da - db)))
+
+
+LOADER_CHOICES = ("cpu", "dali", "both")
+
+
+def grid_rows(
+    cache: Any,
+    *,
+    n: int,
+    loader: str,
+    augment: AugmentConfig,
+    size: tuple[int, int],
+    seed: int,
+    epoch: int,
+    device: str,
+) -> list[dict[str, Any]]:
+    """The grid's rows: the first ``n`` samples of ``epoch``, one row per sample and loader (the cpu row first).
+
+    Each row is ``{"sample": dict of NumPy arrays, "label": [lines of text], "agreement": None | (semantic
+    pixels equal %, mean |difference| of the images)}``; with ``loader="both"`` each dali row holds its
+    `agreement` with the cpu row of the same sample (same augmentation parameters), and shows it in its label.
+    """
+    names = ("cpu", "dali") if loader == "both" else (loader,)
+    got = {
+        name: first_batch(cache, name, n=n, size=size, augment=augment, seed=seed, epoch=epoch, device=device)
+        for name in names
+    }
+    rows = []
+    for i in range(len(got[names[0]])):
+        for name in names:
+            s = got[name][i]
+            row = {"sample": s, "label": [f"#{int(s['index'])}", name], "agreement": None}
+            if name == "dali" and "cpu" in got:
+                norm = augment.normalize
+                sem, img = row["agreement"] = agreement(got["cpu"][i], s, norm.mean, norm.std)
+                row["label"] += ["vs cpu:", f"sem {sem:.1f}% same", f"img |d| {img:.2f}"]
+            rows.append(row)
+    return rows
 
 
 def show(
@@ -305,42 +121,28 @@ def show(
 ) -> Path:
     """Render the grid of the first ``n`` samples of ``epoch`` and write it to ``out`` (PNG). Returns the path.
 
-    loader : "cpu", "dali" or "both" (cpu row then dali row for each sample, same parameters)
+    loader : "cpu", "dali" or "both" (cpu row then dali row for each sample, same parameters: `grid_rows`)
     """
     import cv2
 
+    import fastload
     from fastload.augment.config import load_augment
 
-    if loader not in ("cpu", "dali", "both"):
-        raise ValueError(f"show: loader must be one of cpu, dali, both; got {loader!r}")
-    if n < 1 or tile < 16:
-        raise ValueError(f"show: need n >= 1 and tile >= 16, got n={n} tile={tile}")
+    if loader not in LOADER_CHOICES:
+        raise ValueError(f"show: loader must be one of {', '.join(LOADER_CHOICES)}; got {loader!r}")
+    check_int("show: n", n, 1, error=ValueError)
+    check_int("show: tile", tile, 16, error=ValueError)
     cfg = load_augment(augment)
-    names = ("cpu", "dali") if loader == "both" else (loader,)
     # open a cache given by path once, for both loaders and the class names
     opened = isinstance(cache, (str, Path))
     if opened:
-        from fastload.cache.reader import open_cache
-
-        cache = open_cache(cache)
+        cache = fastload.open_cache(cache)
     try:
-        got = {
-            name: first_batch(cache, name, n=n, size=size, augment=cfg, seed=seed, epoch=epoch, device=device)
-            for name in names
-        }
+        rows = grid_rows(cache, n=n, loader=loader, augment=cfg, size=size, seed=seed, epoch=epoch, device=device)
         class_names = [c.name for c in cache.manifest.categories]
     finally:
         if opened:
             cache.close()
-    rows = []
-    for i in range(len(got[names[0]])):
-        for name in names:
-            s = got[name][i]
-            label = [f"#{int(s['index'])}", name]
-            if name == "dali" and "cpu" in got:
-                sem, img = agreement(got["cpu"][i], s, cfg.normalize.mean, cfg.normalize.std)
-                label += ["vs cpu:", f"sem {sem:.1f}% same", f"img |d| {img:.2f}"]
-            rows.append({"sample": s, "label": label})
     grid = render_grid(
         rows, out_hw=tuple(size), tile=tile, mean=cfg.normalize.mean, std=cfg.normalize.std, class_names=class_names
     )
@@ -361,7 +163,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=8, help="samples (default 8)")
     p.add_argument("--out", default="grid.png", help="PNG to write (default grid.png)")
     p.add_argument("--config", default="default", help="augmentation YAML, or 'default' / 'none'")
-    p.add_argument("--loader", choices=("cpu", "dali", "both"), default="cpu")
+    p.add_argument("--loader", choices=LOADER_CHOICES, default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))

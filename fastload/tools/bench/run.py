@@ -27,6 +27,7 @@ from fastload.tools.bench.affinity import limited_cores
 from fastload.tools.bench.measure import device_used_bytes, measure
 from fastload.tools.bench.peers import PEERS
 from fastload.tools.bench.sysinfo import machine_info, now_iso
+from fastload.validation import check_int
 
 LOADERS = ("cpu", "dali", *PEERS)
 DEFAULT_LOADERS = ("cpu", "dali")
@@ -87,22 +88,22 @@ class BenchConfig:
             raise ValueError(f"bench: model must be one of {MODELS}, got {self.model!r}")
         if self.device not in DEVICES:
             raise ValueError(f"bench: device must be one of {DEVICES}, got {self.device!r}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError(f"bench: batch sizes must be >= 1, got {self.batch_sizes}")
-        if self.steps < 1 or self.warmup < 0:
-            raise ValueError(
-                f"bench: need steps >= 1 and warmup >= 0, got steps={self.steps} warmup={self.warmup}"
-            )
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"bench: workers must be >= 1, got {self.workers}")
-        if self.rounds < 1:
-            raise ValueError(f"bench: rounds must be >= 1, got {self.rounds}")
+        if not self.batch_sizes:
+            raise ValueError("bench: no batch size given")
+        for batch_size in self.batch_sizes:
+            check_int("bench: batch size", batch_size, 1, error=ValueError)
+        check_int("bench: steps", self.steps, 1, error=ValueError)
+        check_int("bench: warmup", self.warmup, 0, error=ValueError)
+        if self.workers is not None:
+            check_int("bench: workers", self.workers, 1, error=ValueError)
+        check_int("bench: rounds", self.rounds, 1, error=ValueError)
         if self.baseline not in LOADERS:
             raise ValueError(f"bench: unknown baseline {self.baseline!r}; choose from {', '.join(LOADERS)}")
         if self.cores is not None:
-            usable = usable_cores()
-            if not self.cores or min(self.cores) < 1 or max(self.cores) > usable:
-                raise ValueError(f"bench: cores must be in 1..{usable} (the CPUs this process may use), got {self.cores}")
+            if not self.cores:
+                raise ValueError("bench: cores: give at least one CPU count, or None for no restriction")
+            for cores in self.cores:
+                check_int("bench: cores", cores, 1, usable_cores(), error=ValueError, why="the CPUs this process may use")
         if self.model == "segnet" and (self.size[0] % 16 or self.size[1] % 16):
             raise ValueError(f"bench: with --model segnet the size must be divisible by 16, got {self.size}")
 
@@ -169,36 +170,24 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
 
 
 def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any) -> Any:
-    import fastload
-    from fastload.tools.show import dali_device
+    from fastload.tools.loaders import fastload_loader
 
-    if name in PEERS:
-        from fastload.tools.bench.peers import make_peer
-
-        return make_peer(
-            name,
-            cache,
-            batch_size=batch_size,
-            size=tuple(cfg.size),
-            augment=cfg.augment,
-            device=cfg.device,
-            num_workers=cfg.resolved_workers,
-            seed=cfg.seed,
-            prefetch=cfg.prefetch,
-        )
-    cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[name]
-    return cls(
-        cache,
+    # every loader alike: shuffled, the last batch kept, cfg.resolved_workers worker processes or threads
+    same = dict(
         batch_size=batch_size,
         shuffle=True,
-        seed=cfg.seed,
         drop_last=False,
         size=tuple(cfg.size),
         augment=cfg.augment,
-        device=dali_device(cfg.device) if name == "dali" else cfg.device,  # "dali" measures DALI, GPU or not
-        num_threads=cfg.resolved_workers,
+        device=cfg.device,
+        seed=cfg.seed,
         prefetch=cfg.prefetch,
     )
+    if name in PEERS:
+        from fastload.tools.bench.peers import make_peer
+
+        return make_peer(name, cache, num_workers=cfg.resolved_workers, **same)
+    return fastload_loader(name, cache, num_threads=cfg.resolved_workers, **same)  # "dali": DALI, GPU or not
 
 
 def cache_num_classes(cache: str) -> int:

@@ -17,6 +17,7 @@ is made: ``import fastload`` and ``fastload.tools.bench`` never import them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,26 +51,37 @@ def make_peer(
     ``augment`` is what `fastload.Loader` takes (None, "default", "none", a YAML path, an AugmentConfig);
     ``device`` "auto" | "cpu" | "cuda[:N]" as there. The loader yields fastload's batch dicts on ``device``.
     """
-    from fastload.loader import _augment, _device, _open, _size
+    from fastload import open_cache
+    from fastload.augment.config import load_augment
+
+    # the loader's own argument rules for size and device (both private in fastload.loader: a public name for
+    # each is asked of the loader's owner, issue 18)
+    from fastload.loader import _device, _size
+    from fastload.tools.bench.peers.common import CacheSamples, PeerLoader
 
     if name not in PEERS:
         raise ValueError(f"unknown peer loader {name!r}; choose from {', '.join(PEERS)}")
-    cfg = _augment(augment)
-    kwargs = dict(
-        augment=cfg,
-        batch_size=int(batch_size),
-        size=_size(size, stride=cfg.targets.stride),
-        device=_device(device),
-        num_workers=int(num_workers),
-        seed=int(seed),
-        prefetch=int(prefetch),
+    cfg = load_augment(augment)
+    size = _size(size, stride=cfg.targets.stride)
+    device = _device(device)
+    if name == "kornia":
+        from fastload.tools.bench.peers.kornia_peer import kornia_parts
+
+        parts = kornia_parts(cfg, seed=seed)
+    else:
+        from fastload.tools.bench.peers.albu import albumentations_parts
+
+        parts = albumentations_parts(cfg, device=device, seed=seed, loop=name == "albumentations-loop")
+    cache = open_cache(cache) if isinstance(cache, (str, os.PathLike)) else cache
+    return PeerLoader(
+        CacheSamples(cache, size, cfg.geometry.fit, parts.transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
         shuffle=shuffle,
         drop_last=drop_last,
+        device=device,
+        prefetch=prefetch,
+        finish=parts.finish,
+        worker_init=parts.worker_init,
     )
-    if name == "kornia":
-        from fastload.tools.bench.peers.kornia_peer import make_kornia_loader
-
-        return make_kornia_loader(_open(cache), **kwargs)
-    from fastload.tools.bench.peers.albu import make_albumentations_loader
-
-    return make_albumentations_loader(_open(cache), loop=name == "albumentations-loop", **kwargs)
