@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,8 +287,14 @@ class _Counted(DelayedCache):
 
 def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tmp_path, capsys, monkeypatch):
     """--read-latency-ms: storage planning, every sample read that much slower (DelayedCache), closed after."""
+    import shutil
+
+    import psutil
+
     from fastload.tools.bench import storage
     from fastload.tools.cli import main
+
+    cache = shutil.copytree(synth_cache, tmp_path / "cache")  # a copy no other test holds open
 
     opened = []
     original = storage.DelayedCache.from_ms.__func__
@@ -301,7 +308,7 @@ def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tm
 
     monkeypatch.setattr(storage.DelayedCache, "from_ms", classmethod(spy))
     out = tmp_path / "r.json"
-    argv = ["bench", "--cache", str(synth_cache), "--loaders", "dali", "--batch-size", "2", "--size", "32", "32"]
+    argv = ["bench", "--cache", str(cache), "--loaders", "dali", "--batch-size", "2", "--size", "32", "32"]
     argv += ["--steps", "2", "--warmup", "0", "--workers", "1", "--device", "cpu", "--model", "none"]
     argv += ["--read-latency-ms", "5", "--out", str(out)]
     assert main(argv) == 0
@@ -310,7 +317,8 @@ def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tm
     assert report["config"]["read_latency_ms"] == 5.0 and "--read-latency-ms 5" in report["command"]
     # the reads happen in the loader's feed workers, through this cache: each of them took 5 ms more
     assert len(opened) == 1 and opened[0].latency_s == 0.005 and len(list(reads.iterdir())) >= 4
-    assert not opened[0]._fds  # its shard files closed after the measurement
+    # its shard files closed after the measurement: this process holds none of the cache's files open
+    assert not [f.path for f in psutil.Process().open_files() if Path(f.path).is_relative_to(cache)]
 
 
 def test_bench_cli_refuses_an_unknown_loader_and_a_missing_cache(tmp_path, capsys):

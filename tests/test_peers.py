@@ -220,7 +220,10 @@ def test_limited_cores_reaches_processes_that_already_run():
 
 def test_cores_flag_takes_a_list_or_all():
     from fastload.cores import usable_cores
-    from fastload.tools.bench.commands import _cores_list
+    from fastload.tools.cli import build_parser
 
-    assert _cores_list("1,2") == (1, 2)
-    assert _cores_list("all") == (usable_cores(),)
+    def cores(text):
+        return build_parser().parse_args(["bench", "--cache", "c", "--cores", text]).cores
+
+    assert cores("1,2") == (1, 2)
+    assert cores("all") == (usable_cores(),)
