@@ -1,6 +1,6 @@
 """Where the Kornia peer's time goes: each op of its ``AugmentationSequential`` timed alone, on the device.
 
-The ``kornia`` peer (`fastload.bench.peers.kornia_peer`) made 58 samples/s on an H200 (batch 48, 512x512), 97 %
+The ``kornia`` peer (`fastload.tools.bench.peers.kornia_peer`) made 58 samples/s on an H200 (batch 48, 512x512), 97 %
 of its loop waiting for data. This times each Kornia op of the peer's sequence, and the target renderer, on a
 batch of that shape, synchronising the device around each (CUDA events on a GPU), so the op that costs it is
 named before anything is changed.
@@ -44,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from fastload.augment.config import load_augment
-    from fastload.bench.peers.kornia_peer import build_sequential
     from fastload.targets import render_targets
+    from fastload.tools.bench.peers.kornia_peer import build_sequential
 
     device = torch.device(args.device)
     cfg = load_augment("default")

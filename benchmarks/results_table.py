@@ -5,7 +5,7 @@
 One row per (report, cores, batch size, loader): machine, loader, device, batch, samples/s (the median over
 ``--rounds``, with the spread), stall %, the ratio to the report's baseline loader, wait p50/p95, CPU cores busy,
 peak RSS, device-wide GPU memory, the command that produced it, date. Older reports (before peers, rounds and
-core sweeps) render with "-" where they have no value. Reports are the JSON files ``fastload bench --out`` writes (schema: fastload.bench.report);
+core sweeps) render with "-" where they have no value. Reports are the JSON files ``fastload bench --out`` writes (schema: fastload.tools.bench.report);
 other JSON files in the folder are skipped with a note on stderr.
 """
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from fastload.bench.storage import DelayedCache, drop_page_cache
 from fastload.cores import usable_cores
+from fastload.tools.bench.storage import DelayedCache, drop_page_cache
 
 # fastload.Loader (DALI; on the CPU here), fastload.CpuLoader (one worker process per core), and the CpuLoader
 # loading in the calling process (num_threads=0: reads overlap the decoding of the batch before)

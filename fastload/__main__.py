@@ -1,3 +1,3 @@
-from fastload.cli import main
+from fastload.tools.cli import main
 
 raise SystemExit(main())

@@ -359,7 +359,7 @@ class Loader(_LoaderShell):
     are rendered after augmentation from the batch's own ``instance`` mask, on the loader's device.
     ``semantic`` holds train ids: ``loader.classes[k]`` names id k (0 = ``"__background__"``), and a model
     needs ``loader.num_classes`` (K + 1) logits. N may be 0 on a rank's share of a short last step
-    (``drop_last=False``): `fastload.bench.model.segnet_loss` gives 0 there, and a plain cross-entropy needs
+    (``drop_last=False``): `fastload.tools.bench.model.segnet_loss` gives 0 there, and a plain cross-entropy needs
     ``loss = criterion(out, target) if len(target) else out.sum() * 0``.
     """
 

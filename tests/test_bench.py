@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from fastload.bench.measure import ProcessTreeSampler, endless, measure
-from fastload.bench.model import SegNet, TrainStep, segnet_loss
-from fastload.bench.report import format_table, plot, validate_report, write_json
-from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
-from fastload.bench.storage import DelayedCache
+from fastload.tools.bench.measure import ProcessTreeSampler, endless, measure
+from fastload.tools.bench.model import SegNet, TrainStep, segnet_loss
+from fastload.tools.bench.report import format_table, plot, validate_report, write_json
+from fastload.tools.bench.run import BenchConfig, dali_device_sentence, run_bench
+from fastload.tools.bench.storage import DelayedCache
 
 
 def fake_batch(
@@ -238,7 +239,7 @@ def test_validate_report_names_missing_keys():
 
 
 def test_bench_cli_both_loaders_with_segnet(synth_cache, tmp_path, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     argv = ["bench", "--cache", str(synth_cache), "--loaders", "cpu,dali", "--batch-size", "4"]
@@ -259,7 +260,7 @@ def test_bench_cli_both_loaders_with_segnet(synth_cache, tmp_path, capsys):
 
 
 def test_bench_cli_sweep_without_a_model(synth_cache, tmp_path):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     argv = ["bench", "--cache", str(synth_cache), "--loaders", "dali", "--batch-size", "4", "--sweep", "2,4"]
@@ -286,8 +287,14 @@ class _Counted(DelayedCache):
 
 def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tmp_path, capsys, monkeypatch):
     """--read-latency-ms: storage planning, every sample read that much slower (DelayedCache), closed after."""
-    from fastload.bench import storage
-    from fastload.cli import main
+    import shutil
+
+    import psutil
+
+    from fastload.tools.bench import storage
+    from fastload.tools.cli import main
+
+    cache = shutil.copytree(synth_cache, tmp_path / "cache")  # a copy no other test holds open
 
     opened = []
     original = storage.DelayedCache.from_ms.__func__
@@ -301,7 +308,7 @@ def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tm
 
     monkeypatch.setattr(storage.DelayedCache, "from_ms", classmethod(spy))
     out = tmp_path / "r.json"
-    argv = ["bench", "--cache", str(synth_cache), "--loaders", "dali", "--batch-size", "2", "--size", "32", "32"]
+    argv = ["bench", "--cache", str(cache), "--loaders", "dali", "--batch-size", "2", "--size", "32", "32"]
     argv += ["--steps", "2", "--warmup", "0", "--workers", "1", "--device", "cpu", "--model", "none"]
     argv += ["--read-latency-ms", "5", "--out", str(out)]
     assert main(argv) == 0
@@ -310,11 +317,12 @@ def test_bench_cli_read_latency_slows_every_read_and_is_recorded(synth_cache, tm
     assert report["config"]["read_latency_ms"] == 5.0 and "--read-latency-ms 5" in report["command"]
     # the reads happen in the loader's feed workers, through this cache: each of them took 5 ms more
     assert len(opened) == 1 and opened[0].latency_s == 0.005 and len(list(reads.iterdir())) >= 4
-    assert not opened[0]._fds  # its shard files closed after the measurement
+    # its shard files closed after the measurement: this process holds none of the cache's files open
+    assert not [f.path for f in psutil.Process().open_files() if Path(f.path).is_relative_to(cache)]
 
 
 def test_bench_cli_refuses_an_unknown_loader_and_a_missing_cache(tmp_path, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     with pytest.raises(SystemExit):
         main(["bench", "--cache", str(tmp_path), "--loaders", "cpu,gpu"])
@@ -347,7 +355,7 @@ def test_results_table_prints_markdown_rows_from_reports(tmp_path, capsys):
 @pytest.mark.cuda
 def test_gpu_memory_is_counted_device_wide_beyond_torchs_allocator():
     # what a library allocates itself (DALI's pool; CuPy's here) is invisible to torch.cuda.max_memory_allocated
-    from fastload.bench.measure import device_used_bytes
+    from fastload.tools.bench.measure import device_used_bytes
 
     cupy = pytest.importorskip("cupy")
     device = torch.device("cuda", torch.cuda.current_device())

@@ -26,7 +26,7 @@ import pytest
 from loader_kit import wait_for_no_process
 
 from fastload.cache.format import TarWriter
-from fastload.cli import main
+from fastload.tools.cli import main
 
 CLI = [sys.executable, "-m", "fastload"]
 BLOCKED = "000003.jpg"  # an image of shard 0 (8-image shards): replaced by a FIFO, its reader waits there

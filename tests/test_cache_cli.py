@@ -1,4 +1,4 @@
-"""`fastload cache build | merge | verify | info` and `fastload synth` through `fastload.cli.main`."""
+"""`fastload cache build | merge | verify | info` and `fastload synth` through `fastload.tools.cli.main`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from fastload.cache.manifest import load_manifest
 from fastload.cache.verify import verify_cache
-from fastload.cli import main
+from fastload.tools.cli import main
 
 
 def _flip(path: Path, offset: int) -> None:

@@ -283,7 +283,7 @@ def test_coco_giving_the_displayed_size_is_refused_under_ignore_with_the_fix(tmp
 
 
 def test_the_command_line_chooses_the_rule(tmp_path, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     root = _single_image(tmp_path, "a.jpg", jpeg(STORED, exif=exif(6)), height=40, width=56)  # annotated as stored
     args = ["cache", "build", "--coco", str(root / "annotations.json"), "--images", str(root / "images"), "--no-progress"]

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from loader_kit import LOADER_KINDS, make_loader, make_synth_cache
 
 from fastload import CpuLoader, Loader, open_cache
-from fastload.bench.model import SegNet, segnet_loss
 from fastload.pipeline.plan import BATCH_KEYS
+from fastload.tools.bench.model import SegNet, segnet_loss
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 PUBLIC = {"cpu": "CpuLoader", "dali": "Loader"}

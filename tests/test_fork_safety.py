@@ -123,8 +123,8 @@ def test_dali_failures_interleaved_with_cpu_loader_passes_never_hang(cache_path)
 
 
 def test_show_and_bench_work_after_a_dali_failure_in_the_same_process(cache_path, tmp_path):
-    from fastload.bench.run import BenchConfig, run_bench
-    from fastload.show import show
+    from fastload.tools.bench.run import BenchConfig, run_bench
+    from fastload.tools.show import show
 
     start_mp_helpers()
     failing_dali_pass(BadImageCache(cache_path))

@@ -32,10 +32,10 @@ from fastload.cache.format import (
 )
 from fastload.cache.validate import check_label_bands, checked_label_layouts
 from fastload.cache.verify import verify_cache
-from fastload.cli import main
 from fastload.errors import CacheError
 from fastload.labels import MAX_INSTANCES
 from fastload.samples import open_cache
+from fastload.tools.cli import main
 
 BAD, BAD_SHARD, BAD_KEY = 5, "shard-00001.tar", "00000005"
 H, W = 48, 64  # the synthetic cache's images

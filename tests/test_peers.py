@@ -1,4 +1,4 @@
-"""The peer loaders (fastload.bench.peers): the batch contract on the real sample photos, targets by the definition,
+"""The peer loaders (fastload.tools.bench.peers): the batch contract on the real sample photos, targets by the definition,
 the per-instance loop equal to center_targets, the missing-extra message, and the bench harness with peers."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from fastload.augment.config import AugmentConfig
-from fastload.bench.peers import PEERS, make_peer
 from fastload.errors import ConfigError
 from fastload.pipeline.plan import BATCH_KEYS
 from fastload.samples import open_cache
 from fastload.targets import center_targets, center_targets_per_instance, semantic_weights
+from fastload.tools.bench.peers import PEERS, make_peer
 
 pytest.importorskip("albumentations")
 pytest.importorskip("kornia")
@@ -112,7 +112,7 @@ def test_a_missing_library_names_the_extra(name, module, sample_cache, monkeypat
 
 
 def test_the_bench_says_a_peer_is_missing_before_measuring_anything(synth_cache, monkeypatch, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     monkeypatch.setitem(sys.modules, "kornia", None)
     monkeypatch.delitem(sys.modules, "kornia.augmentation", raising=False)
@@ -124,7 +124,7 @@ def test_the_bench_says_a_peer_is_missing_before_measuring_anything(synth_cache,
 
 def test_fastload_and_its_bench_do_not_import_the_peer_libraries():
     code = (
-        "import sys, fastload, fastload.bench.run, fastload.bench.commands, fastload.bench.peers, fastload.cli\n"
+        "import sys, fastload, fastload.tools.bench.run, fastload.tools.bench.commands, fastload.tools.bench.peers, fastload.tools.cli\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('albumentations', 'kornia')))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -136,8 +136,8 @@ def test_fastload_and_its_bench_do_not_import_the_peer_libraries():
 
 
 def test_bench_cli_peers_rounds_and_baseline(synth_cache, tmp_path, capsys):
-    from fastload.bench.report import validate_report
-    from fastload.cli import main
+    from fastload.tools.bench.report import validate_report
+    from fastload.tools.cli import main
 
     out = tmp_path / "r.json"
     argv = ["bench", "--cache", str(synth_cache), "--loaders", "cpu,albumentations,albumentations-loop,kornia"]
@@ -175,8 +175,8 @@ made: list = []
 
 
 def test_baseline_not_among_the_loaders_gives_no_ratio(tmp_path):
-    from fastload.bench.report import baseline_sentence, format_table
-    from fastload.bench.run import BenchConfig, run_bench
+    from fastload.tools.bench.report import baseline_sentence, format_table
+    from fastload.tools.bench.run import BenchConfig, run_bench
 
     cfg = BenchConfig(cache=str(tmp_path), size=(32, 32), steps=2, warmup=0, model="none", loaders=("cpu", "dali"))
     report = run_bench(cfg, loader_factory=_fake_factory, log=lambda m: None)
@@ -186,8 +186,8 @@ def test_baseline_not_among_the_loaders_gives_no_ratio(tmp_path):
 
 
 def test_cores_sweep_restricts_every_loader_alike(tmp_path):
-    from fastload.bench.report import cores_plot_path, plot_cores
-    from fastload.bench.run import BenchConfig, run_bench
+    from fastload.tools.bench.report import cores_plot_path, plot_cores
+    from fastload.tools.bench.run import BenchConfig, run_bench
 
     everything = sorted(os.sched_getaffinity(0))
     sweep = (1, 2) if len(everything) >= 2 else (1,)
@@ -206,7 +206,7 @@ def test_cores_sweep_restricts_every_loader_alike(tmp_path):
 
 
 def test_limited_cores_reaches_processes_that_already_run():
-    from fastload.bench.affinity import limited_cores
+    from fastload.tools.bench.affinity import limited_cores
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -219,8 +219,11 @@ def test_limited_cores_reaches_processes_that_already_run():
 
 
 def test_cores_flag_takes_a_list_or_all():
-    from fastload.bench.commands import _cores_list
     from fastload.cores import usable_cores
+    from fastload.tools.cli import build_parser
 
-    assert _cores_list("1,2") == (1, 2)
-    assert _cores_list("all") == (usable_cores(),)
+    def cores(text):
+        return build_parser().parse_args(["bench", "--cache", "c", "--cores", text]).cores
+
+    assert cores("1,2") == (1, 2)
+    assert cores("all") == (usable_cores(),)

@@ -1,6 +1,6 @@
 """Both loaders on slow storage: many reads in flight keep every guarantee (issue 11).
 
-The cache is a test double (`fastload.bench.storage.DelayedCache`) whose every read sleeps a seeded random
+The cache is a test double (`fastload.tools.bench.storage.DelayedCache`) whose every read sleeps a seeded random
 time, so reads finish out of the order they started in, as on a NAS. Under it, for `Loader` (DALI on the CPU)
 and `CpuLoader` in-process and with 2 workers: the batches are bit-identical to those of an undelayed cache
 (order, every sample at its position, exactly once per epoch), a corrupt sample is the first bad one of its
@@ -26,9 +26,9 @@ import pytest
 import torch
 from loader_kit import assert_batches_equal, loader_processes, make_loader, make_synth_cache, start_mp_helpers
 
-from fastload.bench.storage import DelayedCache
 from fastload.errors import CacheError
 from fastload.samples import open_cache
+from fastload.tools.bench.storage import DelayedCache
 
 N, BATCH = 20, 4  # 5 batches per epoch
 ARGS = dict(batch_size=BATCH, augment="default", seed=5, io_threads=8)
@@ -259,7 +259,7 @@ def test_delayed_cache_counts_its_reads_and_travels_to_workers_with_its_latency(
 
 
 def test_drop_page_cache_advises_every_shard(clean):
-    from fastload.bench.storage import drop_page_cache
+    from fastload.tools.bench.storage import drop_page_cache
 
     shards = open_cache(clean).manifest.shards
     assert drop_page_cache(clean) == sum(s.bytes for s in shards)

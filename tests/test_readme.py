@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fastload.cli import build_parser
+from fastload.tools.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -1,4 +1,5 @@
-"""`fastload show`: the picture grid, its exact size, and the colour codings it relies on."""
+"""`fastload show`: the picture grid, its exact size, the colour codings it relies on, and the CPU-vs-DALI agreement it
+shows beside each dali row."""
 
 from __future__ import annotations
 
@@ -6,13 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fastload.show import (
-    COLUMNS,
-    grid_size,
-    offset_wheel,
-    semantic_overlay,
-    show,
-)
+from fastload.augment.config import AugmentConfig
+from fastload.samples import open_cache
+from fastload.tools.picture import COLUMNS, denormalize, grid_size, offset_wheel, semantic_overlay
+from fastload.tools.show import agreement, grid_rows, show
 
 
 def _read(path):
@@ -28,8 +26,39 @@ def test_show_both_loaders_writes_a_png_of_the_expected_size(synth_cache, tmp_pa
     assert w == 112 + len(COLUMNS) * 48
 
 
+def test_both_rows_pair_each_sample_and_the_cpu_and_dali_loaders_agree_on_it(synth_cache):
+    """The rows `show --loader both` draws: per sample a cpu row, then the dali row of the same sample with the same
+    augmentation parameters, labelled with their agreement; the two engines agree (tests/test_fidelity.py holds
+    the tolerances on the real photos: IoU >= 0.99, PSNR >= 40 dB; on these samples they agree almost exactly)."""
+    cfg = AugmentConfig.default()
+    with open_cache(synth_cache) as cache:
+        rows = grid_rows(cache, n=3, loader="both", augment=cfg, size=(64, 96), seed=1, epoch=0, device="cpu")
+    assert [r["label"][1] for r in rows] == ["cpu", "dali"] * 3
+    for cpu, dali in zip(rows[::2], rows[1::2], strict=True):
+        assert int(cpu["sample"]["index"]) == int(dali["sample"]["index"])
+        assert cpu["agreement"] is None
+        sem, img = dali["agreement"]
+        assert sem >= 99.0, f"sample {dali['label'][0]}: only {sem:.2f} % of the semantic pixels agree"
+        assert img <= 1.0, f"sample {dali['label'][0]}: the images differ by {img:.2f} grey levels on average"
+        assert dali["label"][2:] == ["vs cpu:", f"sem {sem:.1f}% same", f"img |d| {img:.2f}"]
+        # the label shows these two samples' agreement, not any other pair's
+        assert (sem, img) == agreement(cpu["sample"], dali["sample"], cfg.normalize.mean, cfg.normalize.std)
+
+
+def test_agreement_counts_equal_semantic_pixels_and_the_mean_image_difference():
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    a = {"semantic": np.array([[1, 2], [255, 0]]), "image": np.full((3, 2, 2), 0.0, np.float32)}
+    b = {"semantic": np.array([[1, 3], [255, 0]]), "image": np.full((3, 2, 2), 0.0, np.float32)}
+    b["image"][:, 0, 0] = 4 / 255 / 0.25  # one pixel 4 grey levels lighter in every channel
+    assert tuple(denormalize(b["image"], mean, std)[0, 0]) == (132, 132, 132)
+    sem, img = agreement(a, b, mean, std)
+    assert sem == 75.0  # 3 of 4 semantic pixels equal
+    assert img == 1.0  # 4 levels on 1 of 4 pixels
+    assert agreement(a, a, mean, std) == (100.0, 0.0)
+
+
 def test_show_cli_on_the_real_sample_photos(sample_cache, tmp_path, capsys):
-    from fastload.cli import main
+    from fastload.tools.cli import main
 
     out = tmp_path / "g.png"
     argv = ["show", "--cache", str(sample_cache), "--n", "2", "--out", str(out), "--loader", "cpu"]

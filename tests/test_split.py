@@ -17,8 +17,8 @@ from fastload import CpuLoader, open_cache
 from fastload.cache.manifest import MANIFEST_NAME, load_manifest
 from fastload.cache.split import TRAIN, assign, check_split, parse_split, split_draw, split_of
 from fastload.cache.writer import build_cache
-from fastload.cli import main
 from fastload.errors import CacheError, ConfigError
+from fastload.tools.cli import main
 
 VAL = {"val": 0.3}  # on the 18 sample photos with seed 0: 3 in val, 15 in train
 

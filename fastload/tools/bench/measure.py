@@ -32,14 +32,16 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import psutil
 import torch
 
-from fastload.bench.ranges import H2D, STEP, WAIT, nvtx_range
 from fastload.errors import FastloadError
+from fastload.tools.bench.ranges import H2D, STEP, WAIT, nvtx_range
+from fastload.validation import check_int
 
 StepFn = Callable[[dict[str, torch.Tensor]], Any]
 
@@ -189,6 +191,29 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+@dataclass(frozen=True)
+class StepTimes:
+    """What the measured loop recorded, step by step (host seconds), and over the whole loop.
+
+    wait, h2d, compute : per measured step: ``next(loader)``, the move to the device, the training step (on
+        CUDA the enqueue only)
+    events : per measured step, CUDA events recorded before and after the step (empty off CUDA)
+    samples : samples in the measured batches
+    wall_s, cpu_s : wall time of the measured loop (CUDA synchronised at its end), and the process tree's CPU
+        seconds over it
+    first_batch_s : from the start of the warm-up to the first batch in hand
+    """
+
+    wait: list[float]
+    h2d: list[float]
+    compute: list[float]
+    events: list[tuple[Any, Any]]
+    samples: int
+    wall_s: float
+    cpu_s: float
+    first_batch_s: float
+
+
 def measure(
     loader: EpochLoader,
     step: StepFn | None,
@@ -199,7 +224,7 @@ def measure(
     batches: Iterable[dict[str, torch.Tensor]] | None = None,
     gpu_before_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``warmup`` then ``steps`` training steps and return the measurements.
+    """Run ``warmup`` then ``steps`` training steps (`run_steps`) and return the measurements (`summary`).
 
     Parameters
     ----------
@@ -216,10 +241,8 @@ def measure(
     gpu_mem_peak_mb (torch's allocator), gpu_mem_device_mb (device-wide, above ``gpu_before_bytes``: DALI's pool
     too), gpu_mem_device_peak_mb (device-wide in use at the peak), first_batch_s, wall_s, steps, warmup, samples.
     """
-    if steps < 1:
-        raise ValueError(f"measure: steps must be >= 1, got {steps}")
-    if warmup < 0:
-        raise ValueError(f"measure: warmup must be >= 0, got {warmup}")
+    check_int("measure: steps", steps, 1, error=ValueError)
+    check_int("measure: warmup", warmup, 0, error=ValueError)
     device = torch.device(device)
     cuda = device.type == "cuda"
     it = iter(batches) if batches is not None else endless(loader)
@@ -227,90 +250,131 @@ def measure(
         gpu_before_bytes = device_used_bytes(device)
     sampler = ProcessTreeSampler(gpu=device if cuda else None).start()
     try:
-        t_first = time.perf_counter()
-        for i in range(warmup):
-            batch = to_device(next(it), device)
-            if i == 0:
-                first_batch_s = time.perf_counter() - t_first
-            if step is not None:
-                step(batch)
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-
-        events = (
-            [
-                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                for _ in range(steps)
-            ]
-            if cuda
-            else []
-        )
-        wait, h2d, compute = [], [], []
-        samples = 0
-        cpu0 = sampler.cpu_seconds()
-        t_start = time.perf_counter()
-        for i in range(steps):
-            t0 = time.perf_counter()
-            with nvtx_range(WAIT):
-                batch = next(it)
-            t1 = time.perf_counter()
-            if warmup == 0 and i == 0:
-                first_batch_s = t1 - t_first
-            with nvtx_range(H2D):
-                batch = to_device(batch, device)
-            t2 = time.perf_counter()
-            with nvtx_range(STEP):
-                if cuda:
-                    events[i][0].record()
-                if step is not None:
-                    step(batch)
-                if cuda:
-                    events[i][1].record()
-            t3 = time.perf_counter()
-            wait.append(t1 - t0)
-            h2d.append(t2 - t1)
-            compute.append(t3 - t2)
-            samples += _batch_len(batch)
-        if cuda:
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - t_start
-        cpu_s = sampler.cpu_seconds() - cpu0
+        times = run_steps(it, step, steps=steps, warmup=warmup, device=device, sampler=sampler)
     finally:
         sampler.stop()
         close = getattr(it, "close", None)  # end the loader's pass now, not whenever the generator is collected
         if close is not None:
             close()
+    return summary(
+        times, step=step is not None, warmup=warmup, device=device, sampler=sampler, gpu_before_bytes=gpu_before_bytes
+    )
 
-    host_total = sum(wait) + sum(h2d) + sum(compute)
-    host_stall = 100.0 * (sum(wait) + sum(h2d)) / host_total if host_total > 0 else float("nan")
-    if cuda and step is not None:
+
+def _warm_up(
+    it: Iterator[dict[str, torch.Tensor]], step: StepFn | None, *, warmup: int, device: torch.device, t_first: float
+) -> float | None:
+    """Run the unmeasured steps; returns the seconds from ``t_first`` to the first batch (None without warm-up)."""
+    first_batch_s = None
+    for i in range(warmup):
+        batch = to_device(next(it), device)
+        if i == 0:
+            first_batch_s = time.perf_counter() - t_first
+        if step is not None:
+            step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return first_batch_s
+
+
+def run_steps(
+    it: Iterator[dict[str, torch.Tensor]],
+    step: StepFn | None,
+    *,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    sampler: ProcessTreeSampler,
+) -> StepTimes:
+    """The run loop: ``warmup`` unmeasured steps, then ``steps`` timed ones (the NVTX ranges and synchronisation
+    of the module docstring); the host never waits for the GPU inside it."""
+    cuda = device.type == "cuda"
+    t_first = time.perf_counter()
+    first_batch_s = _warm_up(it, step, warmup=warmup, device=device, t_first=t_first)
+    events = (
+        [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        if cuda
+        else []
+    )
+    wait, h2d, compute = [], [], []
+    samples = 0
+    cpu0 = sampler.cpu_seconds()
+    t_start = time.perf_counter()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        with nvtx_range(WAIT):
+            batch = next(it)
+        t1 = time.perf_counter()
+        if first_batch_s is None:  # no warm-up: the first measured batch is the first batch
+            first_batch_s = t1 - t_first
+        with nvtx_range(H2D):
+            batch = to_device(batch, device)
+        t2 = time.perf_counter()
+        with nvtx_range(STEP):
+            if cuda:
+                events[i][0].record()
+            if step is not None:
+                step(batch)
+            if cuda:
+                events[i][1].record()
+        t3 = time.perf_counter()
+        wait.append(t1 - t0)
+        h2d.append(t2 - t1)
+        compute.append(t3 - t2)
+        samples += _batch_len(batch)
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t_start
+    return StepTimes(wait, h2d, compute, events, samples, wall, sampler.cpu_seconds() - cpu0, first_batch_s)
+
+
+def _stall(times: StepTimes, *, step: bool, cuda: bool) -> tuple[float | None, str | None, float, float]:
+    """(stall %, the rule used, mean step ms, host stall %): the GPU's idle time between steps on CUDA, the host's
+    waits on the CPU, none without a step."""
+    wait, h2d, compute = sum(times.wait), sum(times.h2d), sum(times.compute)
+    host_total = wait + h2d + compute
+    host_stall = 100.0 * (wait + h2d) / host_total if host_total > 0 else float("nan")
+    host_step_ms = 1e3 * float(np.mean(times.compute))
+    if cuda and step:
+        events = times.events
         span = events[0][0].elapsed_time(events[-1][1])
-        idle = sum(events[i - 1][1].elapsed_time(events[i][0]) for i in range(1, steps))
-        stall, method = (100.0 * idle / span if span > 0 else float("nan")), "gpu_idle_cuda_events"
-        step_ms = float(np.mean([a.elapsed_time(b) for a, b in events]))
-    elif step is not None:
-        stall, method = host_stall, "host_wall_clock"
-        step_ms = 1e3 * float(np.mean(compute))
-    else:
-        # no compute: the loop only waits, a stall of 100 % by definition, which says nothing about the loader
-        stall, method = None, None
-        step_ms = 1e3 * float(np.mean(compute))
+        idle = sum(events[i - 1][1].elapsed_time(events[i][0]) for i in range(1, len(events)))
+        stall = 100.0 * idle / span if span > 0 else float("nan")
+        return stall, "gpu_idle_cuda_events", float(np.mean([a.elapsed_time(b) for a, b in events])), host_stall
+    if step:
+        return host_stall, "host_wall_clock", host_step_ms, host_stall
+    # no compute: the loop only waits, a stall of 100 % by definition, which says nothing about the loader
+    return None, None, host_step_ms, host_stall
 
+
+def summary(
+    times: StepTimes,
+    *,
+    step: bool,
+    warmup: int,
+    device: torch.device,
+    sampler: ProcessTreeSampler,
+    gpu_before_bytes: int | None,
+) -> dict[str, Any]:
+    """The JSON-ready numbers of `measure` from the run loop's `StepTimes` and the sampler's peaks."""
     from fastload.cores import usable_cores
 
-    cores = cpu_s / wall if wall > 0 else float("nan")
+    cuda = device.type == "cuda"
+    stall, method, step_ms, host_stall = _stall(times, step=step, cuda=cuda)
+    steps, wall = len(times.wait), times.wall_s
+    cores = times.cpu_s / wall if wall > 0 else float("nan")
     return {
         "steps": steps,
         "warmup": warmup,
-        "samples": samples,
+        "samples": times.samples,
         "wall_s": wall,
-        "samples_per_s": samples / wall,
+        "samples_per_s": times.samples / wall,
         "batches_per_s": steps / wall,
-        "wait_p50_ms": 1e3 * _pct(wait, 50),
-        "wait_p95_ms": 1e3 * _pct(wait, 95),
-        "wait_mean_ms": 1e3 * float(np.mean(wait)),
-        "h2d_mean_ms": 1e3 * float(np.mean(h2d)),
+        "wait_p50_ms": 1e3 * _pct(times.wait, 50),
+        "wait_p95_ms": 1e3 * _pct(times.wait, 95),
+        "wait_mean_ms": 1e3 * float(np.mean(times.wait)),
+        "h2d_mean_ms": 1e3 * float(np.mean(times.h2d)),
         "step_mean_ms": step_ms,
         "stall_pct": stall,
         "host_stall_pct": host_stall,
@@ -321,5 +385,5 @@ def measure(
         "gpu_mem_peak_mb": (torch.cuda.max_memory_allocated(device) / 2**20) if cuda else None,
         "gpu_mem_device_mb": (sampler.peak_gpu_bytes() - gpu_before_bytes) / 2**20 if cuda else None,
         "gpu_mem_device_peak_mb": sampler.peak_gpu_bytes() / 2**20 if cuda else None,
-        "first_batch_s": first_batch_s,
+        "first_batch_s": times.first_batch_s,
     }

@@ -1,7 +1,7 @@
 """The ``kornia`` peer: DataLoader workers decode and resize (uint8), Kornia augments whole batches on the device.
 
 Workers (persistent, one OpenCV thread each) read the cache sample, decode it with OpenCV and resize it to fit the
-output (`fastload.bench.peers.common.fit_to_output`), and hand over compact uint8 images and masks (pinned for
+output (`fastload.tools.bench.peers.common.fit_to_output`), and hand over compact uint8 images and masks (pinned for
 CUDA). The main process moves them to the loader's device (the GPU on a GPU machine; the CPU in CI), converts
 the image to float32 in [0, 1] and runs one ``kornia.augmentation.AugmentationSequential`` over the batch, image
 linear and masks nearest (one affine for all three), then normalises and renders the Panoptic-DeepLab targets
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from fastload.augment.config import AugmentConfig
-from fastload.augment.reference import SEMANTIC_FILL
-from fastload.bench.peers.common import CacheSamples, PeerLoader, require
+from fastload.labels import SEMANTIC_FILL
 from fastload.targets import render_targets
+from fastload.tools.bench.peers.common import PeerParts, any_gate, require
 
 
 def build_sequential(cfg: AugmentConfig) -> Any:
@@ -55,8 +55,8 @@ def build_sequential(cfg: AugmentConfig) -> Any:
         ops.append(K.RandomHorizontalFlip(p=geo.flip_x))
     if geo.flip_y > 0:
         ops.append(K.RandomVerticalFlip(p=geo.flip_y))
-    off = (1.0 - geo.rotation.p) * (1.0 - geo.scale.p) * (1.0 - geo.translation.p)
-    if off < 1.0:
+    p_affine = any_gate(geo.rotation.p, geo.scale.p, geo.translation.p)
+    if p_affine > 0:
         m = geo.translation.max_fraction if geo.translation.p > 0 else 0.0
         ops.append(
             K.RandomAffine(
@@ -65,7 +65,7 @@ def build_sequential(cfg: AugmentConfig) -> Any:
                 scale=tuple(geo.scale.range) if geo.scale.p > 0 else None,
                 resample="bilinear",
                 padding_mode="zeros",
-                p=1.0 - off,
+                p=p_affine,
             )
         )
     for name, rr in (("hue", pho.hue), ("saturation", pho.saturation)):
@@ -139,31 +139,8 @@ def _compact(sample: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
-def make_kornia_loader(
-    cache: Any,
-    *,
-    augment: AugmentConfig,
-    batch_size: int,
-    size: tuple[int, int],
-    device: torch.device,
-    num_workers: int,
-    seed: int = 0,
-    prefetch: int = 2,
-    shuffle: bool = True,
-    drop_last: bool = False,
-) -> PeerLoader:
-    """The Kornia peer over an opened cache; augmentation runs on ``device``."""
+def kornia_parts(augment: AugmentConfig, *, seed: int) -> PeerParts:
+    """The Kornia peer: the workers only decode and resize (`_compact`); `KorniaFinish` augments on the device."""
     finish = KorniaFinish(augment)
     torch.manual_seed(seed)  # Kornia draws from torch's global generator
-    dataset = CacheSamples(cache, size, augment.geometry.fit, _compact)
-    return PeerLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        seed=seed,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        device=torch.device(device),
-        prefetch=prefetch,
-        finish=finish,
-    )
+    return PeerParts(_compact, finish)

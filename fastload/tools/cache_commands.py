@@ -1,4 +1,4 @@
-"""CLI: ``fastload cache build | merge | verify | info`` and ``fastload synth`` (thin shells over the library)."""
+"""``fastload cache build | merge | verify | info``: thin shells over the library."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fastload.cache.manifest import Manifest
+from fastload.labels import BACKGROUND, IGNORE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,15 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("cache", type=Path)
     info.set_defaults(func=_info)
 
-    synth = subparsers.add_parser("synth", help="write a synthetic COCO dataset (textured JPEGs, random polygons)")
-    synth.add_argument("--out", required=True, type=Path)
-    synth.add_argument("--n", required=True, type=int, help="number of images")
-    synth.add_argument("--size", nargs=2, type=int, default=(512, 512), metavar=("H", "W"))
-    synth.add_argument("--instances", nargs=2, type=int, default=(3, 12), metavar=("A", "B"), help="instances per image, A..B")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--workers", type=int, help="processes (default: up to 2); never changes the output")
-    synth.set_defaults(func=_synth)
-
 
 def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
     # torchrun's variables are read here, in the shell, and passed on explicitly
@@ -77,9 +69,9 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from fastload import build_cache
     from fastload.cache.config import as_cache_config
     from fastload.cache.split import parse_split, split_names
-    from fastload.cache.writer import build_cache
     from fastload.errors import ConfigError
 
     if args.seed is not None and not args.split:
@@ -195,7 +187,7 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
         ),
         f"images {m.images}  samples {m.samples}  instances {m.instances}  skipped {len(m.skips)}  "
         f"normalised {len(m.normalised)}  shards {len(m.shards)}",
-        f"classes ({m.num_classes} with background = train id 0; 255 = ignore):",
+        f"classes ({m.num_classes} with background = train id {BACKGROUND}; {IGNORE} = ignore):",
         f"  {'train_id':>8}  {'coco_id':>7}  {'instances':>9}  name",
     ]
     lines += [f"  {c.train_id:>8}  {c.coco_id:>7}  {c.instances:>9}  {c.name}" for c in m.categories]
@@ -215,16 +207,3 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
         lines.append(f"... and {len(m.skips) - 20} more skips (see manifest.json)")
     return "\n".join(lines)
 
-
-def _synth(args: argparse.Namespace) -> int:
-    from fastload.synth import synth_coco
-
-    try:
-        path = synth_coco(
-            out=args.out, n=args.n, size=tuple(args.size), instances=tuple(args.instances), seed=args.seed, workers=args.workers
-        )
-    except ValueError as exc:
-        print(f"fastload synth: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path} ({args.n} images in {path.parent / 'images'})")
-    return 0

@@ -1,32 +1,20 @@
-"""``fastload show``: a picture grid of loader output, to see at a glance that masks and maps follow the image.
-
-One row per sample (and per loader with ``--loader both``: the cpu row, then the dali row of the same sample
-with the same augmentation parameters). Columns:
-
-1. the augmented image, denormalised;
-2. the semantic mask over it: a colour per class, instance outlines in white, ignore (255: crowd, and the
-   letterbox outside the warped image) as grey/white stripes;
-3. the centre heatmap (inferno) over a dimmed grey image;
-4. the offsets as a colour wheel: hue = the direction each pixel points to its instance centre, brightness =
-   distance (the wheel in the header gives the key; black = no offset).
-
-The grid is composed with NumPy and written with OpenCV, so its size is exact: see :func:`grid_size`.
+"""The picture of `fastload show`, pure NumPy + OpenCV: colour codings of masks, heatmap and offsets, composed
+into one grid whose size is exact (`grid_size`). Its rows and columns are those `fastload.tools.show` describes.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fastload.labels import IGNORE
 
 COLUMNS = ("image (augmented)", "semantic + instances", "centre heatmap", "offsets: hue = direction")
 LABEL_W = 112  # left strip: sample index, loader, agreement
 HEADER_H = 40  # top strip: column titles, the offset colour wheel
 FOOTER_H = 26  # bottom strip: the class colour key
-IGNORE = 255
 
 # a fixed palette so that a class keeps its colour across pictures (tab10-like, then golden-angle hues)
 _PALETTE = np.array(
@@ -189,7 +177,7 @@ def _class_key(grid: np.ndarray, names: Sequence[str]) -> None:
     colours = class_colours()
     y0 = grid.shape[0] - FOOTER_H + 6
     x = 6
-    entries = [(colours[k], name) for k, name in enumerate(names, start=1)] + [(None, "ignore (255)")]
+    entries = [(colours[k], name) for k, name in enumerate(names, start=1)] + [(None, f"ignore ({IGNORE})")]
     for colour, name in entries:
         if x + 16 > grid.shape[1]:
             break
@@ -233,162 +221,3 @@ def render_grid(
         grid[y, :] = 64  # a thin line between rows
     _class_key(grid, class_names)
     return grid
-
-
-def _batch_numpy(batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-    arrays = {k: v.detach().cpu().numpy() for k, v in batch.items()}
-    n = len(arrays["index"])
-    return [{k: v[i] for k, v in arrays.items()} for i in range(n)]
-
-
-def first_batch(
-    cache: Any,
-    loader: str,
-    *,
-    n: int,
-    size: tuple[int, int],
-    augment: Any,
-    seed: int,
-    epoch: int,
-    device: str,
-) -> list[dict[str, np.ndarray]]:
-    """The first ``n`` samples of ``epoch`` from the named loader ("cpu" or "dali"), as NumPy."""
-    import fastload
-
-    cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[loader]
-    device = dali_device(device) if loader == "dali" else device
-    ld = cls(
-        cache,
-        batch_size=n,
-        shuffle=True,
-        seed=seed,
-        size=size,
-        augment=augment,
-        device=device,
-        num_threads=None,
-    )
-    try:
-        ld.set_epoch(epoch)
-        batch = next(iter(ld))
-        return _batch_numpy(batch)
-    finally:
-        ld.close()
-
-
-def dali_device(device: str) -> str:
-    """The device that makes ``fastload.Loader`` run DALI: "auto" without a GPU would pick the CPU engine."""
-    import torch
-
-    return "cpu" if device == "auto" and not torch.cuda.is_available() else device
-
-
-def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mean, std) -> tuple[float, float]:
-    """(semantic pixels equal, %; mean |difference| of the denormalised images, 0..255) of two loaders' samples."""
-    sem = 100.0 * float(np.mean(a["semantic"] == b["semantic"]))
-    da = denormalize(a["image"], mean, std).astype(np.float32)
-    db = denormalize(b["image"], mean, std).astype(np.float32)
-    return sem, float(np.mean(np.abs(da - db)))
-
-
-def show(
-    cache: Any,
-    out: str | Path,
-    *,
-    n: int = 8,
-    loader: str = "cpu",
-    augment: Any = "default",
-    size: tuple[int, int] = (512, 512),
-    seed: int = 0,
-    epoch: int = 0,
-    tile: int = 256,
-    device: str = "auto",
-) -> Path:
-    """Render the grid of the first ``n`` samples of ``epoch`` and write it to ``out`` (PNG). Returns the path.
-
-    loader : "cpu", "dali" or "both" (cpu row then dali row for each sample, same parameters)
-    """
-    import cv2
-
-    from fastload.augment.config import load_augment
-
-    if loader not in ("cpu", "dali", "both"):
-        raise ValueError(f"show: loader must be one of cpu, dali, both; got {loader!r}")
-    if n < 1 or tile < 16:
-        raise ValueError(f"show: need n >= 1 and tile >= 16, got n={n} tile={tile}")
-    cfg = load_augment(augment)
-    names = ("cpu", "dali") if loader == "both" else (loader,)
-    # open a cache given by path once, for both loaders and the class names
-    opened = isinstance(cache, (str, Path))
-    if opened:
-        from fastload.samples import open_cache
-
-        cache = open_cache(cache)
-    try:
-        got = {
-            name: first_batch(cache, name, n=n, size=size, augment=cfg, seed=seed, epoch=epoch, device=device)
-            for name in names
-        }
-        class_names = [c.name for c in cache.manifest.categories]
-    finally:
-        if opened:
-            cache.close()
-    rows = []
-    for i in range(len(got[names[0]])):
-        for name in names:
-            s = got[name][i]
-            label = [f"#{int(s['index'])}", name]
-            if name == "dali" and "cpu" in got:
-                sem, img = agreement(got["cpu"][i], s, cfg.normalize.mean, cfg.normalize.std)
-                label += ["vs cpu:", f"sem {sem:.1f}% same", f"img |d| {img:.2f}"]
-            rows.append({"sample": s, "label": label})
-    grid = render_grid(
-        rows, out_hw=tuple(size), tile=tile, mean=cfg.normalize.mean, std=cfg.normalize.std, class_names=class_names
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"show: could not write {out} (use a .png name in a writable folder)")
-    return out
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "show",
-        help="render a picture grid of augmented samples with their masks and maps",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    p.add_argument("--cache", required=True, help="cache directory")
-    p.add_argument("--n", type=int, default=8, help="samples (default 8)")
-    p.add_argument("--out", default="grid.png", help="PNG to write (default grid.png)")
-    p.add_argument("--config", default="default", help="augmentation YAML, or 'default' / 'none'")
-    p.add_argument("--loader", choices=("cpu", "dali", "both"), default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epoch", type=int, default=0)
-    p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    p.add_argument("--tile", type=int, default=256, help="width of one panel in pixels (default 256)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    from fastload.errors import ConfigError
-
-    if not Path(args.cache).is_dir():
-        raise ConfigError(f"--cache {args.cache!r} is not a directory; build one with `fastload cache build`")
-    try:
-        path = show(
-            args.cache,
-            args.out,
-            n=args.n,
-            loader=args.loader,
-            augment=args.config,
-            size=tuple(args.size),
-            seed=args.seed,
-            epoch=args.epoch,
-            tile=args.tile,
-            device=args.device,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    print(f"wrote {path}")
-    return 0

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import psutil
 import torch
 
+from fastload.validation import check_int
+
 
 def allowed_cpus() -> list[int]:
     """The CPUs this process may run on, ascending."""
@@ -51,8 +53,7 @@ def limited_cores(cores: int | None) -> Iterator[list[int]]:
     if cores is None:
         yield everything
         return
-    if not 1 <= cores <= len(everything):
-        raise ValueError(f"cores must be in 1..{len(everything)} (the CPUs this process may use), got {cores}")
+    check_int("cores", cores, 1, len(everything), error=ValueError, why="the CPUs this process may use")
     threads = torch.get_num_threads()
     chosen = everything[:cores]
     restrict_tree(chosen)

@@ -7,7 +7,7 @@ Everything lands in one folder (``--out``, default ``fastload-demo``):
 
     data/          the synthetic COCO dataset (annotations.json, images/), with --data synthetic only
     cache/         the cache built from it
-    bench.json     the benchmark report (schema: fastload.bench.report)
+    bench.json     the benchmark report (schema: fastload.tools.bench.report)
     bench.png      samples/s and data stall per loader
     show.png       augmented samples with their masks and maps, cpu and dali rows side by side
 """
@@ -18,7 +18,8 @@ import argparse
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ SAMPLE_DESCRIPTION = "18 real 800x600 photos with 165 hand-drawn polygons that f
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of the demo. The defaults finish in about 3 minutes on a 2-core CPU with no GPU."""
+    """Sizes of the demo: the defaults are small enough for a 2-core CPU without a GPU."""
 
     n: int = 48  # synthetic images
     image_size: tuple[int, int] = (320, 320)  # synthetic image (H, W)
@@ -69,55 +70,57 @@ def _clear_cache_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def run_demo(
-    out: str | Path = "fastload-demo",
-    *,
-    coco: str | Path | None = None,
-    images: str | Path | None = None,
-    data: str = "synthetic",
-    settings: DemoSettings = DemoSettings(),
-    log: Callable[[str], None] = print,
-) -> DemoResult:
-    """Run the demo; see the module docstring for what is written where."""
-    from fastload.bench.report import format_table, plot, write_json
-    from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
-    from fastload.cache.writer import build_cache
-    from fastload.show import show
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    seconds[step] = time.perf_counter() - start
 
+
+def given_dataset(
+    coco: str | Path | None, images: str | Path | None, data: str, log: Callable[[str], None]
+) -> tuple[Path | None, Path | None]:
+    """The COCO file and image folder to use: the user's, the bundled sample photos, or (None, None): make one."""
     if (coco is None) != (images is None):
         raise ConfigError("give both --coco and --images, or neither (then a synthetic dataset is made)")
     if data not in DATA_CHOICES:
         raise ConfigError(f"data must be one of {list(DATA_CHOICES)}, got {data!r}")
     if coco is None and data == "sample":
-        from fastload.data import sample_data
+        from fastload import sample_data
 
         coco, images = sample_data() / "annotations.json", sample_data() / "images"
         log(f"demo: using the {SAMPLE_DESCRIPTION} in {sample_data()}")
-    s = settings
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    return (Path(coco), Path(images)) if coco is not None else (None, None)
 
-    t = time.perf_counter()
-    if coco is None:
-        from fastload.synth import synth_coco
 
-        log(f"demo: writing {s.n} synthetic {s.image_size[0]}x{s.image_size[1]} images to {out / 'data'}")
-        coco = synth_coco(out=out / "data", n=s.n, size=s.image_size, instances=(3, 8), seed=s.seed)
-        images = out / "data" / "images"
-        seconds["synth"] = time.perf_counter() - t
-    coco, images = Path(coco), Path(images)
+def synth_dataset(out: Path, s: DemoSettings, log: Callable[[str], None]) -> tuple[Path, Path]:
+    """Write the synthetic COCO set under ``out/data``; returns (annotations JSON, image folder)."""
+    from fastload.synth import synth_coco
 
-    t = time.perf_counter()
+    log(f"demo: writing {s.n} synthetic {s.image_size[0]}x{s.image_size[1]} images to {out / 'data'}")
+    coco = synth_coco(out=out / "data", n=s.n, size=s.image_size, instances=(3, 8), seed=s.seed)
+    return coco, out / "data" / "images"
+
+
+def build_demo_cache(out: Path, coco: Path, images: Path, log: Callable[[str], None]) -> Path:
+    """Build ``out/cache`` from the dataset (replacing the cache a previous demo left there); returns its path."""
+    from fastload import build_cache
+    from fastload.cores import usable_cores
+
     cache = out / "cache"
     _clear_cache_dir(cache)
     log(f"demo: building the cache {cache}")
-    from fastload.cores import usable_cores
-
     build_cache(coco=coco, images=images, out=cache, workers=min(2, usable_cores()), progress=False)
-    seconds["cache"] = time.perf_counter() - t
+    return cache
 
-    t = time.perf_counter()
+
+def bench_both_loaders(
+    cache: Path, out: Path, s: DemoSettings, log: Callable[[str], None]
+) -> tuple[dict[str, Any], Path, Path]:
+    """Benchmark the cpu and dali loaders under SegNet; returns (the report, ``out/bench.json``, ``out/bench.png``)."""
+    from fastload.tools.bench.report import plot, write_json
+    from fastload.tools.bench.run import BenchConfig, run_bench
+
     cfg = BenchConfig(
         cache=str(cache),
         augment="default",
@@ -134,34 +137,62 @@ def run_demo(
         seed=s.seed,
     )
     report = run_bench(cfg, log=log)
-    bench_json = write_json(out / "bench.json", report)
-    bench_png = plot(out / "bench.png", report, batch_size=s.batch_size)
-    seconds["bench"] = time.perf_counter() - t
+    return report, write_json(out / "bench.json", report), plot(out / "bench.png", report, batch_size=s.batch_size)
 
-    t = time.perf_counter()
+
+def show_both_loaders(cache: Path, out: Path, s: DemoSettings, log: Callable[[str], None]) -> Path:
+    """Render ``out/show.png``: ``s.show_n`` samples, the cpu and dali rows of each side by side."""
+    from fastload.tools.show import show
+
     log("demo: rendering the show grid (cpu and dali rows of the same samples)")
-    show_png = show(
-        str(cache),
-        out / "show.png",
-        n=s.show_n,
-        loader="both",
-        size=s.show_size,
-        seed=s.seed,
-        device=s.device,
+    return show(
+        str(cache), out / "show.png", n=s.show_n, loader="both", size=s.show_size, seed=s.seed, device=s.device
     )
-    seconds["show"] = time.perf_counter() - t
+
+
+def _log_summary(result: DemoResult, log: Callable[[str], None]) -> None:
+    from fastload.tools.bench.report import format_table
+    from fastload.tools.bench.run import dali_device_sentence
 
     log("")
-    log(format_table(report["results"]))
+    log(format_table(result.report["results"]))
     log("")
-    log(dali_device_sentence(report) or "")
-    log(f"dataset:     {coco}")
-    log(f"cache:       {cache}")
-    log(f"benchmark:   {bench_json}  (chart: {bench_png})")
-    log(f"show grid:   {show_png}")
-    log(f"same benchmark again:  {report['command']}")
-    log("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-    return DemoResult(out, coco, cache, bench_json, bench_png, show_png, report, seconds)
+    log(dali_device_sentence(result.report) or "")
+    log(f"dataset:     {result.coco}")
+    log(f"cache:       {result.cache}")
+    log(f"benchmark:   {result.bench_json}  (chart: {result.bench_png})")
+    log(f"show grid:   {result.show_png}")
+    log(f"same benchmark again:  {result.report['command']}")
+    log("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
+
+
+def run_demo(
+    out: str | Path = "fastload-demo",
+    *,
+    coco: str | Path | None = None,
+    images: str | Path | None = None,
+    data: str = "synthetic",
+    settings: DemoSettings = DemoSettings(),
+    log: Callable[[str], None] = print,
+) -> DemoResult:
+    """Run the demo's steps (dataset, cache, benchmark, show grid); see the module docstring for what is written
+    where. ``result.seconds`` holds each step's wall time."""
+    coco, images = given_dataset(coco, images, data, log)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    if coco is None:
+        with _timed(seconds, "synth"):
+            coco, images = synth_dataset(out, settings, log)
+    with _timed(seconds, "cache"):
+        cache = build_demo_cache(out, coco, images, log)
+    with _timed(seconds, "bench"):
+        report, bench_json, bench_png = bench_both_loaders(cache, out, settings, log)
+    with _timed(seconds, "show"):
+        show_png = show_both_loaders(cache, out, settings, log)
+    result = DemoResult(out, coco, cache, bench_json, bench_png, show_png, report, seconds)
+    _log_summary(result, log)
+    return result
 
 
 def register(sub: argparse._SubParsersAction) -> None:

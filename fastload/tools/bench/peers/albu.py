@@ -1,7 +1,7 @@
 """The ``albumentations`` peer: what a competent engineer writes today with a torch DataLoader and Albumentations.
 
 Per sample, in DataLoader worker processes (persistent, one OpenCV thread each, as many as the CpuLoader gets):
-read the cache sample, OpenCV decode, resize to fit the output (`fastload.bench.peers.common.fit_to_output`),
+read the cache sample, OpenCV decode, resize to fit the output (`fastload.tools.bench.peers.common.fit_to_output`),
 one ``A.Compose`` on uint8 pixels, then the Panoptic-DeepLab targets from the *augmented* instance mask with
 `fastload.targets.center_targets` and `semantic_weights` (or, as ``albumentations-loop``, with Panoptic-DeepLab's
 per-instance loop `fastload.targets.center_targets_per_instance`: the user's true starting point). On a CPU
@@ -44,19 +44,12 @@ import numpy as np
 import torch
 
 from fastload.augment.config import AugmentConfig, TargetsConfig
-from fastload.augment.reference import INSTANCE_FILL, SEMANTIC_FILL, normalize_image
-from fastload.bench.peers.common import CacheSamples, PeerLoader, require, widen_labels
+from fastload.augment.reference import normalize_image
 from fastload.errors import ConfigError
+from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 from fastload.pipeline.batch import normalize_batch, numpy_targets
 from fastload.targets import center_targets_per_instance, semantic_weights
-
-
-def _either(*ps: float) -> float:
-    """P(at least one of independent gates is on): one Albumentations gate for several fastload gates."""
-    off = 1.0
-    for p in ps:
-        off *= 1.0 - p
-    return 1.0 - off
+from fastload.tools.bench.peers.common import PeerParts, any_gate, require, widen_labels
 
 
 def build_compose(cfg: AugmentConfig, *, seed: int | None = None) -> Any:
@@ -69,7 +62,7 @@ def build_compose(cfg: AugmentConfig, *, seed: int | None = None) -> Any:
         ops.append(A.HorizontalFlip(p=geo.flip_x))
     if geo.flip_y > 0:
         ops.append(A.VerticalFlip(p=geo.flip_y))
-    p_affine = _either(geo.rotation.p, geo.scale.p, geo.translation.p)
+    p_affine = any_gate(geo.rotation.p, geo.scale.p, geo.translation.p)
     if p_affine > 0:
         m = geo.translation.max_fraction if geo.translation.p > 0 else 0.0
         ops.append(
@@ -85,12 +78,12 @@ def build_compose(cfg: AugmentConfig, *, seed: int | None = None) -> Any:
                 p=p_affine,
             )
         )
-    p_hs = _either(pho.hue.p, pho.saturation.p)
+    p_hs = any_gate(pho.hue.p, pho.saturation.p)
     if p_hs > 0:
         hue = tuple(h / 2.0 for h in pho.hue.range) if pho.hue.p > 0 else 0.0  # OpenCV hue: 2 degrees per unit
         sat = tuple((f - 1.0) * 128.0 for f in pho.saturation.range) if pho.saturation.p > 0 else 0.0
         ops.append(A.HueSaturationValue(hue_shift_limit=hue, sat_shift_limit=sat, val_shift_limit=0, p=p_hs))
-    p_bc = _either(pho.brightness.p, pho.contrast.p)
+    p_bc = any_gate(pho.brightness.p, pho.contrast.p)
     if p_bc > 0:
         bri = tuple(f - 1.0 for f in pho.brightness.range) if pho.brightness.p > 0 else 0.0
         con = tuple(f - 1.0 for f in pho.contrast.range) if pho.contrast.p > 0 else 0.0
@@ -154,30 +147,16 @@ def _worker_init(_worker_id: int) -> None:
     info.dataset.transform.reseed(info.seed % 2**32)
 
 
-def make_albumentations_loader(
-    cache: Any,
-    *,
-    augment: AugmentConfig,
-    batch_size: int,
-    size: tuple[int, int],
-    device: torch.device,
-    num_workers: int,
-    seed: int = 0,
-    prefetch: int = 2,
-    loop: bool = False,
-    shuffle: bool = True,
-    drop_last: bool = False,
-) -> PeerLoader:
-    """The Albumentations peer (``loop``: Panoptic-DeepLab's per-instance target loop) over an opened cache."""
+def albumentations_parts(augment: AugmentConfig, *, device: torch.device, seed: int, loop: bool) -> PeerParts:
+    """The Albumentations peer (``loop``: Panoptic-DeepLab's per-instance target loop): `AlbumentationsTransform`
+    in the workers (normalising there on a CPU loader), the labels widened and the image normalised on ``device``."""
     if loop and (augment.targets.stride != 1 or augment.targets.sigma != int(augment.targets.sigma)):
         raise ConfigError(
             "albumentations-loop: Panoptic-DeepLab's per-instance loop renders stride 1 with an integer sigma; "
             f"the config has stride {augment.targets.stride}, sigma {augment.targets.sigma}"
         )
-    device = torch.device(device)
-    transform = AlbumentationsTransform(augment, loop=loop, normalize=device.type == "cpu")
+    transform = AlbumentationsTransform(augment, loop=loop, normalize=torch.device(device).type == "cpu")
     transform.reseed(seed)
-    dataset = CacheSamples(cache, size, augment.geometry.fit, transform)
     norm = augment.normalize
 
     def finish(raw: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
@@ -189,15 +168,4 @@ def make_albumentations_loader(
             batch[key] = raw[key].to(dev, non_blocking=cuda)
         return batch
 
-    return PeerLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        seed=seed,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        device=device,
-        prefetch=prefetch,
-        finish=finish,
-        worker_init=_worker_init,
-    )
+    return PeerParts(transform, finish, _worker_init)

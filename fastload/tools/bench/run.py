@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
-from fastload.bench.affinity import limited_cores
-from fastload.bench.measure import device_used_bytes, measure
-from fastload.bench.peers import PEERS
-from fastload.bench.sysinfo import machine_info, now_iso
 from fastload.cores import usable_cores
+from fastload.tools.bench.affinity import limited_cores
+from fastload.tools.bench.measure import device_used_bytes, measure
+from fastload.tools.bench.peers import PEERS
+from fastload.tools.bench.sysinfo import machine_info, now_iso
+from fastload.validation import check_int
 
 LOADERS = ("cpu", "dali", *PEERS)
 DEFAULT_LOADERS = ("cpu", "dali")
@@ -41,7 +42,7 @@ class BenchConfig:
 
     cache : cache directory
     augment : augmentation config: a YAML path, "default" or "none"
-    loaders : names from LOADERS, run in this order (the peers: fastload.bench.peers)
+    loaders : names from LOADERS, run in this order (the peers: fastload.tools.bench.peers)
     batch_sizes : each loader is measured at each batch size
     size : output (height, width)
     steps, warmup : measured steps, and unmeasured steps before them
@@ -87,22 +88,22 @@ class BenchConfig:
             raise ValueError(f"bench: model must be one of {MODELS}, got {self.model!r}")
         if self.device not in DEVICES:
             raise ValueError(f"bench: device must be one of {DEVICES}, got {self.device!r}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError(f"bench: batch sizes must be >= 1, got {self.batch_sizes}")
-        if self.steps < 1 or self.warmup < 0:
-            raise ValueError(
-                f"bench: need steps >= 1 and warmup >= 0, got steps={self.steps} warmup={self.warmup}"
-            )
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"bench: workers must be >= 1, got {self.workers}")
-        if self.rounds < 1:
-            raise ValueError(f"bench: rounds must be >= 1, got {self.rounds}")
+        if not self.batch_sizes:
+            raise ValueError("bench: no batch size given")
+        for batch_size in self.batch_sizes:
+            check_int("bench: batch size", batch_size, 1, error=ValueError)
+        check_int("bench: steps", self.steps, 1, error=ValueError)
+        check_int("bench: warmup", self.warmup, 0, error=ValueError)
+        if self.workers is not None:
+            check_int("bench: workers", self.workers, 1, error=ValueError)
+        check_int("bench: rounds", self.rounds, 1, error=ValueError)
         if self.baseline not in LOADERS:
             raise ValueError(f"bench: unknown baseline {self.baseline!r}; choose from {', '.join(LOADERS)}")
         if self.cores is not None:
-            usable = usable_cores()
-            if not self.cores or min(self.cores) < 1 or max(self.cores) > usable:
-                raise ValueError(f"bench: cores must be in 1..{usable} (the CPUs this process may use), got {self.cores}")
+            if not self.cores:
+                raise ValueError("bench: cores: give at least one CPU count, or None for no restriction")
+            for cores in self.cores:
+                check_int("bench: cores", cores, 1, usable_cores(), error=ValueError, why="the CPUs this process may use")
         if self.model == "segnet" and (self.size[0] % 16 or self.size[1] % 16):
             raise ValueError(f"bench: with --model segnet the size must be divisible by 16, got {self.size}")
 
@@ -149,12 +150,12 @@ LoaderFactory = Callable[..., Any]
 
 
 def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
-    """``fastload.CpuLoader`` ("cpu"), ``fastload.Loader`` ("dali") or a peer (fastload.bench.peers) for one
+    """``fastload.CpuLoader`` ("cpu"), ``fastload.Loader`` ("dali") or a peer (fastload.tools.bench.peers) for one
     measurement; every one gets ``cfg.resolved_workers`` worker processes or threads."""
     cache: Any = cfg.cache
     if cfg.read_latency_ms:
-        # storage planning: every sample read takes this much longer, as on a NAS (fastload.bench.storage)
-        from fastload.bench.storage import DelayedCache
+        # storage planning: every sample read takes this much longer, as on a NAS (fastload.tools.bench.storage)
+        from fastload.tools.bench.storage import DelayedCache
 
         cache = DelayedCache.from_ms(cfg.cache, cfg.read_latency_ms)
     try:
@@ -169,36 +170,24 @@ def make_loader(name: str, cfg: BenchConfig, batch_size: int) -> Any:
 
 
 def _make(name: str, cfg: BenchConfig, batch_size: int, cache: Any) -> Any:
-    import fastload
-    from fastload.show import dali_device
+    from fastload.tools.loaders import fastload_loader
 
-    if name in PEERS:
-        from fastload.bench.peers import make_peer
-
-        return make_peer(
-            name,
-            cache,
-            batch_size=batch_size,
-            size=tuple(cfg.size),
-            augment=cfg.augment,
-            device=cfg.device,
-            num_workers=cfg.resolved_workers,
-            seed=cfg.seed,
-            prefetch=cfg.prefetch,
-        )
-    cls = {"cpu": fastload.CpuLoader, "dali": fastload.Loader}[name]
-    return cls(
-        cache,
+    # every loader alike: shuffled, the last batch kept, cfg.resolved_workers worker processes or threads
+    same = dict(
         batch_size=batch_size,
         shuffle=True,
-        seed=cfg.seed,
         drop_last=False,
         size=tuple(cfg.size),
         augment=cfg.augment,
-        device=dali_device(cfg.device) if name == "dali" else cfg.device,  # "dali" measures DALI, GPU or not
-        num_threads=cfg.resolved_workers,
+        device=cfg.device,
+        seed=cfg.seed,
         prefetch=cfg.prefetch,
     )
+    if name in PEERS:
+        from fastload.tools.bench.peers import make_peer
+
+        return make_peer(name, cache, num_workers=cfg.resolved_workers, **same)
+    return fastload_loader(name, cache, num_threads=cfg.resolved_workers, **same)  # "dali": DALI, GPU or not
 
 
 def cache_num_classes(cache: str) -> int:
@@ -218,9 +207,9 @@ def run_bench(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Measure every loader at every batch size (and core count), ``cfg.rounds`` times interleaved; return the
-    report dict (schema: fastload.bench.report)."""
+    report dict (schema: fastload.tools.bench.report)."""
     if loader_factory is make_loader:  # a missing peer library is said before anything is measured
-        from fastload.bench.peers import require_peer
+        from fastload.tools.bench.peers import require_peer
 
         for name in cfg.loaders:
             if name in PEERS:
@@ -260,7 +249,7 @@ def _measure_one(
     loader_factory: LoaderFactory,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from fastload.bench.model import TrainStep
+    from fastload.tools.bench.model import TrainStep
 
     # device-wide GPU memory before the loader exists: what it adds (DALI's own pool too) is the peak above this
     gpu = cfg.device != "cpu" and torch.cuda.is_available()
@@ -330,7 +319,7 @@ _warned: set[str] = set()
 
 
 def _warn_cpu_bf16(log: Callable[[str], None]) -> None:
-    from fastload.bench.sysinfo import cpu_has_native_bf16
+    from fastload.tools.bench.sysinfo import cpu_has_native_bf16
 
     if "bf16" in _warned or cpu_has_native_bf16():
         return

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastload.labels import IGNORE
+from fastload.validation import check_int
+
 # Panoptic-DeepLab (Cheng et al., 2020) loss weights: semantic 1, centre heatmap 200, offsets 0.01
 SEMANTIC_WEIGHT = 1.0
 HEATMAP_WEIGHT = 200.0
 OFFSET_WEIGHT = 0.01
-IGNORE_INDEX = 255
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -47,11 +49,10 @@ class SegNet(nn.Module):
 
     def __init__(self, num_classes: int, *, width: int = 32) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                f"SegNet: num_classes must be an integer >= 2 (background + at least one class: loader.num_classes), "
-                f"got {num_classes!r}"
-            )
+        try:
+            check_int("SegNet: num_classes", num_classes, 2, error=ValueError)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (background + at least one class: loader.num_classes)") from None
         w = width
         self.num_classes = num_classes
         self.stem = nn.Sequential(_conv_bn_relu(3, w, 2), _conv_bn_relu(w, w))  # /2
@@ -133,15 +134,15 @@ def segnet_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -
         target = target.long()
     # sum / count rather than the mean reduction: a fully ignored batch gives 0, not 0/0 = nan, and no
     # host-side check (which would make CUDA wait) is needed
-    valid = target != IGNORE_INDEX
-    ce = F.cross_entropy(semantic, target, ignore_index=IGNORE_INDEX, reduction="none")  # 0 where ignored
+    valid = target != IGNORE
+    ce = F.cross_entropy(semantic, target, ignore_index=IGNORE, reduction="none")  # 0 where ignored
     weight = batch.get("semantic_weight")
     if weight is not None:
         ce = ce * weight
     sem = ce.sum() / valid.sum().clamp_min(1)
 
     map_size = tuple(batch["heatmap"].shape[-2:])
-    centre_mask = (_instance_at_map(target, map_size) != IGNORE_INDEX).unsqueeze(1).to(torch.float32)
+    centre_mask = (_instance_at_map(target, map_size) != IGNORE).unsqueeze(1).to(torch.float32)
     squared = (_to_map_size(pred["heatmap"].float(), map_size) - batch["heatmap"]).square() * centre_mask
     heat = squared.sum() / centre_mask.sum().clamp_min(1.0)
 

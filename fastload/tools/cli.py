@@ -1,21 +1,25 @@
 """The `fastload` command line: argparse subcommands that call the library functions.
 
-Each area registers its own subcommands (``register(subparsers)``) so that this file stays a thin shell.
+This file is the command table: it lists every command module, and each module adds the one command it
+defines (``register(subparsers)``); no command module registers another.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from fastload.errors import FastloadError
+from fastload.tools import cache_commands, demo, show, synth_command
+from fastload.tools.bench import commands as bench_commands
 
-# modules that define register(subparsers); each adds one or more subcommands
-_COMMAND_MODULES = (
-    "fastload.cache.commands",  # cache build | verify | info | merge, synth
-    "fastload.show",  # show
-    "fastload.bench.commands",  # bench, demo
+# the command modules, in the order `fastload --help` lists their commands
+COMMANDS = (
+    cache_commands,  # cache build | merge | verify | info
+    synth_command,  # synth
+    show,  # show
+    bench_commands,  # bench
+    demo,  # demo
 )
 
 
@@ -23,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastload", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fastload {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMANDS:
+        module.register(sub)
     return parser
 
 

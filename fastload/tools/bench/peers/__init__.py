@@ -12,7 +12,7 @@ name                     what it is
 Each reads the same cache (`fastload.open_cache`) and draws its augmentation from the same YAML
 (`fastload.augment.config.AugmentConfig`) as closely as its library allows; each module's docstring has the table
 of differences. The libraries are optional (``pip install "fastload[peers]"``) and are imported only when a peer
-is made: ``import fastload`` and ``fastload.bench`` never import them.
+is made: ``import fastload`` and ``fastload.tools.bench`` never import them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _LIBRARY = {"albumentations": "albumentations", "albumentations-loop": "albument
 
 def require_peer(name: str) -> None:
     """Raise the one-line ConfigError naming the ``peers`` extra unless peer ``name``'s library imports."""
-    from fastload.bench.peers.common import require
+    from fastload.tools.bench.peers.common import require
 
     require(_LIBRARY[name], peer=name)
 
@@ -50,27 +50,34 @@ def make_peer(
     ``augment`` is what `fastload.Loader` takes (None, "default", "none", a YAML path, an AugmentConfig);
     ``device`` "auto" | "cpu" | "cuda[:N]" as there. The loader yields fastload's batch dicts on ``device``.
     """
+    # the loaders' own argument rules: a peer takes the same arguments the same way
     from fastload.dataloader_args import augment_argument, cache_argument, size_argument
     from fastload.pipeline.devices import resolve_device
+    from fastload.tools.bench.peers.common import CacheSamples, PeerLoader
 
     if name not in PEERS:
         raise ValueError(f"unknown peer loader {name!r}; choose from {', '.join(PEERS)}")
     cfg = augment_argument(augment)
-    kwargs = dict(
-        augment=cfg,
-        batch_size=int(batch_size),
-        size=size_argument(size, stride=cfg.targets.stride),
-        device=resolve_device(device),
-        num_workers=int(num_workers),
-        seed=int(seed),
-        prefetch=int(prefetch),
+    size = size_argument(size, stride=cfg.targets.stride)
+    device = resolve_device(device)
+    if name == "kornia":
+        from fastload.tools.bench.peers.kornia_peer import kornia_parts
+
+        parts = kornia_parts(cfg, seed=seed)
+    else:
+        from fastload.tools.bench.peers.albu import albumentations_parts
+
+        parts = albumentations_parts(cfg, device=device, seed=seed, loop=name == "albumentations-loop")
+    cache = cache_argument(cache)
+    return PeerLoader(
+        CacheSamples(cache, size, cfg.geometry.fit, parts.transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
         shuffle=shuffle,
         drop_last=drop_last,
+        device=device,
+        prefetch=prefetch,
+        finish=parts.finish,
+        worker_init=parts.worker_init,
     )
-    if name == "kornia":
-        from fastload.bench.peers.kornia_peer import make_kornia_loader
-
-        return make_kornia_loader(cache_argument(cache), **kwargs)
-    from fastload.bench.peers.albu import make_albumentations_loader
-
-    return make_albumentations_loader(cache_argument(cache), loop=name == "albumentations-loop", **kwargs)

@@ -1,4 +1,4 @@
-"""``fastload bench`` and ``fastload demo``: argparse in, ``run_bench`` / ``run_demo`` out."""
+"""``fastload bench``: argparse in, ``run_bench`` out."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _loader_list(text: str) -> tuple[str, ...]:
-    from fastload.bench.run import LOADERS
+    from fastload.tools.bench.run import LOADERS
 
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     bad = [n for n in names if n not in LOADERS]
@@ -113,13 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default=None, help="write the PNG chart here")
     p.set_defaults(func=_bench)
 
-    from fastload.demo import register as register_demo
-
-    register_demo(sub)
-
 
 def _bench(args: argparse.Namespace) -> int:
-    from fastload.bench.report import (
+    from fastload.tools.bench.report import (
         baseline_sentence,
         cores_plot_path,
         format_table,
@@ -127,7 +123,7 @@ def _bench(args: argparse.Namespace) -> int:
         plot_cores,
         write_json,
     )
-    from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
+    from fastload.tools.bench.run import BenchConfig, dali_device_sentence, run_bench
 
     if not Path(args.cache).is_dir():
         raise ConfigError(f"--cache {args.cache!r} is not a directory; build one with `fastload cache build`")

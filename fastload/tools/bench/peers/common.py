@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -17,14 +18,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fastload import validation
 from fastload.augment.params import fit_scale
-from fastload.augment.reference import INSTANCE_FILL, SEMANTIC_FILL
 from fastload.cache.format import decode_image
 from fastload.cache.reader import decode_labels
 from fastload.errors import ConfigError
+from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 from fastload.pipeline.plan import BATCH_KEYS
 from fastload.pipeline.sampling import epoch_order
 from fastload.pipeline.workers import mp_context
+from fastload.validation import check_int
 
 EXTRA_HINT = 'pip install "fastload[peers]"'
 
@@ -35,6 +38,15 @@ def require(module: str, *, peer: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"the {peer!r} peer loader needs {module}, which is not installed: {EXTRA_HINT}") from None
+
+
+def any_gate(*ps: float) -> float:
+    """P(at least one of independent gates is on): the one gate a peer library has for several fastload gates
+    (e.g. one affine for fastload's independent rotation, scale and translation gates)."""
+    off = 1.0
+    for p in ps:
+        off *= 1.0 - p
+    return 1.0 - off
 
 
 # ------------------------------------------------------------------------------------------------- samples
@@ -120,6 +132,16 @@ def _one_opencv_thread(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+@dataclass(frozen=True)
+class PeerParts:
+    """What makes one peer: ``transform`` finishes a sample in the worker (`CacheSamples`), ``finish`` turns the
+    collated worker output into the batch dict on the device (`PeerLoader`), ``worker_init`` sets up a worker."""
+
+    transform: Callable[[dict], dict]
+    finish: Callable[[dict[str, torch.Tensor], torch.device], dict[str, torch.Tensor]]
+    worker_init: Callable[[int], None] = _one_opencv_thread
+
+
 class PeerLoader:
     """A torch DataLoader over `CacheSamples` with the surface the bench uses (and fastload's loaders have):
     ``__iter__`` (one epoch of batch dicts with exactly `BATCH_KEYS`), ``__len__``, ``set_epoch``, ``device``,
@@ -144,10 +166,10 @@ class PeerLoader:
         finish: Callable[[dict[str, torch.Tensor], torch.device], dict[str, torch.Tensor]],
         worker_init: Callable[[int], None] = _one_opencv_thread,
     ) -> None:
-        if num_workers < 0 or batch_size < 1 or prefetch < 1:
-            raise ValueError(
-                f"need batch_size >= 1, num_workers >= 0, prefetch >= 1; got {batch_size}, {num_workers}, {prefetch}"
-            )
+        batch_size = check_int("batch_size", batch_size, 1, validation.MAX_BATCH_SIZE, error=ValueError)
+        num_workers = check_int("num_workers", num_workers, 0, validation.MAX_THREADS, error=ValueError)
+        prefetch = check_int("prefetch", prefetch, 1, validation.MAX_PREFETCH, error=ValueError)
+        seed = check_int("seed", seed, 0, validation.MAX_SEED, error=ValueError)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.num_workers = num_workers
