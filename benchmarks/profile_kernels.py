@@ -404,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     if not args.default_malloc:
-        from fastload.pipeline.opencv import _keep_freed_memory
+        from fastload.procs import keep_freed_memory
 
-        _keep_freed_memory()
+        keep_freed_memory()
     out_hw = (int(args.size[0]), int(args.size[1]))
     with tempfile.TemporaryDirectory(prefix="fastload-profile-") as tmp:
         root = args.cache if args.cache is not None else synthetic_cache(Path(tmp), args.samples, out_hw)

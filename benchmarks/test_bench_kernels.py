@@ -34,10 +34,10 @@ STAGES = [
 def sample(tmp_path_factory):
     import cv2
 
-    from fastload.pipeline.opencv import _keep_freed_memory
+    from fastload.procs import keep_freed_memory
 
     cv2.setNumThreads(1)
-    _keep_freed_memory()
+    keep_freed_memory()
     root = pk.synthetic_cache(tmp_path_factory.mktemp("kernels"), 1, SIZE)
     cfg, samples = pk.load_samples(root, 1)
     return cfg, samples[0]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 def rebuild_shard(root: str | Path | None = None) -> str:
     """A sample of a built cache is damaged or lies: find every such sample, then rebuild those shards."""
-    where = f" {root}" if root is not None else " on the cache"
-    return f"run `fastload cache verify{where}` and rebuild the shard with `fastload cache build ... --resume`"
+    verify = f"`fastload cache verify {root}`" if root is not None else "`fastload cache verify` on the cache"
+    return f"run {verify} and rebuild the shard with `fastload cache build ... --resume`"
 
 
 def resume_build(out: str | Path) -> str:

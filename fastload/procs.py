@@ -1,4 +1,4 @@
-"""Helper processes that end with the process they work for, even when it is SIGKILLed.
+"""Helper processes: they end with the process they work for, even when it is SIGKILLed, and keep their memory.
 
 A build worker or a CpuLoader worker whose parent was killed (SIGKILL, the out-of-memory killer, a job
 scheduler's SIGTERM) used to live on under PID 1: it held its memory, its open shard files, and the
@@ -122,3 +122,29 @@ def in_fork_server() -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let this worker's allocator reuse freed memory instead of handing it back to the kernel.
+
+    A sample's kernels allocate and free a dozen arrays of 0.25-3 MB. With glibc's defaults such blocks are
+    mmap'ed and unmapped, or trimmed off the heap's top, so each new one is first-touch memory: on a VM a page
+    fault costs ~4 us, ~4,000 of them per 512x512 sample, as much CPU time as all the kernels together. Served
+    from the heap (mmap only above 32 MiB, trim only above 512 MiB free) they are reused as they are. The
+    worker's resident memory stays at its peak working set (one batch's temporaries). A no-op off glibc.
+    Returns whether the settings took.
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))

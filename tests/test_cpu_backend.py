@@ -16,8 +16,9 @@ from fastload.augment.params import draw_params
 from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import SampleMembers, encode_label
 from fastload.errors import CacheError
-from fastload.pipeline.opencv import OpencvBackend, _keep_freed_memory
+from fastload.pipeline.opencv import OpencvBackend
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
+from fastload.procs import keep_freed_memory
 from fastload.targets import center_targets, semantic_weights
 
 OUT = (32, 48)
@@ -182,7 +183,7 @@ class WrongSize(TinyCache):
 def test_a_member_that_disagrees_with_the_index_names_shard_and_sample(workers):
     be = backend(WrongSize(), workers=workers)
     try:
-        with pytest.raises(CacheError, match=r"shard-00000.tar, sample 00000002 \(cache index 2\): semantic mask is 28 x 40, the sample 29 x 40"):
+        with pytest.raises(CacheError, match=r"shard-00000.tar, sample 00000002 \(cache index 2\): image decodes to 28 x 40, the sample is 29 x 40"):
             list(be.iterate(iter([plan([2])])))
     finally:
         be.close()
@@ -358,6 +359,6 @@ def test_an_unguarded_script_gets_told_about_the_main_guard(synth_cache, tmp_pat
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_workers_keep_freed_memory_for_reuse():
-    # the workers' allocator keeps freed blocks (no first-touch page faults per sample, see _keep_freed_memory);
+    # the workers' allocator keeps freed blocks (no first-touch page faults per sample, see keep_freed_memory);
     # the settings must take, or the CPU loader silently loses a third of its speed on a VM
-    assert _keep_freed_memory()
+    assert keep_freed_memory()

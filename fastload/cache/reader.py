@@ -300,6 +300,7 @@ class CacheDataset(Sequence):
             sample = decode_members(members, (height, width))
         except CacheError as exc:
             raise CacheError(f"{self._where(i)}: {exc}; " + rebuild_shard(self._root)) from None
+        sample["instance"] = sample["instance"].astype(np.int32)  # the dict's contract: int32 ids
         return sample
 
 
@@ -317,7 +318,7 @@ def decode_labels(members: SampleMembers, hw: tuple[int, int]) -> tuple[np.ndarr
 
 def decode_members(members: SampleMembers, hw: tuple[int, int]) -> dict[str, Any]:
     """Decode a sample's members (as `CacheDataset.read_members` checked them): ``image`` uint8 (H, W, 3) RGB,
-    ``semantic`` uint8, ``instance`` int32, ``meta``.
+    ``semantic`` uint8 and ``instance`` uint16 (H, W) as stored, ``meta``.
 
     Raises CacheError when a member does not decode or disagrees with the sample's size ``hw``.
     """
@@ -325,4 +326,4 @@ def decode_members(members: SampleMembers, hw: tuple[int, int]) -> dict[str, Any
     if image.shape[:2] != tuple(hw):
         raise CacheError(f"image decodes to {image.shape[0]} x {image.shape[1]}, the sample is {hw[0]} x {hw[1]}")
     semantic, instance = decode_labels(members, hw)
-    return {"image": image, "semantic": semantic, "instance": instance.astype(np.int32), "meta": members.meta}
+    return {"image": image, "semantic": semantic, "instance": instance, "meta": members.meta}

@@ -17,6 +17,7 @@ from fastload.cache.manifest import Manifest, ShardInfo, load_manifest, read_jso
 from fastload.cache.reader import decode_members
 from fastload.cache.validate import checked_sample, shard_path
 from fastload.errors import CacheError
+from fastload.labels import IGNORE
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _check_sample(fh: Any, tar_bytes: int, sample: dict[str, Any], manifest: Man
             meta=checked.meta,
         )
         decoded = decode_members(members_obj, (sample["height"], sample["width"]))
-        labels = set(np.unique(decoded["semantic"]).tolist()) - {255}
+        labels = set(np.unique(decoded["semantic"]).tolist()) - {IGNORE}
         if labels and max(labels) >= manifest.num_classes:
             return f"semantic mask holds train id {max(labels)}; the manifest has {manifest.num_classes - 1} classes"
     except (CacheError, tarfile.TarError) as exc:

@@ -44,14 +44,14 @@ from fastload.advice import rebuild_shard
 from fastload.augment.config import AugmentConfig
 from fastload.augment.params import map_hw
 from fastload.augment.reference import augment_sample
-from fastload.cache.format import decode_image
-from fastload.cache.reader import decode_labels
+from fastload.cache.reader import decode_members
 from fastload.errors import CacheError, FastloadError, add_note
 from fastload.pipeline.batch import finish_batch, numpy_targets, widen_batch
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan, Passes
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, Prefetcher, plans_for
 from fastload.pipeline.workers import mp_context
+from fastload.procs import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -151,12 +151,8 @@ class _AugmentedBatches(Dataset):
         try:
             with nvtx_range("fastload/read_decode"):
                 members = self._reads.take(index)  # a CacheError from the read names shard and sample already
-                hw = self.cache.image_size(index)
                 try:
-                    semantic, instance = decode_labels(members, hw)
-                    image = decode_image(members.image)
-                    if image.shape[:2] != tuple(hw):
-                        raise CacheError(f"image decodes to {image.shape[0]} x {image.shape[1]}, the sample is {hw[0]} x {hw[1]}")
+                    sample = decode_members(members, self.cache.image_size(index))
                 except CacheError as exc:
                     raise CacheError(
                         f"shard {members.shard}, sample {members.key} (cache index {index}): {exc}; {rebuild_shard()}"
@@ -169,9 +165,9 @@ class _AugmentedBatches(Dataset):
             raise
         # uint16 ids <= 32767 (the cache's limit) are the same numbers as int16: half the bytes of int32
         return {
-            "image": image,
-            "semantic": semantic,
-            "instance": instance.view(np.int16),
+            "image": sample["image"],
+            "semantic": sample["semantic"],
+            "instance": sample["instance"].view(np.int16),
             "instances": len(members.meta.get("instances", ())),
         }
 
@@ -251,35 +247,9 @@ def _worker_init(worker_id: int, user_init: Callable[[int], None] | None = None)
 
     die_with_parent()  # SIGKILL when the fork server ends (it ends with the training process)
     cv2.setNumThreads(1)
-    _keep_freed_memory()
+    keep_freed_memory()
     if user_init is not None:  # the loader's worker_init_fn (DataLoader's), after fastload's own set-up
         user_init(worker_id)
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _keep_freed_memory() -> bool:
-    """Let this worker's allocator reuse freed memory instead of handing it back to the kernel.
-
-    A sample's kernels allocate and free a dozen arrays of 0.25-3 MB. With glibc's defaults such blocks are
-    mmap'ed and unmapped, or trimmed off the heap's top, so each new one is first-touch memory: on a VM a page
-    fault costs ~4 us, ~4,000 of them per 512x512 sample, as much CPU time as all the kernels together. Served
-    from the heap (mmap only above 32 MiB, trim only above 512 MiB free) they are reused as they are. The
-    worker's resident memory stays at its peak working set (one batch's temporaries). A no-op off glibc.
-    Returns whether the settings took.
-    """
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))
 
 
 class OpencvBackend:

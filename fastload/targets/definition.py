@@ -96,7 +96,7 @@ def sample_targets(
     """
     mask = _check_mask(instance_mask)
     sigma, stride = check_target_params(sigma, stride)
-    area, weight = _check_weight_params(small_instance_area, small_instance_weight)
+    area, weight = check_weight_params(small_instance_area, small_instance_weight)
     runs = _row_runs(mask)
     stats = _instance_stats(runs, mask.shape[1])
     heatmap, offset = _center_targets(mask, runs, stats, sigma, stride)
@@ -135,7 +135,7 @@ def semantic_weights(
         ``small_instance_weight`` on the pixels of small instances, 1 elsewhere (background included).
     """
     mask = _check_mask(instance_mask)
-    area, weight = _check_weight_params(small_instance_area, small_instance_weight)
+    area, weight = check_weight_params(small_instance_area, small_instance_weight)
     runs = _row_runs(mask)
     return _semantic_weights(mask, runs, _instance_stats(runs, mask.shape[1]), area, weight)
 
@@ -242,7 +242,7 @@ def check_target_params(sigma: float, stride: int) -> tuple[float, int]:
     return float(sigma), int(stride)
 
 
-def _check_weight_params(area: int, weight: float) -> tuple[int, float]:
+def check_weight_params(area: int, weight: float) -> tuple[int, float]:
     if isinstance(area, bool) or not isinstance(area, (int, np.integer)) or area < 0:
         raise ConfigError(f"small_instance_area must be an integer >= 0 (pixels), got {area!r}")
     if isinstance(weight, bool) or not (isinstance(weight, numbers.Real) and math.isfinite(weight) and weight >= 0):
@@ -312,7 +312,7 @@ def _subsample(mask: np.ndarray, stride: int) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
-def _gaussian_window(sigma: float) -> tuple[int, np.ndarray]:
+def gaussian_window(sigma: float) -> tuple[int, np.ndarray]:
     """Radius r and the float32 (2r+1, 2r+1) Gaussian patch centred on its middle pixel.
 
     Computed in float64 and rounded once; both kernels paste this very array (the torch twin copies it to
@@ -333,7 +333,7 @@ def _heatmap(centres: np.ndarray, shape: tuple[int, int], sigma: float) -> np.nd
     heat = np.zeros(shape, dtype=np.float32)
     if centres.shape[0] == 0:
         return heat
-    radius, window = _gaussian_window(sigma)
+    radius, window = gaussian_window(sigma)
     peaks = np.rint(centres).astype(np.int64)  # half to even, as Python's round() in Panoptic-DeepLab
     for py, px in peaks.tolist():
         y0, y1 = max(py - radius, 0), min(py + radius + 1, height)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastload.errors import ConfigError
-from fastload.targets.definition import _check_weight_params, _gaussian_window, check_target_params
+from fastload.targets.definition import check_target_params, check_weight_params, gaussian_window
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,7 @@ def render_targets(
         ``semantic_weight`` float32 (N, H, W).
     """
     sigma, stride = check_target_params(sigma, stride)
-    area, weight = _check_weight_params(small_instance_area, small_instance_weight)
+    area, weight = check_weight_params(small_instance_area, small_instance_weight)
     _check_instance_batch(instance)
     layout = _Layout.of(instance, sigma, stride)
     ids, per_sample = _slot_ids(instance, max_id, layout)
@@ -280,7 +280,7 @@ def _window_blocks(layout: _Layout) -> torch.Tensor:
     """int32 view (4r+2, 4r+2, S, S'): every (S, S') block of the window table, ``S = min(2r+1, H')``,
     ``S' = min(2r+1, W')``, by its first row and column.
 
-    The table holds the bits of ``_gaussian_window`` (made on the host, so its values are the definition's
+    The table holds the bits of ``gaussian_window`` (made on the host, so its values are the definition's
     whatever the device's ``exp``) at rows and columns ``r..3r``, zeros around, and an all-zero block at
     row ``4r+1``: a window cut to the map is the block at ``(r + first cut row, r + first cut column)``.
     Copied from pinned memory without blocking on CUDA, where a copy from pageable memory would wait for
@@ -288,7 +288,7 @@ def _window_blocks(layout: _Layout) -> torch.Tensor:
     """
     import torch
 
-    radius, window = _gaussian_window(layout.sigma)
+    radius, window = gaussian_window(layout.sigma)
     spans = (min(2 * radius + 1, layout.map_h), min(2 * radius + 1, layout.map_w))
     padded = np.zeros((4 * radius + 1 + spans[0], 4 * radius + 1 + spans[1]), dtype=np.float32)
     padded[radius : 3 * radius + 1, radius : 3 * radius + 1] = window
