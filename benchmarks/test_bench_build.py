@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from fastload.build.coco import load_coco
+from fastload.build.writer import build_cache, encode_sample
 from fastload.cache.config import CacheConfig
-from fastload.cache.writer import build_cache, encode_sample
-from fastload.coco import load_coco
 
 _floor_ms: list[float] = []
 

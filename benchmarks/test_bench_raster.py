@@ -34,9 +34,9 @@ import shapely
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fastload import raster
-from fastload.coco import ImageRecord, Instance, load_coco, part_rings
-from fastload.raster import rasterize_image, rasterize_instance
+from fastload.build import raster
+from fastload.build.coco import ImageRecord, Instance, load_coco, part_rings
+from fastload.build.raster import rasterize_image, rasterize_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -81,7 +81,7 @@ def run_demo(
     """Run the demo; see the module docstring for what is written where."""
     from fastload.bench.report import format_table, plot, write_json
     from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
-    from fastload.cache.writer import build_cache
+    from fastload.build.writer import build_cache
     from fastload.show import show
 
     if (coco is None) != (images is None):
@@ -100,7 +100,7 @@ def run_demo(
 
     t = time.perf_counter()
     if coco is None:
-        from fastload.synth import synth_coco
+        from fastload.build.synth import synth_coco
 
         log(f"demo: writing {s.n} synthetic {s.image_size[0]}x{s.image_size[1]} images to {out / 'data'}")
         coco = synth_coco(out=out / "data", n=s.n, size=s.image_size, instances=(3, 8), seed=s.seed)

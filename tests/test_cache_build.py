@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from cocofactory import CocoFactory, write_image
 
-import fastload.cache.writer as writer
+import fastload.build.writer as writer
+from fastload.build.coco import load_coco
+from fastload.build.merge import merge_cache
+from fastload.build.raster import rasterize_image
+from fastload.build.writer import build_cache
 from fastload.cache.manifest import load_manifest
-from fastload.cache.merge import merge_cache
 from fastload.cache.reader import open_cache
-from fastload.cache.writer import build_cache
-from fastload.coco import load_coco
 from fastload.errors import AnnotationError, CacheError, ConfigError
-from fastload.raster import rasterize_image
 from fastload.targets import center_targets, instance_table
 
 

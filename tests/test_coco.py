@@ -10,7 +10,7 @@ import pytest
 from cocofactory import CocoFactory, compressed_rle, disk, unseen_coco
 from pycocotools import mask as mask_utils
 
-from fastload.coco import Category, ImageRecord, load_coco, part_rings, resolve_image_path
+from fastload.build.coco import Category, ImageRecord, load_coco, part_rings, resolve_image_path
 from fastload.errors import AnnotationError
 
 # pycocotools' decode trips NumPy 2's __array__(copy=...) deprecation; not ours to fix
@@ -148,7 +148,7 @@ def test_a_bowtie_is_kept_as_drawn(tmp_path: Path):
 
 
 def test_a_part_overhanging_the_image_is_kept_as_drawn_and_clipped_by_the_rasteriser(tmp_path: Path):
-    from fastload.raster import rasterize_instance
+    from fastload.build.raster import rasterize_instance
 
     coco = one_image(tmp_path, height=32, width=48)
     coco.polygon(7, 1, [(-10, -5), (60, -5), (60, 40), (-10, 40)])

@@ -25,10 +25,10 @@ from cocofactory import CocoFactory
 from imagefactory import exif, jpeg, pil_rgb
 
 from fastload.augment.config import AugmentConfig
+from fastload.build.raster import rasterize_polygons
+from fastload.build.writer import build_cache
 from fastload.cache.images import apply_orientation
 from fastload.cache.reader import open_cache
-from fastload.cache.writer import build_cache
-from fastload.raster import rasterize_polygons
 
 UNDO = {6: 8, 8: 6}  # the orientation that turns a displayed picture back into the stored grid (others undo themselves)
 SHAPES = {"square": (64, 64), "wide": (48, 80)}

@@ -215,8 +215,8 @@ def check_geometry(
     """
     import shapely
 
-    from fastload.coco import part_rings
-    from fastload.raster import rasterize_image
+    from fastload.build.coco import part_rings
+    from fastload.build.raster import rasterize_image
 
     worst, inter, union, farthest = 1.0, 0, 0, 0.0
     for p in pairs:
@@ -272,7 +272,7 @@ def _transformed_record(record, matrix: np.ndarray):
 
 
 def coco_records(sample_coco: Path) -> dict:
-    from fastload.coco import load_coco
+    from fastload.build.coco import load_coco
 
     return {record.image_id: record for record in load_coco(sample_coco).images}
 

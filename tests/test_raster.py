@@ -13,8 +13,8 @@ from cocofactory import CocoFactory, disk, unseen_coco
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fastload.coco import ImageRecord, Instance, load_coco, part_rings
-from fastload.raster import COORDINATE_LIMIT, rasterize_image, rasterize_instance, rasterize_polygons
+from fastload.build.coco import ImageRecord, Instance, load_coco, part_rings
+from fastload.build.raster import COORDINATE_LIMIT, rasterize_image, rasterize_instance, rasterize_polygons
 
 # pycocotools' decode trips NumPy 2's __array__(copy=...) deprecation; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

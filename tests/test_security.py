@@ -23,12 +23,12 @@ import pytest
 import yaml
 
 import fastload
+from fastload.build.coco import ImageRecord, resolve_image_path
+from fastload.build.synth import synth_coco
+from fastload.build.writer import build_cache
 from fastload.cache.manifest import load_manifest
 from fastload.cache.reader import open_cache
-from fastload.cache.writer import build_cache
-from fastload.coco import ImageRecord, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ImageError
-from fastload.synth import synth_coco
 
 PACKAGE = Path(fastload.__file__).parent
 SOURCES = sorted(PACKAGE.rglob("*.py"))

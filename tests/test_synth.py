@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import shapely
 
-from fastload.coco import load_coco
-from fastload.synth import synth_coco
+from fastload.build.coco import load_coco
+from fastload.build.synth import synth_coco
 
 
 def _files(root):

@@ -77,9 +77,9 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from fastload.build.split import parse_split, split_names
+    from fastload.build.writer import build_cache
     from fastload.cache.config import as_cache_config
-    from fastload.cache.split import parse_split, split_names
-    from fastload.cache.writer import build_cache
     from fastload.errors import ConfigError
 
     if args.seed is not None and not args.split:
@@ -142,7 +142,7 @@ def _print_normalised(m: Manifest, root: str | Path, *, limit: int = 10) -> None
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from fastload.cache.merge import merge_cache
+    from fastload.build.merge import merge_cache
 
     print(f"wrote {merge_cache(args.cache)}")
     return 0
@@ -217,7 +217,7 @@ def format_info(m: Manifest, root: str | Path = "") -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from fastload.synth import synth_coco
+    from fastload.build.synth import synth_coco
 
     try:
         path = synth_coco(

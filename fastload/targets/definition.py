@@ -20,7 +20,7 @@ from fastload.validation import MAX_SIGMA, MAX_STRIDE, short_repr
 if TYPE_CHECKING:
     import torch
 
-    from fastload.raster import RasterResult
+    from fastload.build.raster import RasterResult
 
 # pixels per block of rows in _offsets: temporaries of ~256 kB stay in the allocator's cache
 _BLOCK_PIXELS = 1 << 15

@@ -84,7 +84,7 @@ MAX_IMAGE_PIXELS = 1 << 30
 # |x|, |y| beyond this (px) is a bad part: far outside any image, and far below where shapely's repair and
 # clipping overflow (around 1e150, silently returning wrong shapes)
 MAX_COORDINATE = 1e9
-# pycocotools rasterises coordinates up to this (px; it overflows a C int beyond, see fastload.raster); a part
+# pycocotools rasterises coordinates up to this (px; it overflows a C int beyond, see fastload.build.raster); a part
 # reaching further out is stored repaired and clipped to the image instead of as drawn
 RASTER_COORDINATE_LIMIT = float(1 << 20)
 FIX_HINT = "fix the annotation or pass --on-error skip"

@@ -9,7 +9,7 @@ Pixel convention
     the polygon" except for pixel centres within about 0.2 px of an edge.)
 
 Parts and rings
-    A stored part (:func:`fastload.coco.part_rings`) may hold several rings, exterior first, then holes;
+    A stored part (:func:`fastload.build.coco.part_rings`) may hold several rings, exterior first, then holes;
     its rings are combined by even-odd (XOR: a hole comes out empty). The parts of an instance are OR-ed
     (``mask.merge``), as ``annToMask`` does with a multi-polygon segmentation. Where ``load_coco``
     repaired a self-intersecting part (``shapely.make_valid``) or clipped one to the image, the stored
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from fastload.coco import ImageRecord, Instance, part_rings
+from fastload.build.coco import ImageRecord, Instance, part_rings
 
 IGNORE = 255
 # |x|, |y| beyond this (px) is refused: pycocotools converts 5·x to a C int (overflowing past 4.3e8) and
@@ -73,7 +73,7 @@ def rasterize_polygons(polygons: Sequence[np.ndarray], height: int, width: int) 
     ----------
     polygons : sequence of float (K, 2) arrays
         Parts in ``(x, y)`` image coordinates; a part may hold several rings separated by NaN rows
-        (:func:`fastload.coco.part_rings`). Coordinates may lie outside the image (within
+        (:func:`fastload.build.coco.part_rings`). Coordinates may lie outside the image (within
         ``±COORDINATE_LIMIT``); pycocotools drops what falls outside.
     height, width : int
         The mask size.

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fastload.build.lock import build_lock, storage_error
 from fastload.cache.format import SCHEMA_VERSION
-from fastload.cache.lock import build_lock, storage_error
 from fastload.cache.manifest import (
     MANIFEST_NAME,
     assemble_manifest,

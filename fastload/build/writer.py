@@ -1,7 +1,7 @@
 """`build_cache`: COCO + images → sharded cache (tar shards, both indexes, completion records, manifest).
 
 The work is a thin shell around pure functions: ``load_coco`` validates the annotations,
-`fastload.cache.imagefile.read_checked_image` checks and normalises each image file, ``rasterize_image``
+`fastload.build.imagefile.read_checked_image` checks and normalises each image file, ``rasterize_image``
 makes the masks and ``instance_table`` the instance table, `fastload.cache.format` encodes them. Each worker process builds whole
 shards, so a shard's bytes depend only on its images and the config (never on the worker count), and every
 file appears atomically: ``*.tmp`` then ``os.replace``, the shard's ``.done.json`` last, ``manifest.json``
@@ -33,6 +33,11 @@ import numpy as np
 from tqdm import tqdm
 
 from fastload import __version__
+from fastload.build.coco import load_coco, resolve_image_path
+from fastload.build.imagefile import read_checked_image
+from fastload.build.lock import build_lock, storage_error
+from fastload.build.raster import rasterize_image
+from fastload.build.split import assign, check_split, split_of
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
     LABEL_DTYPES,
@@ -47,8 +52,6 @@ from fastload.cache.format import (
     sample_key,
     shard_stem,
 )
-from fastload.cache.imagefile import read_checked_image
-from fastload.cache.lock import build_lock, storage_error
 from fastload.cache.manifest import (
     MANIFEST_NAME,
     assemble_manifest,
@@ -59,19 +62,16 @@ from fastload.cache.manifest import (
     sha256_file,
     write_atomic,
 )
-from fastload.cache.split import assign, check_split, split_of
-from fastload.coco import load_coco, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ConfigError, FastloadError, ImageError
 from fastload.labels import MAX_INSTANCES
 from fastload.procs import die_with_parent
-from fastload.raster import rasterize_image
 from fastload.targets import instance_table
 from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, short_repr
 
 OnError = Literal["fail", "skip"]
 FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
 # names a build may find in (and remove from) its output folder; anything else means "not a cache folder"
-_LOCK_FILE = re.compile(r"^build(\.part-\d+-of-\d+)?\.lock$")  # fastload.cache.lock: this build's own
+_LOCK_FILE = re.compile(r"^build(\.part-\d+-of-\d+)?\.lock$")  # fastload.build.lock: this build's own
 _OWN_FILE = re.compile(
     r"^(manifest(\.part-\d+-of-\d+)?\.json|shard-(?P<shard>\d{5,})\.(tar|idx|json|done\.json))(\.tmp)?$|"
     + _LOCK_FILE.pattern
@@ -94,7 +94,7 @@ class _SampleProblem(Exception):
 class EncodedSample:
     """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it.
 
-    normalised : how the build changed the image's bytes (`fastload.cache.imagefile.CheckedImage.normalised`), or None
+    normalised : how the build changed the image's bytes (`fastload.build.imagefile.CheckedImage.normalised`), or None
     """
 
     members: tuple[tuple[str, str, bytes], ...]
@@ -481,7 +481,7 @@ def build_cache(
         (``fastload cache merge`` joins them); both None (the default) = one node
     progress : show a tqdm bar (per image) on stderr
     split : e.g. ``{"val": 0.1}``: one cache per split instead, ``out/train`` and ``out/val``, each image in
-        one of them by a hash of (``split_seed``, image id) (`fastload.cache.split`); every split keeps the
+        one of them by a hash of (``split_seed``, image id) (`fastload.build.split`); every split keeps the
         whole category map, so train ids and ``num_classes`` agree between them
     split_seed : the seed of that draw
 
