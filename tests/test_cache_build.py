@@ -15,11 +15,12 @@ import fastload.build.writer as writer
 from fastload.build.coco import load_coco
 from fastload.build.merge import merge_cache
 from fastload.build.raster import rasterize_image
+from fastload.build.tables import instance_table
 from fastload.build.writer import build_cache
 from fastload.cache.manifest import load_manifest
 from fastload.cache.reader import open_cache
 from fastload.errors import AnnotationError, CacheError, ConfigError
-from fastload.targets import center_targets, instance_table
+from fastload.targets import center_targets
 
 
 def _shard_hashes(cache: Path) -> dict[str, str]:

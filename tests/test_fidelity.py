@@ -215,7 +215,7 @@ def check_geometry(
     """
     import shapely
 
-    from fastload.build.coco import part_rings
+    from fastload.build.geometry import part_rings
     from fastload.build.raster import rasterize_image
 
     worst, inter, union, farthest = 1.0, 0, 0, 0.0

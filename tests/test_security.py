@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 import fastload
-from fastload.build.coco import ImageRecord, resolve_image_path
+from fastload.build.coco import resolve_image_path
+from fastload.build.records import ImageRecord
 from fastload.build.synth import synth_coco
 from fastload.build.writer import build_cache
 from fastload.cache.manifest import load_manifest

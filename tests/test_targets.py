@@ -18,6 +18,7 @@ from fastload.augment.params import affine_matrix, draw_params
 from fastload.augment.reference import warp_mask
 from fastload.build.coco import load_coco
 from fastload.build.raster import rasterize_image
+from fastload.build.tables import instance_table
 from fastload.cache.reader import open_cache
 from fastload.errors import ConfigError
 from fastload.targets import (
@@ -25,7 +26,6 @@ from fastload.targets import (
     center_targets,
     center_targets_per_instance,
     instance_centres,
-    instance_table,
     render_targets,
     sample_targets,
     semantic_weights,

@@ -38,6 +38,7 @@ from fastload.build.imagefile import read_checked_image
 from fastload.build.lock import build_lock, storage_error
 from fastload.build.raster import rasterize_image
 from fastload.build.split import assign, check_split, split_of
+from fastload.build.tables import instance_table
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import (
     LABEL_DTYPES,
@@ -65,7 +66,6 @@ from fastload.cache.manifest import (
 from fastload.errors import AnnotationError, CacheError, ConfigError, FastloadError, ImageError
 from fastload.labels import MAX_INSTANCES
 from fastload.procs import die_with_parent
-from fastload.targets import instance_table
 from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, short_repr
 
 OnError = Literal["fail", "skip"]

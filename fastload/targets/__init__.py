@@ -30,7 +30,6 @@ from fastload.targets.definition import (
     batch_tables,
     center_targets,
     instance_centres,
-    instance_table,
     sample_targets,
     semantic_weights,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "center_targets",
     "center_targets_per_instance",
     "instance_centres",
-    "instance_table",
     "render_targets",
     "sample_targets",
     "semantic_weights",
