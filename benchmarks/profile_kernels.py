@@ -73,8 +73,8 @@ class Sample:
 
 def synthetic_cache(root: Path, n: int, size: tuple[int, int]) -> Path:
     """``n`` synthetic images of ``size`` (H, W) with 5-20 instances, built into ``root/cache``."""
+    from fastload.build.build import build_cache
     from fastload.build.synth import synth_coco
-    from fastload.build.writer import build_cache
 
     synth_coco(out=root / "data", n=n, size=size, instances=(5, 20), seed=0)
     build_cache(coco=root / "data/annotations.json", images=root / "data/images", out=root / "cache", progress=False)

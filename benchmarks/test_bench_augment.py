@@ -19,8 +19,8 @@ import torch
 
 from fastload.augment.config import load_augment
 from fastload.augment.params import draw_params
+from fastload.build.build import build_cache
 from fastload.build.synth import synth_coco
-from fastload.build.writer import build_cache
 from fastload.cache.reader import open_cache
 from fastload.cores import usable_cores
 from fastload.pipeline.plan import BatchPlan

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from fastload.build.build import build_cache
 from fastload.build.synth import synth_coco
-from fastload.build.writer import build_cache
 from fastload.cache import format as fmt
 from fastload.cache.reader import open_cache
 

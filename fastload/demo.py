@@ -81,7 +81,7 @@ def run_demo(
     """Run the demo; see the module docstring for what is written where."""
     from fastload.bench.report import format_table, plot, write_json
     from fastload.bench.run import BenchConfig, dali_device_sentence, run_bench
-    from fastload.build.writer import build_cache
+    from fastload.build.build import build_cache
     from fastload.show import show
 
     if (coco is None) != (images is None):

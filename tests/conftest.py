@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def sample_cache(tmp_path_factory, sample_coco: Path, sample_images: Path) -> Path:
     """The real sample data as a cache of 5-image shards (18 samples in 4 shards)."""
-    from fastload.build.writer import build_cache
+    from fastload.build.build import build_cache
 
     out = tmp_path_factory.mktemp("sample_cache") / "cache"
     build_cache(coco=sample_coco, images=sample_images, out=out, config={"samples_per_shard": 5}, progress=False)
@@ -80,7 +80,7 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_cache(tmp_path_factory, synth_root: Path) -> Path:
     """``synth_root`` as a cache of 8-image shards (24 samples in 3 shards)."""
-    from fastload.build.writer import build_cache
+    from fastload.build.build import build_cache
 
     out = tmp_path_factory.mktemp("synth_cache") / "cache"
     build_cache(

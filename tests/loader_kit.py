@@ -10,8 +10,8 @@ import psutil
 import torch
 
 from fastload import CpuLoader, Loader
+from fastload.build.build import build_cache
 from fastload.build.synth import synth_coco
-from fastload.build.writer import build_cache
 from fastload.cache.config import CacheConfig
 
 # the two loaders under one contract; "dali" runs the real DALI graph on the CPU (CI has no GPU)

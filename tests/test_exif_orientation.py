@@ -25,8 +25,8 @@ from cocofactory import CocoFactory
 from imagefactory import exif, jpeg, pil_rgb
 
 from fastload.augment.config import AugmentConfig
+from fastload.build.build import build_cache
 from fastload.build.raster import rasterize_polygons
-from fastload.build.writer import build_cache
 from fastload.cache.images import apply_orientation
 from fastload.cache.reader import open_cache
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fastload.augment.config import AugmentConfig
-from fastload.build.writer import build_cache
+from fastload.build.build import build_cache
 from fastload.cache.config import load_cache_config
 from fastload.errors import ConfigError
 

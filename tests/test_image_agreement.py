@@ -40,7 +40,7 @@ from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, jpeg, odd_lossless_we
 from PIL import Image
 
 from fastload.augment.config import AugmentConfig
-from fastload.build.writer import build_cache
+from fastload.build.build import build_cache
 from fastload.cache.images import apply_orientation
 from fastload.cache.reader import open_cache
 

@@ -23,10 +23,10 @@ import pytest
 import yaml
 
 import fastload
+from fastload.build.build import build_cache
 from fastload.build.coco import resolve_image_path
 from fastload.build.records import ImageRecord
 from fastload.build.synth import synth_coco
-from fastload.build.writer import build_cache
 from fastload.cache.manifest import load_manifest
 from fastload.cache.reader import open_cache
 from fastload.errors import AnnotationError, CacheError, ImageError

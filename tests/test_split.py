@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fastload import CpuLoader, open_cache
+from fastload.build.build import build_cache
 from fastload.build.split import TRAIN, assign, check_split, parse_split, split_draw, split_of
-from fastload.build.writer import build_cache
 from fastload.cache.manifest import MANIFEST_NAME, load_manifest
 from fastload.cli import main
 from fastload.errors import CacheError, ConfigError

@@ -5,7 +5,7 @@ missing) and returns a frozen :class:`CocoDataset` whose geometry is safe to ras
 
 Categories
     Sorted by COCO id. A category with id 0 or named ``_background_`` is *background*: it gets no train
-    id and its annotations are dropped, each recorded as a :class:`Skip` with reason
+    id and its annotations are dropped, each recorded as a `SkipInfo` with reason
     ``background category`` (under both policies — it is a convention, not an error). The other
     categories get contiguous train ids 1..K in COCO-id order; 0 is background and 255 is ignore, so
     K ≤ 254. Category problems (duplicate id, wrong type, an id outside 0..2^63-1, K > 254) always raise: they
@@ -61,11 +61,11 @@ from typing import Any, Literal
 import numpy as np
 
 from fastload.build.geometry import BadPart, polygon_parts
-from fastload.build.records import Category, CocoDataset, ImageRecord, Instance, Skip
+from fastload.build.records import Category, CocoDataset, ImageRecord, Instance
 from fastload.build.rle import RleError, check_rle
-from fastload.cache.manifest import INT64_MAX, INT64_MIN  # the range of ids: the cache's int64 tables
+from fastload.cache.manifest import INT64_MAX, INT64_MIN, SkipInfo  # ids: the cache's int64 tables
 from fastload.errors import AnnotationError
-from fastload.labels import MAX_CLASSES
+from fastload.labels import BACKGROUND, IGNORE, MAX_CLASSES
 from fastload.validation import is_int
 
 OnError = Literal["fail", "skip"]
@@ -79,7 +79,7 @@ FIX_HINT = "fix the annotation or pass --on-error skip"
 
 
 class _Bad(Exception):
-    """Internal: a record is invalid; carries the reason, turned into an error or a Skip by the policy."""
+    """Internal: a record is invalid; carries the reason, turned into an error or a SkipInfo by the policy."""
 
 
 def resolve_image_path(image_root: str | Path, record: ImageRecord) -> Path:
@@ -135,21 +135,21 @@ def _unsafe_file_name_reason(name: str) -> str | None:
 
 
 class _Policy:
-    """Turns rejections into an AnnotationError (``fail``) or a recorded Skip (``skip``)."""
+    """Turns rejections into an AnnotationError (``fail``) or a recorded SkipInfo (``skip``)."""
 
     def __init__(self, on_error: str):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
         self.fail = on_error == "fail"
-        self.skips: list[Skip] = []
+        self.skips: list[SkipInfo] = []
 
     def reject(self, where: str, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
         if self.fail:
             raise AnnotationError(f"{where}: {reason}; {FIX_HINT}")
-        self.skips.append(Skip(image_id, annotation_id, file_name, reason))
+        self.skips.append(SkipInfo(image_id, annotation_id, file_name, reason))
 
     def record(self, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
-        self.skips.append(Skip(image_id, annotation_id, file_name, reason))
+        self.skips.append(SkipInfo(image_id, annotation_id, file_name, reason))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -164,7 +164,7 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
         The COCO JSON file.
     on_error : {"fail", "skip"}
         ``"fail"`` raises at the first bad record; ``"skip"`` leaves it out and records a
-        :class:`Skip` (see the module docstring for the table).
+        `SkipInfo` (see the module docstring for the table).
 
     Returns
     -------
@@ -251,7 +251,7 @@ def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
     trained = [cid for cid in sorted(seen) if cid not in background]
     if len(trained) > MAX_CLASSES:
         raise AnnotationError(
-            f"{len(trained)} categories, at most {MAX_CLASSES} fit in a uint8 mask (0 = background, 255 = ignore)"
+            f"{len(trained)} categories, at most {MAX_CLASSES} fit in a uint8 mask ({BACKGROUND} = background, {IGNORE} = ignore)"
         )
     return {cid: Category(cid, seen[cid], k + 1) for k, cid in enumerate(trained)}, background
 
@@ -342,7 +342,7 @@ def _parse_annotations(raw: list, known: _Known, policy: _Policy) -> dict[int, l
 
 
 def _annotation_names(ann: Any, k: int, known: _Known) -> tuple[str, dict]:
-    """How messages name an annotation (``image 7, annotation 42``) and the ids a Skip records."""
+    """How messages name an annotation (``image 7, annotation 42``) and the ids a SkipInfo records."""
     image_id = ann.get("image_id") if isinstance(ann, dict) else None
     ann_id = ann.get("id") if isinstance(ann, dict) else None
     where = f"image {image_id!r}, annotation {ann_id!r}" if ann_id is not None else f"annotations[{k}]"
@@ -353,7 +353,7 @@ def _annotation_names(ann: Any, k: int, known: _Known) -> tuple[str, dict]:
 
 
 def _int_or_none(value: Any) -> int | None:
-    """An id as a Skip records it: an int in the id range, else None (the reason still shows the value)."""
+    """An id as a SkipInfo records it: an int in the id range, else None (the reason still shows the value)."""
     return int(value) if is_int(value) and INT64_MIN <= value <= INT64_MAX else None
 
 

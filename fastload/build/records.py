@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastload.cache.manifest import SkipInfo
+
 
 @dataclass(frozen=True)
 class Category:
@@ -56,17 +58,7 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
-class Skip:
-    """Something left out under ``on_error="skip"`` (or a background-category annotation), and why."""
-
-    image_id: int | None
-    annotation_id: int | None
-    file_name: str | None
-    reason: str
-
-
-@dataclass(frozen=True)
 class CocoDataset:
     images: tuple[ImageRecord, ...]
     categories: tuple[Category, ...]
-    skips: tuple[Skip, ...]
+    skips: tuple[SkipInfo, ...]  # the manifest's own skip records: they go into it as they are

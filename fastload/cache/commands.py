@@ -77,8 +77,8 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from fastload.build.build import build_cache
     from fastload.build.split import parse_split, split_names
-    from fastload.build.writer import build_cache
     from fastload.cache.config import as_cache_config
     from fastload.errors import ConfigError
 
