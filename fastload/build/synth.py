@@ -1,8 +1,9 @@
 """A synthetic COCO dataset: textured JPEG photos-alike with random concave, overlapping polygon instances.
 
-Used by the tests (tiny images, any number) and by benchmarks (thousands of 512x512 images in about a
-minute). Every image is a pure function of ``(seed, image index)``, so a dataset is reproducible bit for bit
-and can be generated in parallel in any order.
+Used by the tests (tiny images, any number), by benchmarks (thousands of 512x512 images) and by ``fastload
+synth`` / ``fastload demo``. Arguments are checked before anything is written. Every image is a pure function
+of ``(seed, image index)``, so a dataset is reproducible bit for bit and can be generated in parallel in any
+order.
 """
 
 from __future__ import annotations
