@@ -31,7 +31,7 @@ BATCH = 48
 def make_cache(root: Path) -> Path:
     """The proxy's cache: 480 synthetic 96x96 images, 2-6 instances each, seed 0."""
     from fastload import build_cache
-    from fastload.synth import synth_coco
+    from fastload.build.synth import synth_coco
 
     data = root / "data"
     synth_coco(out=data, n=480, size=(96, 96), instances=(2, 6), seed=0)

@@ -29,7 +29,7 @@ import numpy as np
 
 def make_cache(root: Path, n: int, size: tuple[int, int]) -> Path:
     from fastload import build_cache
-    from fastload.synth import synth_coco
+    from fastload.build.synth import synth_coco
 
     synth_coco(out=root / "data", n=n, size=size, instances=(5, 20), seed=0)
     build_cache(coco=root / "data/annotations.json", images=root / "data/images", out=root / "cache", progress=False)

@@ -11,7 +11,7 @@ thread's CPU). Every augmentation is applied to every sample here (probability 1
 default ranges); the ``p`` column is how often ``configs/default.yaml`` applies it, and the last rows weigh
 each stage by it: the expected CPU time of one sample.
 
-Inputs: ``--samples`` synthetic images (``fastload.synth``, textured JPEGs with 5-20 overlapping instances)
+Inputs: ``--samples`` synthetic images (``fastload.build.synth``, textured JPEGs with 5-20 overlapping instances)
 built into a cache in a temporary folder, or an existing ``--cache``; both sides start from the same decoded
 image and masks. The process is set up as a CpuLoader worker is: one OpenCV thread, one torch thread, and the
 worker's allocator setting (freed memory kept for reuse; ``--default-malloc`` leaves glibc's defaults, whose
@@ -73,8 +73,8 @@ class Sample:
 
 def synthetic_cache(root: Path, n: int, size: tuple[int, int]) -> Path:
     """``n`` synthetic images of ``size`` (H, W) with 5-20 instances, built into ``root/cache``."""
-    from fastload.cache.writer import build_cache
-    from fastload.synth import synth_coco
+    from fastload.build.build import build_cache
+    from fastload.build.synth import synth_coco
 
     synth_coco(out=root / "data", n=n, size=size, instances=(5, 20), seed=0)
     build_cache(coco=root / "data/annotations.json", images=root / "data/images", out=root / "cache", progress=False)

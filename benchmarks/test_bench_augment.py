@@ -19,11 +19,11 @@ import torch
 
 from fastload.augment.config import load_augment
 from fastload.augment.params import draw_params
-from fastload.cache.writer import build_cache
+from fastload.build.build import build_cache
+from fastload.build.synth import synth_coco
 from fastload.cores import usable_cores
 from fastload.pipeline.plan import BatchPlan
 from fastload.samples import open_cache
-from fastload.synth import synth_coco
 
 SIZE = (512, 512)
 BATCH = 8

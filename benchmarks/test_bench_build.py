@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from fastload.build.build import build_cache
+from fastload.build.coco import load_coco
+from fastload.build.writer import encode_sample
 from fastload.cache.config import CacheConfig
-from fastload.cache.writer import build_cache, encode_sample
-from fastload.coco import load_coco
 
 _floor_ms: list[float] = []
 

@@ -34,9 +34,11 @@ import shapely
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fastload import raster
-from fastload.coco import ImageRecord, Instance, load_coco, part_rings
-from fastload.raster import rasterize_image, rasterize_instance
+from fastload.build import raster
+from fastload.build.coco import load_coco
+from fastload.build.geometry import part_rings
+from fastload.build.raster import rasterize_image, rasterize_instance
+from fastload.build.records import ImageRecord, Instance
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -45,8 +45,8 @@ WARMUP = 4  # batches of a pass left out of the timing: pipeline build, worker s
 
 def build_bench_cache(root: Path, *, n: int = SAMPLES) -> Path:
     """``n`` synthetic 512x512 images built into ``root/cache`` (reused when it is already there)."""
-    from fastload.cache.writer import build_cache
-    from fastload.synth import synth_coco
+    from fastload.build.build import build_cache
+    from fastload.build.synth import synth_coco
 
     cache = root / "cache"
     if not (cache / "manifest.json").exists():

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastload.coco import load_coco
-from fastload.raster import rasterize_image
+from fastload.build.coco import load_coco
+from fastload.build.raster import rasterize_image
 from fastload.targets import (
     center_targets,
     center_targets_per_instance,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from fastload.build.build import build_cache
+from fastload.build.synth import synth_coco
 from fastload.cache import format as fmt
-from fastload.cache.writer import build_cache
 from fastload.samples import open_cache
-from fastload.synth import synth_coco
 
 
 @pytest.fixture(scope="module", params=["real-800x600", "synth-512x512"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build_cache": ("fastload.cache.writer", "build_cache"),
+    "build_cache": ("fastload.build.build", "build_cache"),
     "open_cache": ("fastload.samples", "open_cache"),
     "Loader": ("fastload.loader", "Loader"),
     "CpuLoader": ("fastload.loader", "CpuLoader"),

@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def sample_cache(tmp_path_factory, sample_coco: Path, sample_images: Path) -> Path:
     """The real sample data as a cache of 5-image shards (18 samples in 4 shards)."""
-    from fastload.cache.writer import build_cache
+    from fastload.build.build import build_cache
 
     out = tmp_path_factory.mktemp("sample_cache") / "cache"
     build_cache(coco=sample_coco, images=sample_images, out=out, config={"samples_per_shard": 5}, progress=False)
@@ -70,7 +70,7 @@ def sample_cache(tmp_path_factory, sample_coco: Path, sample_images: Path) -> Pa
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthetic COCO set: 24 textured 96x128 JPEGs with 2..6 polygons each, 4 sparse-id classes."""
-    from fastload.synth import synth_coco
+    from fastload.build.synth import synth_coco
 
     root = tmp_path_factory.mktemp("synth")
     synth_coco(out=root, n=24, size=(96, 128), instances=(2, 6), seed=7, workers=1)
@@ -80,7 +80,7 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_cache(tmp_path_factory, synth_root: Path) -> Path:
     """``synth_root`` as a cache of 8-image shards (24 samples in 3 shards)."""
-    from fastload.cache.writer import build_cache
+    from fastload.build.build import build_cache
 
     out = tmp_path_factory.mktemp("synth_cache") / "cache"
     build_cache(

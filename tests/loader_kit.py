@@ -10,9 +10,9 @@ import psutil
 import torch
 
 from fastload import CpuLoader, Loader
+from fastload.build.build import build_cache
+from fastload.build.synth import synth_coco
 from fastload.cache.config import CacheConfig
-from fastload.cache.writer import build_cache
-from fastload.synth import synth_coco
 
 # the two loaders under one contract; "dali" runs the real DALI graph on the CPU (CI has no GPU)
 LOADER_KINDS = ("cpu", "dali")

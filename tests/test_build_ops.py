@@ -149,7 +149,7 @@ def _without_records(root: Path) -> dict[str, bytes]:
 
 
 def test_a_lock_file_left_by_a_killed_build_holds_nobody_back(data, synth_cache, tmp_path):
-    from fastload.cache.writer import build_cache
+    from fastload.build.build import build_cache
 
     out = tmp_path / "cache"
     out.mkdir()

@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 from cocofactory import CocoFactory, write_image
 
-import fastload.cache.writer as writer
+import fastload.build.pool as pool
+import fastload.build.writer as writer
+from fastload.build.build import build_cache
+from fastload.build.coco import load_coco
+from fastload.build.merge import merge_cache
+from fastload.build.raster import rasterize_image
+from fastload.build.tables import instance_table
+from fastload.cache.config import CacheConfig
 from fastload.cache.manifest import load_manifest
-from fastload.cache.merge import merge_cache
-from fastload.cache.writer import build_cache
-from fastload.coco import load_coco
 from fastload.errors import AnnotationError, CacheError, ConfigError
-from fastload.raster import rasterize_image
 from fastload.samples import open_cache
-from fastload.targets import center_targets, instance_table
+from fastload.targets import center_targets
 
 
 def _shard_hashes(cache: Path) -> dict[str, str]:
@@ -129,7 +132,7 @@ def test_resume_rebuilds_only_damaged_shards(synth_root, synth_cache, tmp_path, 
 
     built = []
     real = writer.build_shard
-    monkeypatch.setattr(writer, "build_shard", lambda task, progress: built.append(task.shard) or real(task, progress))
+    monkeypatch.setattr(pool, "build_shard", lambda task, progress: built.append(task.shard) or real(task, progress))
     _build_synth(synth_root, out, resume=True)
     assert built == [1, 2]
     assert _shard_hashes(out) == _shard_hashes(synth_cache)
@@ -161,6 +164,43 @@ def test_killed_build_leaves_no_complete_looking_shard_and_resumes(synth_root, s
     _build_synth(synth_root, out, resume=True)
     assert _shard_hashes(out) == _shard_hashes(synth_cache)
     assert not list(out.glob("*.tmp"))
+
+
+def test_shard_writer_returns_the_record_it_writes_and_the_shard_the_build_writes(synth_root, synth_cache, tmp_path):
+    # shard 1 of the synth cache (8 samples per shard), written sample by sample by hand
+    records = load_coco(synth_root / "annotations.json").images
+    done = json.loads((synth_cache / "shard-00001.done.json").read_text())
+    cfg = CacheConfig(samples_per_shard=8)
+    with writer.ShardWriter(tmp_path, 1, fingerprint=done["fingerprint"]) as shard:
+        assert not any(tmp_path.glob("*.done.json"))  # nothing looks complete before close()
+        for position in range(8, 16):
+            shard.add(records[position], position, writer.encode_sample(records[position], position, synth_root / "images", cfg))
+        record = shard.close()
+    assert record.to_json() == done and (record.shard, record.samples) == (1, 8)
+    assert record.instances == sum(count for _, count in record.instances_per_class) == done["instances"]
+    for name in ("shard-00001.tar", "shard-00001.json", "shard-00001.idx", "shard-00001.done.json"):
+        assert (tmp_path / name).read_bytes() == (synth_cache / name).read_bytes(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00001.done.json", "shard-00001.idx", "shard-00001.json", "shard-00001.tar"]
+
+
+def test_shard_writer_of_skipped_images_only_writes_a_record_without_files(synth_root, tmp_path):
+    [record, *_] = load_coco(synth_root / "annotations.json").images
+    with writer.ShardWriter(tmp_path, 3, fingerprint="f") as shard:
+        shard.skip(record, "file not found")
+        written = shard.close()
+    assert (written.samples, written.files, written.instances) == (0, None, 0)
+    assert [(s.image_id, s.annotation_id, s.reason) for s in written.skips] == [(record.image_id, None, "file not found")]
+    assert [p.name for p in tmp_path.iterdir()] == ["shard-00003.done.json"]
+    assert json.loads((tmp_path / "shard-00003.done.json").read_text()) == written.to_json()
+
+
+def test_shard_writer_left_on_an_error_leaves_no_file(synth_root, tmp_path):
+    records = load_coco(synth_root / "annotations.json").images
+    (tmp_path / "shard-00000.done.json").write_text("{}")  # an earlier build's record goes first
+    with pytest.raises(KeyboardInterrupt), writer.ShardWriter(tmp_path, 0, fingerprint="f") as shard:
+        shard.add(records[0], 0, writer.encode_sample(records[0], 0, synth_root / "images", CacheConfig()))
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resume_with_another_config_rebuilds_everything(synth_root, synth_cache, tmp_path):

@@ -73,8 +73,8 @@ def test_damaged_label_members_are_named_errors():
 
 def test_labels_take_little_room_on_the_real_photos(sample_coco):
     # the sample photos' masks: the budget the README states (labels <= 10 % of the JPEG bytes)
-    from fastload.coco import load_coco
-    from fastload.raster import rasterize_image
+    from fastload.build.coco import load_coco
+    from fastload.build.raster import rasterize_image
 
     dataset = load_coco(sample_coco)
     image_bytes = sum((sample_coco.parent / "images" / r.file_name).stat().st_size for r in dataset.images)

@@ -25,13 +25,13 @@ from imagefactory import (
 )
 from PIL import Image
 
+from fastload.build.build import build_cache
+from fastload.build.synth import synth_coco
 from fastload.cache import images
 from fastload.cache.manifest import NormalisedInfo, load_manifest
 from fastload.cache.verify import verify_cache
-from fastload.cache.writer import build_cache
 from fastload.errors import CacheError, ImageError
 from fastload.samples import open_cache
-from fastload.synth import synth_coco
 
 BAD_FILE = "000001.jpg"  # image id 2, position 1 of three
 
@@ -352,7 +352,7 @@ def test_an_image_declaring_more_than_max_image_pixels_is_refused_before_it_deco
     # the header, refuses it, and never decodes; in a child whose memory may grow by 1.5 GB at most
     root = _single_image(tmp_path, "bomb.jpg", jpeg_declaring(30000, 30000), height=30000, width=30000)
     setup = (
-        "from fastload.cache.writer import build_cache\n"
+        "from fastload.build.build import build_cache\n"
         f"STEPS = {{'build': lambda: build_cache(coco={str(root / 'annotations.json')!r}, images={str(root / 'images')!r}, "
         f"out={str(tmp_path / 'cache')!r}, progress=False)}}\n"
     )

@@ -10,7 +10,9 @@ import pytest
 from cocofactory import CocoFactory, compressed_rle, disk, unseen_coco
 from pycocotools import mask as mask_utils
 
-from fastload.coco import Category, ImageRecord, load_coco, part_rings, resolve_image_path
+from fastload.build.coco import load_coco, resolve_image_path
+from fastload.build.geometry import COORDINATE_LIMIT, part_rings
+from fastload.build.records import Category, ImageRecord
 from fastload.errors import AnnotationError
 
 # pycocotools' decode trips NumPy 2's __array__(copy=...) deprecation; not ours to fix
@@ -148,7 +150,7 @@ def test_a_bowtie_is_kept_as_drawn(tmp_path: Path):
 
 
 def test_a_part_overhanging_the_image_is_kept_as_drawn_and_clipped_by_the_rasteriser(tmp_path: Path):
-    from fastload.raster import rasterize_instance
+    from fastload.build.raster import rasterize_instance
 
     coco = one_image(tmp_path, height=32, width=48)
     coco.polygon(7, 1, [(-10, -5), (60, -5), (60, 40), (-10, 40)])
@@ -168,6 +170,19 @@ def test_a_part_beyond_the_rasterisers_range_is_stored_repaired_and_clipped(tmp_
         rings = part_rings(part)
         assert all(r[:, 0].max() <= 48 and r[:, 1].max() <= 32 and r.min() >= 0 for r in rings)
     assert any(len(part_rings(part)) > 1 for part in inst.polygons)
+
+
+@pytest.mark.parametrize("reach", [COORDINATE_LIMIT, COORDINATE_LIMIT + 1])
+def test_the_rasteriser_draws_every_part_load_coco_stores(tmp_path: Path, reach: float):
+    # one limit on both sides: a part within it is stored as drawn, one beyond it clipped to the image
+    from fastload.build.raster import rasterize_instance
+
+    coco = one_image(tmp_path, height=32, width=48)
+    coco.polygon(7, 1, [(2, 2), (reach, 2), (30, 30)])
+    [inst] = instances(load_coco(coco.write()))
+    furthest = max(np.nanmax(part[:, 0]) for part in inst.polygons)
+    assert furthest == (reach if reach <= COORDINATE_LIMIT else 48)
+    assert rasterize_instance(inst, 32, 48)[2:30, 30:].any()  # drawn, up to the image's right edge
 
 
 @pytest.mark.parametrize(

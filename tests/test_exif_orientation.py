@@ -25,9 +25,9 @@ from cocofactory import CocoFactory
 from imagefactory import exif, jpeg, pil_rgb
 
 from fastload.augment.config import AugmentConfig
+from fastload.build.build import build_cache
+from fastload.build.raster import rasterize_polygons
 from fastload.cache.images import apply_orientation
-from fastload.cache.writer import build_cache
-from fastload.raster import rasterize_polygons
 from fastload.samples import open_cache
 
 UNDO = {6: 8, 8: 6}  # the orientation that turns a displayed picture back into the stored grid (others undo themselves)

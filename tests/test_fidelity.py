@@ -20,7 +20,7 @@ how far the two masks' centres are apart (the targets equal the definition appli
 exactly: tests/test_targets_after_augmentation.py).
 
 Against geometry, each warped instance mask is compared with its COCO polygons pushed through the same
-forward affine and re-rasterised at the output size (`fastload.raster.rasterize_image`, same overlap rule).
+forward affine and re-rasterised at the output size (`fastload.build.raster.rasterize_image`, same overlap rule).
 Nearest-neighbour resampling of a raster can disagree with a re-rasterised polygon only where the polygon
 boundary passes between an output pixel's source point and the centre of the source pixel holding it, or
 where pycocotools' rasteriser (on either side) departs from "centre inside", within 0.25 px of an edge;
@@ -213,8 +213,8 @@ def check_geometry(
     """
     import shapely
 
-    from fastload.coco import part_rings
-    from fastload.raster import rasterize_image
+    from fastload.build.geometry import part_rings
+    from fastload.build.raster import rasterize_image
 
     worst, inter, union, farthest = 1.0, 0, 0, 0.0
     for p in pairs:
@@ -270,7 +270,7 @@ def _transformed_record(record, matrix: np.ndarray):
 
 
 def coco_records(sample_coco: Path) -> dict:
-    from fastload.coco import load_coco
+    from fastload.build.coco import load_coco
 
     return {record.image_id: record for record in load_coco(sample_coco).images}
 

@@ -40,9 +40,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from fastload.coco import load_coco
+from fastload.build.coco import load_coco
+from fastload.build.raster import rasterize_image, rasterize_instance
 from fastload.errors import AnnotationError, ConfigError, ImageError
-from fastload.raster import rasterize_image, rasterize_instance
 
 NAMED = (AnnotationError, ImageError, ConfigError)
 # pycocotools' decode with NumPy 2 (not ours to fix)

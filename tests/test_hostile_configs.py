@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from fastload.augment.config import AugmentConfig
+from fastload.build.build import build_cache
 from fastload.cache.config import load_cache_config
-from fastload.cache.writer import build_cache
 from fastload.errors import ConfigError
 
 

@@ -40,8 +40,8 @@ from imagefactory import MOTION_PHOTO_VIDEO, encode, exif, jpeg, odd_lossless_we
 from PIL import Image
 
 from fastload.augment.config import AugmentConfig
+from fastload.build.build import build_cache
 from fastload.cache.images import apply_orientation
-from fastload.cache.writer import build_cache
 from fastload.samples import open_cache
 
 H, W = 40, 56

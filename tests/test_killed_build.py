@@ -26,8 +26,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fastload.build.synth import synth_coco
 from fastload.cache.manifest import sha256_file
-from fastload.synth import synth_coco
 
 CLI = [sys.executable, "-m", "fastload"]
 
@@ -226,7 +226,7 @@ def test_resume_rebuilds_a_shard_whose_completion_record_is_misshapen(synth_root
     # valid JSON of another shape (a damaged disk, a hand edit) made --resume crash with a KeyError
     import shutil
 
-    from fastload.cache.writer import build_cache
+    from fastload.build.build import build_cache
 
     out = tmp_path / "cache"
     shutil.copytree(synth_cache, out)

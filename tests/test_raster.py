@@ -13,8 +13,10 @@ from cocofactory import CocoFactory, disk, unseen_coco
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fastload.coco import ImageRecord, Instance, load_coco, part_rings
-from fastload.raster import COORDINATE_LIMIT, rasterize_image, rasterize_instance, rasterize_polygons
+from fastload.build.coco import load_coco
+from fastload.build.geometry import COORDINATE_LIMIT, part_rings
+from fastload.build.raster import rasterize_image, rasterize_instance, rasterize_polygons
+from fastload.build.records import ImageRecord, Instance
 
 # pycocotools' decode trips NumPy 2's __array__(copy=...) deprecation; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -343,6 +345,28 @@ def test_identical_twin_hides_the_earlier_annotation():
     twin = polygon_instance(square(0, 0, 4), annotation_id=2, train_id=2)
     result = rasterize_image(ImageRecord(1, "x.png", 8, 8, (first, twin)))
     assert result.instances == (twin,) and np.count_nonzero(result.instance == 1) == 16
+
+
+def box_of(mask: np.ndarray) -> list[int]:
+    """[x, y, w, h] of a bool mask's pixels, from np.nonzero: the textbook version."""
+    rows, cols = np.nonzero(mask)
+    return [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)]
+
+
+def test_boxes_are_those_of_the_visible_pixels(synth_root: Path, sample_coco: Path):
+    # whole, partly covered (cut on any side, or in two) and hidden instances, synthetic and real
+    cut = polygon_instance(square(0, 0, 10), annotation_id=1)
+    cover = [polygon_instance(square(x, y, w), annotation_id=2 + k) for k, (x, y, w) in enumerate([(0, 0, 4), (7, 3, 3)])]
+    records = [ImageRecord(1, "x.png", 12, 12, (cut, *cover))]
+    records += load_coco(synth_root / "annotations.json").images + load_coco(sample_coco).images[:6]
+    partly = 0
+    for record in records:
+        result = rasterize_image(record)
+        assert result.boxes.dtype == np.int64 and result.boxes.shape == (len(result.instances), 4)
+        for k, box in enumerate(result.boxes.tolist()):
+            assert box == box_of(result.instance == k + 1)
+            partly += box != box_of(rasterize_instance(result.instances[k], record.height, record.width))
+    assert partly >= 5  # the covered path is taken, not only the whole-instance one
 
 
 def test_crowd_is_ignore_under_instances(tmp_path: Path):

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from imagefactory import MOTION_PHOTO_VIDEO
 
+from fastload.build.synth import synth_coco
 from fastload.cache.manifest import load_manifest
 from fastload.samples import open_cache
-from fastload.synth import synth_coco
 
 CLI = [sys.executable, "-m", "fastload"]
 

@@ -23,12 +23,13 @@ import pytest
 import yaml
 
 import fastload
+from fastload.build.build import build_cache
+from fastload.build.coco import resolve_image_path
+from fastload.build.records import ImageRecord
+from fastload.build.synth import synth_coco
 from fastload.cache.manifest import load_manifest
-from fastload.cache.writer import build_cache
-from fastload.coco import ImageRecord, resolve_image_path
 from fastload.errors import AnnotationError, CacheError, ImageError
 from fastload.samples import open_cache
-from fastload.synth import synth_coco
 
 PACKAGE = Path(fastload.__file__).parent
 SOURCES = sorted(PACKAGE.rglob("*.py"))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fastload import CpuLoader, open_cache
+from fastload.build.build import build_cache
+from fastload.build.split import TRAIN, assign, check_split, parse_split, split_draw, split_of
 from fastload.cache.manifest import MANIFEST_NAME, load_manifest
-from fastload.cache.split import TRAIN, assign, check_split, parse_split, split_draw, split_of
-from fastload.cache.writer import build_cache
 from fastload.errors import CacheError, ConfigError
 from fastload.tools.cli import main
 

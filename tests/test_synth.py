@@ -7,10 +7,11 @@ from itertools import combinations
 
 import cv2
 import numpy as np
+import pytest
 import shapely
 
-from fastload.coco import load_coco
-from fastload.synth import synth_coco
+from fastload.build.coco import load_coco
+from fastload.build.synth import synth_coco
 
 
 def _files(root):
@@ -55,3 +56,23 @@ def test_polygons_are_inside_concave_and_overlap(synth_root):
     overlapping = sum(a.intersection(b).area > 1 for ps in polygons.values() for a, b in combinations(ps, 2))
     assert concave > len(shapes) // 2
     assert overlapping >= 5
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"n": -1}, r"n must be a non-negative integer"),
+        ({"n": True}, r"n must be .* got True"),  # a bool is no count
+        ({"size": (4, 8)}, r"size\[0\] must be an integer in \[8, 16384\], got 4"),
+        ({"size": (8,)}, r"size must be two integers"),
+        ({"size": (32, 32.5)}, r"size\[1\] must be"),
+        ({"instances": (3, 2)}, r"instances\[1\] must be an integer in \[3, 32767\], got 2"),
+        ({"seed": -1}, r"seed must be a non-negative integer"),
+        ({"workers": 0}, r"workers must be a positive integer"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them_before_anything_is_written(tmp_path, changed, message):
+    arguments = {"n": 2, "size": (16, 16), "instances": (1, 2), "seed": 0, "workers": 1, **changed}
+    with pytest.raises(ValueError, match=message):
+        synth_coco(out=tmp_path / "out", **arguments)
+    assert not (tmp_path / "out").exists()

@@ -16,16 +16,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastload.augment.config import AugmentConfig, GeometryConfig, RandomRange, Translation
 from fastload.augment.params import affine_matrix, draw_params
 from fastload.augment.reference import warp_mask
-from fastload.coco import load_coco
+from fastload.build.coco import load_coco
+from fastload.build.raster import rasterize_image
+from fastload.build.tables import instance_table
 from fastload.errors import ConfigError
-from fastload.raster import rasterize_image
 from fastload.samples import open_cache
 from fastload.targets import (
     batch_tables,
     center_targets,
     center_targets_per_instance,
     instance_centres,
-    instance_table,
     render_targets,
     sample_targets,
     semantic_weights,
@@ -589,7 +589,7 @@ def test_batch_tables_edge_cases():
 
 
 def test_targets_module_does_not_import_torch():
-    code = "import sys, fastload.targets, fastload.raster, fastload.coco; print('torch' in sys.modules)"
+    code = "import sys, fastload.targets, fastload.build.raster, fastload.build.coco; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

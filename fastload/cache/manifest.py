@@ -216,7 +216,7 @@ class MemberBytes:
 
 @dataclass(frozen=True)
 class SplitInfo:
-    """Which split of a ``fastload cache build --split`` this cache is (fastload.cache.split).
+    """Which split of a ``fastload cache build --split`` this cache is (fastload.build.split).
 
     name      : "train" (what the other splits leave) or a name given to --split ("val", ...)
     fractions : the fractions as given, e.g. (("val", 0.1),); train takes the rest

@@ -31,7 +31,6 @@ from fastload.targets.definition import (
     center_targets,
     check_target_params,
     instance_centres,
-    instance_table,
     sample_targets,
     semantic_weights,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "center_targets",
     "center_targets_per_instance",
     "instance_centres",
-    "instance_table",
     "render_targets",
     "sample_targets",
     "semantic_weights",

@@ -20,8 +20,6 @@ from fastload.validation import MAX_SIGMA, MAX_STRIDE, short_repr
 if TYPE_CHECKING:
     import torch
 
-    from fastload.raster import RasterResult
-
 # pixels per block of rows in _offsets: temporaries of ~256 kB stay in the allocator's cache
 _BLOCK_PIXELS = 1 << 15
 
@@ -147,42 +145,6 @@ def _semantic_weights(mask: np.ndarray, runs: _Runs, stats: _Stats, area: int, w
     # the runs tile the mask in raster order: one weight per run, repeated out
     run_weight = np.where(small, np.float32(weight), np.float32(1))
     return np.repeat(run_weight, runs.length).reshape(mask.shape)
-
-
-def instance_table(raster: RasterResult) -> list[dict]:
-    """One row per kept instance of a raster: ids, visible bbox, visible area and centre.
-
-    Parameters
-    ----------
-    raster : RasterResult
-        From :func:`fastload.raster.rasterize_image`; instance ``k + 1`` is ``raster.instances[k]``.
-
-    Returns
-    -------
-    list of dict
-        ``{"id", "annotation_id", "category_id" (COCO id), "train_id", "bbox": [x, y, w, h] of the
-        visible pixels (ints, w = last − first column + 1), "area": visible pixel count,
-        "centre": [row, column] (floats)}``, in id order.
-    """
-    mask = _check_mask(raster.instance)
-    runs = _row_runs(mask)
-    stats = _instance_stats(runs, mask.shape[1])
-    boxes = _boxes(runs, stats, mask.shape[1])
-    rows = []
-    for k, inst_id in enumerate(stats.ids.tolist()):
-        inst = raster.instances[inst_id - 1]
-        rows.append(
-            {
-                "id": inst_id,
-                "annotation_id": inst.annotation_id,
-                "category_id": inst.category_id,
-                "train_id": inst.train_id,
-                "bbox": boxes[k].tolist(),
-                "area": int(stats.counts[k]),
-                "centre": stats.centres[k].tolist(),
-            }
-        )
-    return rows
 
 
 def batch_tables(tables: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,21 +338,6 @@ def _offsets(mask: np.ndarray, runs: _Runs, stats: _Stats) -> np.ndarray:
         index += ramp[: p1 - p0]
         np.take(table, index, out=offset[1, p0:p1], mode="clip")
     return offset.reshape(2, height, width)
-
-
-def _boxes(runs: _Runs, stats: _Stats, width: int) -> np.ndarray:
-    """int64 (N, 4) ``[x, y, w, h]`` of each instance's pixels, from its runs."""
-    fg = stats.slot >= 0
-    slot, start, length = stats.slot[fg], runs.start[fg], runs.length[fg]
-    row, col = np.divmod(start, width)
-    n = stats.ids.size
-    first = np.full((2, n), np.iinfo(np.int64).max, dtype=np.int64)
-    last = np.full((2, n), -1, dtype=np.int64)
-    np.minimum.at(first[0], slot, col)
-    np.maximum.at(last[0], slot, col + length - 1)
-    np.minimum.at(first[1], slot, row)
-    np.maximum.at(last[1], slot, row)
-    return np.stack([first[0], first[1], last[0] - first[0] + 1, last[1] - first[1] + 1], axis=1)
 
 
 def _check_tables(tables: Sequence[torch.Tensor]) -> None:

@@ -70,8 +70,8 @@ def _nodes_from_env(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 def _build(args: argparse.Namespace) -> int:
     from fastload import build_cache
+    from fastload.build.split import parse_split, split_names
     from fastload.cache.config import as_cache_config
-    from fastload.cache.split import parse_split, split_names
     from fastload.errors import ConfigError
 
     if args.seed is not None and not args.split:
@@ -134,7 +134,7 @@ def _print_normalised(m: Manifest, root: str | Path, *, limit: int = 10) -> None
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from fastload.cache.merge import merge_cache
+    from fastload.build.merge import merge_cache
 
     print(f"wrote {merge_cache(args.cache)}")
     return 0

@@ -95,7 +95,7 @@ def given_dataset(
 
 def synth_dataset(out: Path, s: DemoSettings, log: Callable[[str], None]) -> tuple[Path, Path]:
     """Write the synthetic COCO set under ``out/data``; returns (annotations JSON, image folder)."""
-    from fastload.synth import synth_coco
+    from fastload.build.synth import synth_coco
 
     log(f"demo: writing {s.n} synthetic {s.image_size[0]}x{s.image_size[1]} images to {out / 'data'}")
     coco = synth_coco(out=out / "data", n=s.n, size=s.image_size, instances=(3, 8), seed=s.seed)

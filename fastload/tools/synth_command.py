@@ -1,4 +1,4 @@
-"""``fastload synth``: argparse in, the synthetic COCO generator (`fastload.synth.synth_coco`) out."""
+"""``fastload synth``: argparse in, the synthetic COCO generator (`fastload.build.synth.synth_coco`) out."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from fastload.synth import synth_coco
+    from fastload.build.synth import synth_coco
 
     try:
         path = synth_coco(

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fastload.build.lock import build_lock, storage_error
 from fastload.cache.format import SCHEMA_VERSION
-from fastload.cache.lock import build_lock, storage_error
 from fastload.cache.manifest import (
     MANIFEST_NAME,
     assemble_manifest,
@@ -52,13 +52,14 @@ def merge_cache(path: str | Path) -> Path:
     root = Path(path)
     if not root.is_dir():
         raise CacheError(f"cache directory {str(root)!r} does not exist")
-    with build_lock(root, what="cache merge"):  # refused while a node still builds into the folder
+    again = f"run `fastload cache merge {root}` again"
+    with build_lock(root, what="cache merge", then=again):  # refused while a node still builds into the folder
         try:
             return _merge(root)
         except OSError as exc:
             if isinstance(exc, FastloadError):
                 raise
-            raise storage_error(exc, root, then=f"run `fastload cache merge {root}` again") from exc
+            raise storage_error(exc, root, then=again) from exc
 
 
 def _merge(root: Path) -> Path:

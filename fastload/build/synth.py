@@ -1,8 +1,9 @@
 """A synthetic COCO dataset: textured JPEG photos-alike with random concave, overlapping polygon instances.
 
-Used by the tests (tiny images, any number) and by benchmarks (thousands of 512x512 images in about a
-minute). Every image is a pure function of ``(seed, image index)``, so a dataset is reproducible bit for bit
-and can be generated in parallel in any order.
+Used by the tests (tiny images, any number), by benchmarks (thousands of 512x512 images) and by ``fastload
+synth`` / ``fastload demo``. Arguments are checked before anything is written. Every image is a pure function
+of ``(seed, image index)``, so a dataset is reproducible bit for bit and can be generated in parallel in any
+order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from fastload.labels import MAX_INSTANCES
+from fastload.validation import MAX_SEED, MAX_SIDE, MAX_THREADS, check_int, short_repr
 
 # four classes with sparse COCO ids (train ids 1..4 follow COCO id order) and a base colour (RGB) each
 CATEGORIES = (
@@ -127,8 +131,8 @@ def synth_coco(
     ----------
     out : output folder (created; existing files of the same names are overwritten)
     n : number of images
-    size : (height, width) of every image
-    instances : (min, max) instances per image, inclusive
+    size : (height, width) of every image, each 8 .. `fastload.validation.MAX_SIDE`
+    instances : (min, max) instances per image, inclusive, at most `fastload.labels.MAX_INSTANCES`
     seed : the dataset is a pure function of (seed, n, size, instances)
     workers : processes to use (default: up to 2, fewer for small sets); never changes the output
 
@@ -136,14 +140,10 @@ def synth_coco(
     -------
     Path of ``annotations.json``.
     """
-    height, width = (int(v) for v in size)
-    lo, hi = (int(v) for v in instances)
-    if n < 0 or height < 8 or width < 8 or not 0 <= lo <= hi:
-        raise ValueError(f"need n >= 0, size >= 8x8 and 0 <= min <= max instances; got n={n} size={size} instances={instances}")
+    n, (height, width), (lo, hi), seed, workers = _checked(n, size, instances, seed, workers)
     out = Path(out)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers if workers is not None else (min(2, os.cpu_count() or 1) if n >= 64 else 1)
     chunk = max(1, -(-n // (workers * 8)))
     tasks = [(images_dir, seed, range(i, min(n, i + chunk)), (height, width), (lo, hi)) for i in range(0, n, chunk)]
     if workers > 1 and len(tasks) > 1:
@@ -156,6 +156,21 @@ def synth_coco(
     path = out / "annotations.json"
     path.write_text(json.dumps(coco, separators=(",", ":")) + "\n", encoding="utf-8")
     return path
+
+
+def _checked(n: Any, size: Any, instances: Any, seed: Any, workers: Any) -> tuple:
+    """The arguments of `synth_coco`, checked (``ValueError`` naming the argument), ``workers`` defaulted."""
+    n = check_int("n", n, 0, error=ValueError)
+    pairs = []
+    for key, pair, lo, hi in (("size", size, 8, MAX_SIDE), ("instances", instances, 0, MAX_INSTANCES)):
+        if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+            raise ValueError(f"{key} must be two integers, got {short_repr(pair)}")
+        first = check_int(f"{key}[0]", pair[0], lo, hi, error=ValueError)
+        pairs.append((first, check_int(f"{key}[1]", pair[1], lo if key == "size" else first, hi, error=ValueError)))
+    seed = check_int("seed", seed, 0, MAX_SEED, error=ValueError)
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if n >= 64 else 1
+    return n, pairs[0], pairs[1], seed, check_int("workers", workers, 1, MAX_THREADS, error=ValueError)
 
 
 def _coco_json(per_image: list[list], height: int, width: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ missing) and returns a frozen :class:`CocoDataset` whose geometry is safe to ras
 
 Categories
     Sorted by COCO id. A category with id 0 or named ``_background_`` is *background*: it gets no train
-    id and its annotations are dropped, each recorded as a :class:`Skip` with reason
+    id and its annotations are dropped, each recorded as a `SkipInfo` with reason
     ``background category`` (under both policies — it is a convention, not an error). The other
     categories get contiguous train ids 1..K in COCO-id order; 0 is background and 255 is ignore, so
     K ≤ 254. Category problems (duplicate id, wrong type, an id outside 0..2^63-1, K > 254) always raise: they
@@ -23,18 +23,9 @@ Images
 Annotations
     Polygons (one or several parts) or RLE (compressed ``counts`` string or uncompressed list; stored
     compressed, as pycocotools makes it). ``iscrowd=1`` marks an ignore region (255 in the semantic mask),
-    never an instance. ``bbox`` is not used and may be missing; ``area`` is informational.
-
-Geometry (shapely)
-    Each polygon part is checked: fewer than 3 points, NaN/inf coordinates and zero area are rejected
-    with a named reason; a self-intersecting part is checked as ``shapely.make_valid`` repairs it (zero
-    area after the repair: rejected), and a part overhanging the image as clipped to the image box (a part
-    wholly outside is rejected). A good part is stored **as drawn**: pycocotools rasterises it, clipping at
-    the image border, exactly as ``COCO.annToMask`` does (tools and the COCO evaluator take their masks from
-    it). Only a part with coordinates beyond ±2^20 px, which pycocotools cannot rasterise, is stored repaired
-    and clipped; such a part may gain holes, so a stored part is a ``float64 (K, 2)`` array of ``(x, y)``
-    rings — exterior first, then its holes — separated by a row of NaN (:func:`part_rings` splits them).
-    The rasteriser combines a part's rings by even-odd and ORs the parts.
+    never an instance. ``bbox`` is not used and may be missing; ``area`` is informational. Polygon parts
+    are judged with shapely and stored as drawn, or repaired and clipped where pycocotools cannot draw them
+    (`fastload.build.geometry`); an RLE is checked against the image size (`fastload.build.rle`).
 
 Policies (``on_error``)
 
@@ -62,123 +53,33 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import shapely
-from pycocotools import mask as mask_utils
 
+from fastload.build.geometry import BadPart, polygon_parts
+from fastload.build.records import Category, CocoDataset, ImageRecord, Instance
+from fastload.build.rle import RleError, check_rle
+from fastload.cache.manifest import INT64_MAX, INT64_MIN, SkipInfo  # ids: the cache's int64 tables
 from fastload.errors import AnnotationError
+from fastload.labels import BACKGROUND, IGNORE, MAX_CLASSES
+from fastload.validation import is_int
 
 OnError = Literal["fail", "skip"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("fail", "skip")
-BACKGROUND_NAME = "_background_"
-MAX_TRAIN_ID = 254  # 0 = background, 255 = ignore
+BACKGROUND_CATEGORY = "_background_"  # a category of this name is background (not the class name, `labels.BACKGROUND_NAME`)
 # OpenCV's default decoding limits (CV_IO_MAX_IMAGE_WIDTH/HEIGHT, CV_IO_MAX_IMAGE_PIXELS): the cache builder
 # cannot decode a larger image, and its masks alone would take 5 bytes per pixel
 MAX_IMAGE_SIDE = 1 << 20
 MAX_IMAGE_PIXELS = 1 << 30
-# |x|, |y| beyond this (px) is a bad part: far outside any image, and far below where shapely's repair and
-# clipping overflow (around 1e150, silently returning wrong shapes)
-MAX_COORDINATE = 1e9
-# pycocotools rasterises coordinates up to this (px; it overflows a C int beyond, see fastload.raster); a part
-# reaching further out is stored repaired and clipped to the image instead of as drawn
-RASTER_COORDINATE_LIMIT = float(1 << 20)
 FIX_HINT = "fix the annotation or pass --on-error skip"
-# image, annotation and category ids are 64-bit signed integers: the cache's tables and NumPy hold them as int64
-ID_MIN, ID_MAX = -(2**63), 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Category:
-    """A COCO category that is trained on; ``train_id`` is in 1..K."""
-
-    coco_id: int
-    name: str
-    train_id: int
-
-
-@dataclass(frozen=True, eq=False)
-class Instance:
-    """One annotation after validation and repair.
-
-    Attributes
-    ----------
-    polygons : tuple of float64 (K, 2) arrays
-        Parts in ``(x, y)`` image coordinates, as drawn (repaired and clipped only beyond ±2^20 px, where a
-        part may list its rings separated by NaN rows, see :func:`part_rings`). ``()`` when the source was RLE.
-    rle : dict or None
-        pycocotools RLE (``{"size": [h, w], "counts": bytes}``, compressed) when the source was RLE.
-    area : float
-        COCO's ``area`` field (informational; the raster area may differ).
-    """
-
-    annotation_id: int
-    category_id: int
-    train_id: int
-    iscrowd: bool
-    polygons: tuple[np.ndarray, ...]
-    rle: dict | None
-    area: float
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image and its instances (crowd regions included, in annotation order)."""
-
-    image_id: int
-    file_name: str
-    height: int
-    width: int
-    instances: tuple[Instance, ...]
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Something left out under ``on_error="skip"`` (or a background-category annotation), and why."""
-
-    image_id: int | None
-    annotation_id: int | None
-    file_name: str | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class CocoDataset:
-    images: tuple[ImageRecord, ...]
-    categories: tuple[Category, ...]
-    skips: tuple[Skip, ...]
 
 
 class _Bad(Exception):
-    """Internal: a record is invalid; carries the reason, turned into an error or a Skip by the policy."""
-
-
-def part_rings(part: np.ndarray) -> list[np.ndarray]:
-    """Split a stored polygon part into its rings.
-
-    Parameters
-    ----------
-    part : float64 (K, 2)
-        ``(x, y)`` rings separated by NaN rows; exterior first.
-
-    Returns
-    -------
-    list of float64 (K_r, 2) arrays, open rings (the first point is not repeated).
-    """
-    part = np.asarray(part, dtype=np.float64)
-    if part.ndim != 2 or part.shape[1] != 2:
-        raise ValueError(f"a polygon part must be a (K, 2) array of (x, y), got shape {part.shape}")
-    gaps = np.flatnonzero(np.isnan(part).all(axis=1))
-    if gaps.size == 0:
-        return [part]
-    pieces = np.split(part, gaps)
-    # every piece after the first starts with its NaN separator row
-    rings = [pieces[0]] + [piece[1:] for piece in pieces[1:]]
-    return [ring for ring in rings if ring.shape[0]]
+    """Internal: a record is invalid; carries the reason, turned into an error or a SkipInfo by the policy."""
 
 
 def resolve_image_path(image_root: str | Path, record: ImageRecord) -> Path:
@@ -234,21 +135,21 @@ def _unsafe_file_name_reason(name: str) -> str | None:
 
 
 class _Policy:
-    """Turns rejections into an AnnotationError (``fail``) or a recorded Skip (``skip``)."""
+    """Turns rejections into an AnnotationError (``fail``) or a recorded SkipInfo (``skip``)."""
 
     def __init__(self, on_error: str):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
         self.fail = on_error == "fail"
-        self.skips: list[Skip] = []
+        self.skips: list[SkipInfo] = []
 
     def reject(self, where: str, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
         if self.fail:
             raise AnnotationError(f"{where}: {reason}; {FIX_HINT}")
-        self.skips.append(Skip(image_id, annotation_id, file_name, reason))
+        self.skips.append(SkipInfo(image_id, annotation_id, file_name, reason))
 
     def record(self, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
-        self.skips.append(Skip(image_id, annotation_id, file_name, reason))
+        self.skips.append(SkipInfo(image_id, annotation_id, file_name, reason))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -263,7 +164,7 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
         The COCO JSON file.
     on_error : {"fail", "skip"}
         ``"fail"`` raises at the first bad record; ``"skip"`` leaves it out and records a
-        :class:`Skip` (see the module docstring for the table).
+        `SkipInfo` (see the module docstring for the table).
 
     Returns
     -------
@@ -318,7 +219,7 @@ def _as_int(value: Any, what: str) -> int:
 def _as_id(value: Any, what: str, fix: str) -> int:
     """An image or annotation id: an integer (`_as_int`) in the 64-bit signed range; ``fix`` says how to renumber."""
     number = _as_int(value, what)
-    if not ID_MIN <= number <= ID_MAX:
+    if not INT64_MIN <= number <= INT64_MAX:
         raise _Bad(f"{what} {number} is outside the 64-bit signed range -2**63 .. 2**63-1 that the cache stores ids in; {fix}")
     return number
 
@@ -334,7 +235,7 @@ def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
             name = cat.get("name")
             if not isinstance(name, str):
                 raise _Bad(f"name must be a string, got {name!r}")
-            if not 0 <= coco_id <= ID_MAX:
+            if not 0 <= coco_id <= INT64_MAX:
                 raise _Bad(
                     f"category id {coco_id} ({name!r}) is outside 0..2**63-1: COCO category ids are positive "
                     "integers, 0 being the background; renumber it to an unused positive id, in 'categories' and in "
@@ -346,11 +247,11 @@ def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
         if coco_id in seen:
             raise AnnotationError(f"category id {coco_id} appears twice; fix the category list")
         seen[coco_id] = name
-    background = {cid for cid, name in seen.items() if cid == 0 or name == BACKGROUND_NAME}
+    background = {cid for cid, name in seen.items() if cid == 0 or name == BACKGROUND_CATEGORY}
     trained = [cid for cid in sorted(seen) if cid not in background]
-    if len(trained) > MAX_TRAIN_ID:
+    if len(trained) > MAX_CLASSES:
         raise AnnotationError(
-            f"{len(trained)} categories, at most {MAX_TRAIN_ID} fit in a uint8 mask (0 = background, 255 = ignore)"
+            f"{len(trained)} categories, at most {MAX_CLASSES} fit in a uint8 mask ({BACKGROUND} = background, {IGNORE} = ignore)"
         )
     return {cid: Category(cid, seen[cid], k + 1) for k, cid in enumerate(trained)}, background
 
@@ -441,7 +342,7 @@ def _parse_annotations(raw: list, known: _Known, policy: _Policy) -> dict[int, l
 
 
 def _annotation_names(ann: Any, k: int, known: _Known) -> tuple[str, dict]:
-    """How messages name an annotation (``image 7, annotation 42``) and the ids a Skip records."""
+    """How messages name an annotation (``image 7, annotation 42``) and the ids a SkipInfo records."""
     image_id = ann.get("image_id") if isinstance(ann, dict) else None
     ann_id = ann.get("id") if isinstance(ann, dict) else None
     where = f"image {image_id!r}, annotation {ann_id!r}" if ann_id is not None else f"annotations[{k}]"
@@ -452,8 +353,8 @@ def _annotation_names(ann: Any, k: int, known: _Known) -> tuple[str, dict]:
 
 
 def _int_or_none(value: Any) -> int | None:
-    """An id as a Skip records it: an int in the id range, else None (the reason still shows the value)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and ID_MIN <= value <= ID_MAX else None
+    """An id as a SkipInfo records it: an int in the id range, else None (the reason still shows the value)."""
+    return int(value) if is_int(value) and INT64_MIN <= value <= INT64_MAX else None
 
 
 def _parse_annotation(ann: Any, known: _Known, seen_ids: set[int]) -> tuple[Instance, list[str]]:
@@ -485,172 +386,12 @@ def _parse_annotation(ann: Any, known: _Known, seen_ids: set[int]) -> tuple[Inst
 
 
 def _parse_segmentation(seg: Any, height: int, width: int) -> tuple[tuple[np.ndarray, ...], dict | None, list[str]]:
-    if isinstance(seg, dict):
-        return (), _parse_rle(seg, height, width), []
-    if isinstance(seg, list):
-        parts, dropped = _parse_polygons(seg, height, width)
-        return parts, None, dropped
+    try:
+        if isinstance(seg, dict):
+            return (), check_rle(seg, height, width), []
+        if isinstance(seg, list):
+            parts, dropped = polygon_parts(seg, height, width)
+            return parts, None, dropped
+    except (BadPart, RleError) as bad:
+        raise _Bad(str(bad)) from None
     raise _Bad(f"segmentation must be a list of polygons or an RLE object, got {type(seg).__name__}")
-
-
-# ------------------------------------------------------------------------------------------ polygons
-
-
-def _parse_polygons(seg: list, height: int, width: int) -> tuple[tuple[np.ndarray, ...], list[str]]:
-    """The good parts (repaired, clipped) and the reasons of the bad ones; all bad is an error."""
-    if not seg:
-        raise _Bad("empty segmentation (no polygon)")
-    raw_parts = [_polygon_coords(part, k) for k, part in enumerate(seg)]
-    parts: list[np.ndarray] = []
-    dropped: list[str] = []
-    for k, coords in enumerate(raw_parts):
-        try:
-            parts.extend(_repair_polygon(coords, height, width))
-        except _Bad as reason:
-            dropped.append(f"polygon part {k + 1} of {len(seg)}: {reason}")
-    if not parts:
-        raise _Bad("; ".join(dropped))
-    return tuple(parts), dropped
-
-
-def _polygon_coords(part: Any, k: int) -> np.ndarray:
-    # element types first: NumPy raises a bare ValueError on a nested list ([1, [2, 3], ...]) and would turn
-    # true/false into 1.0/0.0; JSON gives exact ints and floats (an int past float64's range is refused too)
-    values = None
-    if isinstance(part, list) and all(type(v) in (int, float) for v in part):
-        try:
-            values = np.asarray(part, dtype=np.float64)
-        except OverflowError:
-            values = None
-    if values is None or values.ndim != 1:
-        raise _Bad(f"polygon part {k + 1} must be a flat list of numbers [x1, y1, x2, y2, ...]")
-    if values.size % 2:
-        raise _Bad(f"polygon part {k + 1} has an odd number of coordinates ({values.size})")
-    return values.astype(np.float64).reshape(-1, 2)
-
-
-def _repair_polygon(coords: np.ndarray, height: int, width: int) -> list[np.ndarray]:
-    """Validate, repair and clip one polygon part.
-
-    Parameters
-    ----------
-    coords : float64 (K, 2)
-        ``(x, y)`` vertices of one COCO polygon part.
-    height, width : int
-        The image size; the result is clipped to the box ``[0, width] × [0, height]``.
-
-    Returns
-    -------
-    list of float64 (K_i, 2) arrays
-        One entry per polygonal piece (a bowtie gives two), each its rings separated by NaN rows.
-
-    Raises
-    ------
-    _Bad
-        Fewer than 3 points, a non-finite or absurdly large coordinate, zero area, or wholly outside the image.
-    """
-    if coords.shape[0] < 3:
-        raise _Bad(f"fewer than 3 points ({coords.shape[0]})")
-    if not np.isfinite(coords).all():
-        raise _Bad("non-finite coordinate (NaN or inf)")
-    if np.abs(coords).max() > MAX_COORDINATE:
-        raise _Bad(f"coordinate out of range (|x| or |y| > {MAX_COORDINATE:g} px)")
-    geom = shapely.Polygon(coords)
-    valid = geom.is_valid
-    inside = coords.min() >= 0 and coords[:, 0].max() <= width and coords[:, 1].max() <= height
-    if valid and inside and geom.area > 0:
-        return [coords]  # the common case: kept exactly as drawn
-    if not valid:
-        geom = shapely.make_valid(geom)
-    if geom.area <= 0:
-        raise _Bad("zero area")
-    if not inside:
-        geom = shapely.intersection(geom, shapely.box(0, 0, width, height))
-        if geom.area <= 0:
-            raise _Bad(f"outside the image ({width} x {height})")
-    if np.abs(coords).max() <= RASTER_COORDINATE_LIMIT:
-        # a self-intersecting or overhanging part that covers some of the image is kept as drawn: pycocotools
-        # rasterises it (and clips it to the image) exactly as COCO.annToMask does, which every COCO tool and the
-        # COCO evaluator use; the repair above only decided that the part is good
-        return [coords]
-    return [_rings_array(poly) for poly in _polygonal(geom) if poly.area > 0]
-
-
-def _polygonal(geom) -> Iterable[shapely.Polygon]:
-    """The polygons inside a (multi)polygon or collection; lines and points are dropped."""
-    if isinstance(geom, shapely.Polygon):
-        yield geom
-    elif isinstance(geom, (shapely.MultiPolygon, shapely.GeometryCollection)):
-        for sub in geom.geoms:
-            yield from _polygonal(sub)
-
-
-def _rings_array(poly: shapely.Polygon) -> np.ndarray:
-    rings = [np.asarray(poly.exterior.coords)[:-1]]
-    rings += [np.asarray(hole.coords)[:-1] for hole in poly.interiors]
-    if len(rings) == 1:
-        return np.ascontiguousarray(rings[0], dtype=np.float64)
-    gap = np.full((1, 2), np.nan)
-    joined = [rings[0]]
-    for ring in rings[1:]:
-        joined += [gap, ring]
-    return np.concatenate(joined).astype(np.float64)
-
-
-# ------------------------------------------------------------------------------------------------ RLE
-
-
-def _parse_rle(seg: dict, height: int, width: int) -> dict:
-    """Validate an RLE object and return it compressed (``counts`` bytes), as pycocotools makes it."""
-    size = seg.get("size")
-    if not (isinstance(size, list) and len(size) == 2 and all(_int_or_none(v) is not None for v in size)):
-        raise _Bad(f"RLE size must be [height, width], got {size!r}")
-    if list(size) != [height, width]:
-        raise _Bad(f"RLE size {size} does not match the image ({height} x {width})")
-    counts = seg.get("counts")
-    if isinstance(counts, str):
-        _check_counts(_decode_counts_string(counts), height, width)
-        rle = {"size": [height, width], "counts": counts.encode("ascii")}
-    elif isinstance(counts, list):
-        if not all(_int_or_none(v) is not None for v in counts):
-            raise _Bad("RLE counts must be integers")
-        _check_counts(counts, height, width)
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    else:
-        raise _Bad(f"RLE counts must be a string or a list of integers, got {type(counts).__name__}")
-    if float(mask_utils.area(rle)) <= 0:
-        raise _Bad("zero area (the RLE mask is empty)")
-    return rle
-
-
-def _check_counts(counts: Sequence[int], height: int, width: int) -> None:
-    # pycocotools decodes without bounds checks: counts that overrun H*W would write past the buffer
-    if any(c < 0 for c in counts):
-        raise _Bad("RLE counts must not be negative")
-    if sum(counts) != height * width:
-        raise _Bad(f"RLE counts sum to {sum(counts)}, expected height*width = {height * width}")
-
-
-def _decode_counts_string(text: str) -> list[int]:
-    """Run lengths of a compressed COCO RLE string (6-bit groups, continuation and sign bits, deltas)."""
-    counts: list[int] = []
-    pos = 0
-    while pos < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(text):
-                raise _Bad("RLE counts string ends in the middle of a number")
-            code = ord(text[pos]) - 48
-            if not 0 <= code < 64:
-                raise _Bad(f"RLE counts string has an invalid character {text[pos]!r}")
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            pos += 1
-            shift += 5
-            if not more and code & 0x10:
-                value |= -1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
-

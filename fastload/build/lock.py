@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from fastload.advice import resume_build
 from fastload.errors import StorageError
 
 LOCK_NAME = "build.lock"
@@ -53,21 +54,22 @@ def part_lock_name(node_rank: int, num_nodes: int) -> str:
 
 
 @contextlib.contextmanager
-def build_lock(out: Path, *, what: str, node: tuple[int, int] | None = None) -> Iterator[None]:
+def build_lock(out: Path, *, what: str, node: tuple[int, int] | None = None, then: str = "") -> Iterator[None]:
     """Hold the folder ``out`` (created if missing) for one run: a build, a node's build, or a merge.
 
     ``what`` names the run in the lock file ("cache build", "cache merge"); ``node`` = (rank, num_nodes) for a
-    node of a multi-node build. Raises `StorageError` at once if another run holds the folder. A folder this
-    call created is removed again at the end if the run left it empty (a build refused before writing).
+    node of a multi-node build. Raises `StorageError` at once if another run holds the folder, or if the lock
+    file cannot be written (`storage_error`, advising ``then``). A folder this call created is removed again at
+    the end if the run left it empty (a build refused before writing).
     """
     created = not out.exists()
     held: list[_Held] = []
     try:
         if node is None:
-            held.append(_acquire(out, LOCK_NAME, exclusive=True, what=what))
+            held.append(_acquire(out, LOCK_NAME, exclusive=True, what=what, then=then))
         else:
-            held.append(_acquire(out, LOCK_NAME, exclusive=False, what=what))
-            held.append(_acquire(out, part_lock_name(*node), exclusive=True, what=f"{what} (node {node[0]} of {node[1]})"))
+            held.append(_acquire(out, LOCK_NAME, exclusive=False, what=what, then=then))
+            held.append(_acquire(out, part_lock_name(*node), exclusive=True, what=f"{what} (node {node[0]} of {node[1]})", then=then))
         yield
     finally:
         for lock in reversed(held):
@@ -95,7 +97,7 @@ class _Held:
             self.fd = None
 
 
-def _acquire(out: Path, name: str, *, exclusive: bool, what: str) -> _Held:
+def _acquire(out: Path, name: str, *, exclusive: bool, what: str, then: str) -> _Held:
     path = out / name
     for _ in range(_ATTEMPTS):
         try:
@@ -130,7 +132,7 @@ def _acquire(out: Path, name: str, *, exclusive: bool, what: str) -> _Held:
                 os.ftruncate(fd, 0)
         except OSError as exc:
             held.release(delete=exclusive)
-            raise storage_error(exc, out) from exc
+            raise storage_error(exc, out, then=then) from exc
         return held
     raise StorageError(f"could not lock {path}: it was deleted and recreated {_ATTEMPTS} times while we tried")
 
@@ -211,7 +213,7 @@ def storage_error(exc: OSError, out: Path, *, then: str = "") -> StorageError:
     where = f" ({exc.filename})" if exc.filename else ""
     error = StorageError(
         f"writing the cache {out} failed: {exc.strerror or exc}{where}; {fixes.get(exc.errno, 'fix the cause')}, then "
-        + (then or "rerun the same command with --resume: the shards finished are kept, the rest are rebuilt to the same bytes")
+        + (then or f"{resume_build(out)}: the shards finished are kept, the rest are rebuilt to the same bytes")
     )
     error.errno = exc.errno
     return error

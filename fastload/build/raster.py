@@ -9,7 +9,7 @@ Pixel convention
     the polygon" except for pixel centres within about 0.2 px of an edge.)
 
 Parts and rings
-    A stored part (:func:`fastload.coco.part_rings`) may hold several rings, exterior first, then holes;
+    A stored part (`fastload.build.geometry.part_rings`) may hold several rings, exterior first, then holes;
     its rings are combined by even-odd (XOR: a hole comes out empty). The parts of an instance are OR-ed
     (``mask.merge``), as ``annToMask`` does with a multi-polygon segmentation. Where ``load_coco``
     repaired a self-intersecting part (``shapely.make_valid``) or clipped one to the image, the stored
@@ -18,7 +18,7 @@ Parts and rings
 
 Work proportional to the object
     ``frPyObjects`` and ``merge`` cost O(perimeter); the run-length result is then decoded over the
-    mask's bounding box only (:func:`_rle_patch`), never over the whole image as ``mask.decode`` does.
+    mask's bounding box only (`fastload.build.rle.rle_patch`), never over the whole image as ``mask.decode`` does.
     Translating a polygon into a small canvas instead would not be exact: pycocotools rounds ``5·x + 0.5``
     and interpolates its edges in float64 on the absolute coordinates, and e.g. ``x = 101.1`` rounds to
     101.2 while ``101.1 − 100`` (1.0999999999999943) rounds to 1.0.
@@ -34,16 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from fastload.coco import ImageRecord, Instance, part_rings
-
-IGNORE = 255
-# |x|, |y| beyond this (px) is refused: pycocotools converts 5·x to a C int (overflowing past 4.3e8) and
-# walks every edge in 1/5-px steps, so a longer edge costs memory in proportion. load_coco's coordinates are
-# inside the image (sides up to 2^20); transformed polygons may reach past it, within twice that.
-COORDINATE_LIMIT = float(1 << 21)
-
-# (row offset, column offset, bool patch): a mask that is False outside the patch
-Patch = tuple[int, int, np.ndarray]
+from fastload.build.geometry import COORDINATE_LIMIT, part_rings
+from fastload.build.records import ImageRecord, Instance
+from fastload.build.rle import Patch, rle_patch, xor_rles
+from fastload.labels import IGNORE
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,11 +53,14 @@ class RasterResult:
     instances : tuple of Instance
         ``instances[k]`` has id ``k + 1``: the non-crowd instances with at least one visible pixel, in
         annotation order.
+    boxes : int64 (N, 4)
+        ``boxes[k]`` = ``[x, y, w, h]`` of the visible pixels of instance ``k + 1`` (w = last − first column + 1).
     """
 
     instance: np.ndarray
     semantic: np.ndarray
     instances: tuple[Instance, ...]
+    boxes: np.ndarray
 
 
 def rasterize_polygons(polygons: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
@@ -73,7 +70,7 @@ def rasterize_polygons(polygons: Sequence[np.ndarray], height: int, width: int) 
     ----------
     polygons : sequence of float (K, 2) arrays
         Parts in ``(x, y)`` image coordinates; a part may hold several rings separated by NaN rows
-        (:func:`fastload.coco.part_rings`). Coordinates may lie outside the image (within
+        (`fastload.build.geometry.part_rings`). Coordinates may lie outside the image (within
         ``±COORDINATE_LIMIT``); pycocotools drops what falls outside.
     height, width : int
         The mask size.
@@ -90,7 +87,7 @@ def rasterize_polygons(polygons: Sequence[np.ndarray], height: int, width: int) 
     """
     out = np.zeros((height, width), dtype=bool)
     rle = _polygons_rle(polygons, height, width)
-    if rle is not None and (patch := _rle_patch(rle)) is not None:
+    if rle is not None and (patch := rle_patch(rle)) is not None:
         _paint(out, patch, True)
     return out
 
@@ -138,10 +135,12 @@ def rasterize_image(record: ImageRecord) -> RasterResult:
     for _, k, patch in sorted(things, key=lambda t: (-t[0], t[1])):
         _paint(instance, patch, k + 1)
         _paint(semantic, patch, candidates[k].train_id)
-    visible = [k for _, k, patch in things if _shows(instance, patch, k + 1)]  # `things` is in annotation order
+    shown = [(k, box) for area, k, patch in things if (box := _visible_box(instance, patch, k + 1, area))]
+    visible = [k for k, _ in shown]  # `things` is in annotation order
     if len(visible) < len(candidates):
         instance = _renumber(instance, visible, len(candidates))
-    return RasterResult(instance, semantic, tuple(candidates[k] for k in visible))
+    boxes = np.array([box for _, box in shown], dtype=np.int64).reshape(-1, 4)
+    return RasterResult(instance, semantic, tuple(candidates[k] for k in visible), boxes)
 
 
 def _instance_patch(instance: Instance, height: int, width: int) -> Patch | None:
@@ -152,7 +151,7 @@ def _instance_patch(instance: Instance, height: int, width: int) -> Patch | None
     (row0, col0, bool (h, w)) or None
     """
     rle = instance.rle if instance.rle is not None else _polygons_rle(instance.polygons, height, width)
-    return None if rle is None else _rle_patch(rle)
+    return None if rle is None else rle_patch(rle)
 
 
 def _view(target: np.ndarray, patch: Patch) -> np.ndarray:
@@ -164,9 +163,21 @@ def _paint(target: np.ndarray, patch: Patch, value) -> None:
     np.copyto(_view(target, patch), value, where=patch[2])
 
 
-def _shows(instance: np.ndarray, patch: Patch, value: int) -> bool:
+def _visible_box(instance: np.ndarray, patch: Patch, value: int, area: int) -> tuple[int, int, int, int] | None:
+    """``(x, y, w, h)`` of the pixels that show ``value`` (of the ``area`` painted), or None when none does."""
     # only pixels of the instance's own patch can carry its id: no full-image pass
-    return bool(np.any(_view(instance, patch) == value))
+    shows = _view(instance, patch) == value
+    seen = np.count_nonzero(shows)
+    if seen == 0:
+        return None
+    row0, col0, mask = patch
+    if seen == area:  # nothing painted over it: its box is the patch, the tight box of its mask (toBbox)
+        return col0, row0, mask.shape[1], mask.shape[0]
+    rows = shows.any(axis=1)
+    top, bottom = int(rows.argmax()), rows.size - int(rows[::-1].argmax())
+    cols = shows[top:bottom].any(axis=0)
+    left, right = int(cols.argmax()), cols.size - int(cols[::-1].argmax())
+    return col0 + left, row0 + top, right - left, bottom - top
 
 
 def _renumber(instance: np.ndarray, visible: list[int], n: int) -> np.ndarray:
@@ -200,19 +211,8 @@ def _polygons_rle(polygons: Sequence[np.ndarray], height: int, width: int) -> di
     if not flat:
         return None
     rles = iter(mask_utils.frPyObjects(flat, height, width))  # one call for every ring of the instance
-    merged = [_xor_rles([next(rles) for _ in rings], height, width) for rings in parts if rings]
+    merged = [xor_rles([next(rles) for _ in rings], height, width) for rings in parts if rings]
     return merged[0] if len(merged) == 1 else mask_utils.merge(merged)
-
-
-def _xor_rles(rles: list[dict], height: int, width: int) -> dict:
-    """The even-odd combination of one part's rings (exterior, then holes); pycocotools has no XOR."""
-    if len(rles) == 1:
-        return rles[0]
-    # XOR: all the rings' toggles together; two at one pixel cancel
-    toggles, times = np.unique(np.concatenate([_toggles(rle["counts"]) for rle in rles]), return_counts=True)
-    bounds = np.concatenate([[0], toggles[times % 2 == 1], [height * width]])
-    counts = {"size": [height, width], "counts": np.diff(bounds).tolist()}
-    return mask_utils.frPyObjects(counts, height, width)
 
 
 def _check_ring(ring: np.ndarray) -> None:
@@ -226,59 +226,3 @@ def _check_ring(ring: np.ndarray) -> None:
             f"polygon coordinates must lie within ±{COORDINATE_LIMIT:g} px, got {np.abs(ring).max():g}: "
             "pycocotools rounds 5·x to a C int and walks every edge in 1/5-px steps"
         )
-
-
-# ---------------------------------------------------------------------------------- RLE → patch
-#
-# An RLE of size (H, W) lists run lengths in column-major order, 0-runs first. Its *toggles* are the
-# prefix sums: the column-major pixel indices ``x·H + y`` where the value flips.
-
-
-def _rle_patch(rle: dict) -> Patch | None:
-    """Decode a compressed RLE over the mask's bounding box only (``decode`` fills the whole image).
-
-    Work is proportional to the number of runs and to the box, not to the image.
-
-    Returns
-    -------
-    (row0, col0, bool (h, w)) or None when the mask is empty
-    """
-    col0, row0, cols, rows = (int(v) for v in mask_utils.toBbox(rle))
-    if cols == 0:
-        return None
-    # each run of ones by its first pixel and one past its last, as column-major indices in the box: the
-    # run's pixels are in the box, so both indices are exact ("one past" the bottom of a box column is
-    # the top of the next one, which is where column-major order goes on)
-    pixels = _toggles(rle["counts"])
-    pixels[1::2] -= 1
-    col, row = np.divmod(pixels, int(rle["size"][0]))
-    inbox = col * rows + row - (col0 * rows + row0)
-    inbox[1::2] += 1
-    bounds = np.concatenate(([0], inbox, [rows * cols]))
-    values = np.zeros(bounds.size - 1, dtype=bool)
-    values[1::2] = True  # 0-runs first
-    return row0, col0, np.repeat(values, bounds[1:] - bounds[:-1]).reshape(cols, rows).T
-
-
-def _toggles(counts: bytes | str) -> np.ndarray:
-    """Toggle positions (int64, increasing) of a compressed COCO RLE string.
-
-    The toggles are the prefix sums of the run lengths (0-runs first): the column-major pixel indices
-    ``x·H + y`` where the mask flips. The string holds the run lengths as 5-bit little-endian groups, 48
-    added to each character; bit 0x20 says another group follows, bit 0x10 of the last group is the
-    sign; from the fourth run on, each is stored as its difference to the run two before (pycocotools'
-    ``rleToString``).
-    """
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    digits = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
-    last = np.flatnonzero(digits < 0x20)  # the last character of each number
-    first = np.empty_like(last)
-    first[0], first[1:] = 0, last[:-1] + 1
-    shift = 5 * (np.arange(digits.size) - np.repeat(first, last - first + 1))
-    digits &= 0x1F
-    digits[last] -= (digits[last] & 0x10) << 1  # the last group is signed
-    runs = np.add.reduceat(digits << shift, first)
-    runs[1::2] = np.cumsum(runs[1::2])  # undo the differences to the run two before
-    runs[2::2] = np.cumsum(runs[2::2])
-    return np.cumsum(runs[:-1])
