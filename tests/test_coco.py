@@ -10,9 +10,10 @@ import pytest
 from cocofactory import CocoFactory, compressed_rle, disk, unseen_coco
 from pycocotools import mask as mask_utils
 
-from fastload.build.coco import load_coco, resolve_image_path
+from fastload.build.coco import load_coco
 from fastload.build.geometry import COORDINATE_LIMIT, part_rings
 from fastload.build.records import Category, ImageRecord
+from fastload.build.rules import resolve_image_path
 from fastload.errors import AnnotationError
 
 # pycocotools' decode trips NumPy 2's __array__(copy=...) deprecation; not ours to fix

@@ -24,8 +24,8 @@ import yaml
 
 import fastload
 from fastload.build.build import build_cache
-from fastload.build.coco import resolve_image_path
 from fastload.build.records import ImageRecord
+from fastload.build.rules import resolve_image_path
 from fastload.build.synth import synth_coco
 from fastload.cache.manifest import load_manifest
 from fastload.errors import AnnotationError, CacheError, ImageError

@@ -22,11 +22,12 @@ from typing import Any
 from tqdm import tqdm
 
 from fastload import __version__
-from fastload.build.coco import ON_ERROR_CHOICES, OnError, load_coco
+from fastload.build.coco import load_coco
 from fastload.build.fingerprint import shard_fingerprint
 from fastload.build.lock import build_lock, storage_error
 from fastload.build.pool import run_tasks
 from fastload.build.records import CocoDataset, ImageRecord
+from fastload.build.rules import ON_ERROR_CHOICES, OnError
 from fastload.build.split import assign, check_split, split_of
 from fastload.build.writer import ShardTask, check_done_record
 from fastload.cache.config import CacheConfig, as_cache_config

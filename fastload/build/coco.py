@@ -51,106 +51,30 @@ Error messages name the image id and annotation id and end with the fix: "fix th
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from fastload.build.geometry import BadPart, polygon_parts
 from fastload.build.records import Category, CocoDataset, ImageRecord, Instance
 from fastload.build.rle import RleError, check_rle
-from fastload.cache.manifest import INT64_MAX, INT64_MIN, SkipInfo  # ids: the cache's int64 tables
+from fastload.build.rules import (
+    BACKGROUND_CATEGORY,
+    OnError,
+    OnErrorPolicy,
+    RecordProblem,
+    as_id,
+    as_int,
+    parse_image,
+)
+from fastload.cache.manifest import INT64_MAX, INT64_MIN  # ids: the cache's int64 tables
 from fastload.errors import AnnotationError
 from fastload.labels import BACKGROUND, IGNORE, MAX_CLASSES
 from fastload.validation import is_int
-
-OnError = Literal["fail", "skip"]
-ON_ERROR_CHOICES: tuple[str, ...] = ("fail", "skip")
-BACKGROUND_CATEGORY = "_background_"  # a category of this name is background (not the class name, `labels.BACKGROUND_NAME`)
-# OpenCV's default decoding limits (CV_IO_MAX_IMAGE_WIDTH/HEIGHT, CV_IO_MAX_IMAGE_PIXELS): the cache builder
-# cannot decode a larger image, and its masks alone would take 5 bytes per pixel
-MAX_IMAGE_SIDE = 1 << 20
-MAX_IMAGE_PIXELS = 1 << 30
-FIX_HINT = "fix the annotation or pass --on-error skip"
-
-
-class _Bad(Exception):
-    """Internal: a record is invalid; carries the reason, turned into an error or a SkipInfo by the policy."""
-
-
-def resolve_image_path(image_root: str | Path, record: ImageRecord) -> Path:
-    """The path of ``record``'s image under ``image_root``.
-
-    Absolute names (``/x``, ``\\x``, ``C:x``) and names whose ``..`` parts climb above the root are refused
-    (lexically, as at load time); ``a/../b.jpg`` is fine. Symlinks are followed, but the file they lead to
-    must lie inside the (resolved) root: a link in the image folder cannot feed a file from elsewhere on the
-    machine into the cache. The root itself may be a link.
-
-    Raises
-    ------
-    AnnotationError
-        Naming the image id and the file name.
-    """
-    reason = _unsafe_file_name_reason(record.file_name)
-    if reason is not None:
-        raise AnnotationError(
-            f"image {record.image_id} (file_name {record.file_name!r}): {reason}; "
-            "file names must be relative to the image root; " + FIX_HINT
-        )
-    root = Path(image_root)
-    path = root / record.file_name
-    real_root, real = root.resolve(), path.resolve()  # a missing file resolves as far as it exists
-    if not real.is_relative_to(real_root):
-        raise AnnotationError(
-            f"image {record.image_id} (file_name {record.file_name!r}): a symlink leads outside the image root "
-            f"(to {str(real)!r}); copy the file into the root, or pass the folder that holds it as the image "
-            "root; " + FIX_HINT
-        )
-    return path
-
-
-def _unsafe_file_name_reason(name: str) -> str | None:
-    if not name or "\x00" in name:
-        return "empty file_name or NUL character"
-    if name[0] in "/\\" or re.match(r"^[A-Za-z]:", name):
-        return "absolute file_name is refused"
-    depth = 0
-    for part in re.split(r"[\\/]", name):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return "file_name escapes the image root ('..')"
-        elif part not in ("", "."):
-            depth += 1
-    if depth == 0:
-        return "file_name names no file"
-    return None
-
-
-# --------------------------------------------------------------------------------------------- policy
-
-
-class _Policy:
-    """Turns rejections into an AnnotationError (``fail``) or a recorded SkipInfo (``skip``)."""
-
-    def __init__(self, on_error: str):
-        if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
-        self.fail = on_error == "fail"
-        self.skips: list[SkipInfo] = []
-
-    def reject(self, where: str, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
-        if self.fail:
-            raise AnnotationError(f"{where}: {reason}; {FIX_HINT}")
-        self.skips.append(SkipInfo(image_id, annotation_id, file_name, reason))
-
-    def record(self, reason: str, *, image_id=None, annotation_id=None, file_name=None) -> None:
-        self.skips.append(SkipInfo(image_id, annotation_id, file_name, reason))
-
 
 # ------------------------------------------------------------------------------------------ loading
 
@@ -176,7 +100,7 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
     AnnotationError
         Unreadable JSON, missing top-level lists, bad categories, or (under ``"fail"``) any bad record.
     """
-    policy = _Policy(on_error)
+    policy = OnErrorPolicy(on_error)
     data = _read_json(Path(path))
     categories, background = _parse_categories(data["categories"])
     images = _parse_images(data["images"], policy)
@@ -205,44 +129,25 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _as_int(value: Any, what: str) -> int:
-    """An int from JSON: ints and integral floats; bools and everything else are refused."""
-    if isinstance(value, bool):
-        raise _Bad(f"{what} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise _Bad(f"{what} must be an integer, got {value!r}")
-
-
-def _as_id(value: Any, what: str, fix: str) -> int:
-    """An image or annotation id: an integer (`_as_int`) in the 64-bit signed range; ``fix`` says how to renumber."""
-    number = _as_int(value, what)
-    if not INT64_MIN <= number <= INT64_MAX:
-        raise _Bad(f"{what} {number} is outside the 64-bit signed range -2**63 .. 2**63-1 that the cache stores ids in; {fix}")
-    return number
-
-
 def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
     """Category id → Category for the trained ones, and the set of background category ids."""
     seen: dict[int, str] = {}
     for k, cat in enumerate(raw):
         try:
             if not isinstance(cat, dict):
-                raise _Bad(f"must be an object, got {type(cat).__name__}")
-            coco_id = _as_int(cat.get("id"), "id")
+                raise RecordProblem(f"must be an object, got {type(cat).__name__}")
+            coco_id = as_int(cat.get("id"), "id")
             name = cat.get("name")
             if not isinstance(name, str):
-                raise _Bad(f"name must be a string, got {name!r}")
+                raise RecordProblem(f"name must be a string, got {name!r}")
             if not 0 <= coco_id <= INT64_MAX:
-                raise _Bad(
+                raise RecordProblem(
                     f"category id {coco_id} ({name!r}) is outside 0..2**63-1: COCO category ids are positive "
                     "integers, 0 being the background; renumber it to an unused positive id, in 'categories' and in "
                     "its annotations' category_id (to ignore its regions in training instead, give those "
                     "annotations iscrowd=1)"
                 )
-        except _Bad as bad:
+        except RecordProblem as bad:
             raise AnnotationError(f"categories[{k}]: {bad}; fix the category list") from None
         if coco_id in seen:
             raise AnnotationError(f"category id {coco_id} appears twice; fix the category list")
@@ -256,15 +161,15 @@ def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:
     return {cid: Category(cid, seen[cid], k + 1) for k, cid in enumerate(trained)}, background
 
 
-def _parse_images(raw: list, policy: _Policy) -> dict[int, tuple[str, int, int]]:
+def _parse_images(raw: list, policy: OnErrorPolicy) -> dict[int, tuple[str, int, int]]:
     """Image id → (file_name, height, width) for the valid images, in file order."""
     parsed: list[tuple[int, str, int, int]] = []
     for k, img in enumerate(raw):
         image_id = img.get("id") if isinstance(img, dict) else None
         file_name = img.get("file_name") if isinstance(img, dict) else None
         try:
-            parsed.append(_parse_image(img))
-        except _Bad as bad:
+            parsed.append(parse_image(img))
+        except RecordProblem as bad:
             where = f"image {image_id!r}" if image_id is not None else f"images[{k}]"
             ok_id = _int_or_none(image_id)
             ok_name = file_name if isinstance(file_name, str) else None
@@ -284,28 +189,6 @@ def _parse_images(raw: list, policy: _Policy) -> dict[int, tuple[str, int, int]]
     return images
 
 
-def _parse_image(img: Any) -> tuple[int, str, int, int]:
-    if not isinstance(img, dict):
-        raise _Bad(f"must be an object, got {type(img).__name__}")
-    image_id = _as_id(img.get("id"), "id", "renumber the image (its id and its annotations' image_id)")
-    name = img.get("file_name")
-    if not isinstance(name, str):
-        raise _Bad(f"file_name must be a string, got {name!r}")
-    height = _as_int(img.get("height"), "height")
-    width = _as_int(img.get("width"), "width")
-    if height <= 0 or width <= 0:
-        raise _Bad(f"height and width must be positive, got {height} x {width}")
-    if max(height, width) > MAX_IMAGE_SIDE or height * width > MAX_IMAGE_PIXELS:
-        raise _Bad(
-            f"height x width {height} x {width} is beyond what can be decoded and rasterised (at most "
-            f"{MAX_IMAGE_SIDE} per side and {MAX_IMAGE_PIXELS} pixels)"
-        )
-    reason = _unsafe_file_name_reason(name)
-    if reason is not None:
-        raise _Bad(f"{reason} (file_name {name!r}); file names must be relative to the image root")
-    return image_id, name, height, width
-
-
 @dataclass(frozen=True)
 class _Known:
     """What annotations are checked against."""
@@ -319,7 +202,7 @@ class _BackgroundAnnotation(Exception):
     """Internal: the annotation belongs to a background category (dropped, recorded, never an error)."""
 
 
-def _parse_annotations(raw: list, known: _Known, policy: _Policy) -> dict[int, list[Instance]]:
+def _parse_annotations(raw: list, known: _Known, policy: OnErrorPolicy) -> dict[int, list[Instance]]:
     """Image id → its instances in annotation order."""
     by_image: dict[int, list[Instance]] = {}
     seen_ids: set[int] = set()
@@ -330,7 +213,7 @@ def _parse_annotations(raw: list, known: _Known, policy: _Policy) -> dict[int, l
         except _BackgroundAnnotation:
             policy.record("background category", **ids)
             continue
-        except _Bad as bad:
+        except RecordProblem as bad:
             policy.reject(where, str(bad), **ids)
             continue
         if dropped and policy.fail:
@@ -360,25 +243,25 @@ def _int_or_none(value: Any) -> int | None:
 def _parse_annotation(ann: Any, known: _Known, seen_ids: set[int]) -> tuple[Instance, list[str]]:
     """The instance, and the reasons of the polygon parts dropped from it (if any)."""
     if not isinstance(ann, dict):
-        raise _Bad(f"annotation must be an object, got {type(ann).__name__}")
-    ann_id = _as_id(ann.get("id"), "annotation id", "renumber the annotation")
+        raise RecordProblem(f"annotation must be an object, got {type(ann).__name__}")
+    ann_id = as_id(ann.get("id"), "annotation id", "renumber the annotation")
     if ann_id in seen_ids:
-        raise _Bad(f"duplicate annotation id {ann_id} (the first one is kept)")
+        raise RecordProblem(f"duplicate annotation id {ann_id} (the first one is kept)")
     seen_ids.add(ann_id)
-    image_id = _as_int(ann.get("image_id"), "image_id")
+    image_id = as_int(ann.get("image_id"), "image_id")
     if image_id not in known.images:
-        raise _Bad(f"image_id {image_id} is not in 'images' (or that image was skipped)")
-    category_id = _as_int(ann.get("category_id"), "category_id")
+        raise RecordProblem(f"image_id {image_id} is not in 'images' (or that image was skipped)")
+    category_id = as_int(ann.get("category_id"), "category_id")
     if category_id in known.background:
         raise _BackgroundAnnotation
     if category_id not in known.categories:
-        raise _Bad(f"category_id {category_id} is not in 'categories'")
+        raise RecordProblem(f"category_id {category_id} is not in 'categories'")
     iscrowd = ann.get("iscrowd", 0)
     if iscrowd not in (0, 1) or isinstance(iscrowd, float):
-        raise _Bad(f"iscrowd must be 0 or 1, got {iscrowd!r}")
+        raise RecordProblem(f"iscrowd must be 0 or 1, got {iscrowd!r}")
     area = ann.get("area", 0.0)
     if isinstance(area, bool) or not isinstance(area, (int, float)):
-        raise _Bad(f"area must be a number, got {area!r}")
+        raise RecordProblem(f"area must be a number, got {area!r}")
     _, height, width = known.images[image_id]
     polygons, rle, dropped = _parse_segmentation(ann.get("segmentation"), height, width)
     train_id = known.categories[category_id].train_id
@@ -393,5 +276,5 @@ def _parse_segmentation(seg: Any, height: int, width: int) -> tuple[tuple[np.nda
             parts, dropped = polygon_parts(seg, height, width)
             return parts, None, dropped
     except (BadPart, RleError) as bad:
-        raise _Bad(str(bad)) from None
-    raise _Bad(f"segmentation must be a list of polygons or an RLE object, got {type(seg).__name__}")
+        raise RecordProblem(str(bad)) from None
+    raise RecordProblem(f"segmentation must be a list of polygons or an RLE object, got {type(seg).__name__}")

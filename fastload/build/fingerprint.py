@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from fastload.build.coco import resolve_image_path
 from fastload.build.records import ImageRecord, Instance
+from fastload.build.rules import resolve_image_path
 from fastload.cache.format import SCHEMA_VERSION, dumps_canonical
 from fastload.errors import AnnotationError
 

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from fastload.build.coco import OnError, resolve_image_path
 from fastload.build.imagefile import read_checked_image
 from fastload.build.raster import rasterize_image
 from fastload.build.records import ImageRecord
+from fastload.build.rules import OnError, resolve_image_path
 from fastload.build.tables import instance_table
 from fastload.cache.config import CacheConfig
 from fastload.cache.format import (
