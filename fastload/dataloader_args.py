@@ -27,6 +27,7 @@ of the benchmark too, so that they take the same arguments the same way). Bounds
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import math
@@ -42,7 +43,7 @@ import torch
 from fastload import validation
 from fastload.augment.config import AugmentConfig, load_augment
 from fastload.errors import CacheError, ConfigError
-from fastload.pipeline.plan import BATCH_KEYS
+from fastload.pipeline.plan import BATCH_KEYS, NATIVE_KEYS, TARGET_KEYS
 
 DEFAULT_PREFETCH = 2
 
@@ -227,16 +228,34 @@ def worker_init_fn(loader: str, fn: Any, *, backend: str) -> Callable[[int], Non
     return fn
 
 
-def batch_keys(loader: str, keys: Any) -> tuple[str, ...] | None:
-    """``keys=("image", "semantic")``: yield tuples of those batch entries, in that order; None = the dict."""
+def batch_keys(loader: str, keys: Any, *, native: bool = False) -> tuple[str, ...] | None:
+    """``keys=("image", "semantic")``: yield tuples of those batch entries, in that order; None = the dict.
+    ``valid`` exists at native size (``size=None``) only."""
     if keys is None:
         return None
     if isinstance(keys, str) or not isinstance(keys, Sequence) or not keys:
         raise ValueError(f"{loader}: keys must be a non-empty tuple of batch keys, e.g. ('image', 'semantic'); got {keys!r}")
-    unknown = [key for key in keys if key not in BATCH_KEYS]
+    known = (*BATCH_KEYS, *NATIVE_KEYS) if native else BATCH_KEYS
+    unknown = [key for key in keys if key not in known]
     if unknown:
-        raise ValueError(f"{loader}: keys {unknown} are not batch keys; a batch has {list(BATCH_KEYS)}")
+        hint = "; 'valid' comes with size=None" if "valid" in unknown else ""
+        raise ValueError(f"{loader}: keys {unknown} are not batch keys; a batch has {list(known)}{hint}")
     return tuple(keys)
+
+
+def rendered_config(loader: str, augment: AugmentConfig, keys: tuple[str, ...] | None) -> AugmentConfig:
+    """The config the engine runs: ``augment``, without targets when ``keys=`` asks for none of `TARGET_KEYS`
+    (semantic-only training renders nothing it does not return). Keys asking for targets that ``targets: none``
+    turned off are an error."""
+    if keys is None:
+        return augment
+    wanted = [key for key in keys if key in TARGET_KEYS]
+    if augment.targets is None and wanted:
+        raise ValueError(
+            f"{loader}: keys {wanted} are targets, but the augment config has `targets: none`; give it a `targets:` "
+            "section or leave those keys out"
+        )
+    return augment if wanted else dataclasses.replace(augment, targets=None)
 
 
 # --- errors that name the public class ------------------------------------------------------------------------
@@ -312,8 +331,20 @@ def positive_int(name: str, value: Any) -> int:
     return validation.check_int(name, value, 1, high, error=ValueError, why=why)
 
 
-def size_argument(size: Any, *, stride: int) -> tuple[int, int]:
-    """``size=``: (H, W) within bounds and divisible by the targets' stride, else a ValueError."""
+def largest_image(cache: Any) -> tuple[int, int]:
+    """The largest height and the largest width of the cache's samples (what a native-size batch may reach)."""
+    sizes = getattr(cache, "image_sizes", None)
+    if sizes is None:  # a cache object without the vectorised table
+        sizes = [cache.image_size(i) for i in range(len(cache))]
+    sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
+    return (int(sizes[:, 0].max()), int(sizes[:, 1].max())) if len(sizes) else (1, 1)
+
+
+def size_argument(size: Any, *, stride: int) -> tuple[int, int] | None:
+    """``size=``: (H, W) within bounds and divisible by the targets' stride, else a ValueError; None (each sample
+    at its own size) stays None."""
+    if size is None:
+        return None
     height, width = validation.check_size("size", size, error=ValueError)
     if height % stride or width % stride:
         raise ValueError(

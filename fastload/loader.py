@@ -21,6 +21,7 @@ from fastload import dataloader_args, validation
 from fastload.augment.config import AugmentConfig
 from fastload.cores import usable_cores
 from fastload.pipeline.devices import choose_engine, rank_world, resolve_device
+from fastload.pipeline.native import check_native
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import Backend, BatchPlan
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS
@@ -50,7 +51,7 @@ class _LoaderShell:
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
-        size: Sequence[int] = (512, 512),
+        size: Sequence[int] | None = (512, 512),
         augment: Any = None,
         device: str = "auto",
         engine: str = "auto",
@@ -77,8 +78,10 @@ class _LoaderShell:
         self._owns_cache = self.cache is not cache  # opened here from a path: close() closes its files too
         self.batch_size = dataloader_args.positive_int("batch_size", batch_size)
         self.augment: AugmentConfig = dataloader_args.augment_argument(augment)
-        self.size = dataloader_args.size_argument(size, stride=self.augment.targets.stride)
-        validation.check_batch_pixels(self.batch_size, self.size, error=ValueError)
+        self.size = dataloader_args.size_argument(size, stride=self.augment.map_stride)
+        if self.size is None:  # each sample at its own size: evaluation (fastload.pipeline.native)
+            check_native(self.augment, loader=name)
+        validation.check_batch_pixels(self.batch_size, self.size or dataloader_args.largest_image(self.cache), error=ValueError)
         self.device = resolve_device(device)
         self.backend = self._engine(engine, device)
         workers = dataloader_args.workers(name, num_threads, num_workers, in_process=self._in_process)
@@ -97,7 +100,8 @@ class _LoaderShell:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
         self.rank, self.world_size = rank_world(rank, world_size)
-        self.keys = dataloader_args.batch_keys(name, keys)
+        self.keys = dataloader_args.batch_keys(name, keys, native=self.size is None)
+        self._rendered = dataloader_args.rendered_config(name, self.augment, self.keys)  # what the engine runs
         self.worker_init_fn = dataloader_args.worker_init_fn(name, worker_init_fn, backend=self.backend)
         self._epoch = 0  # the epoch of the current (or next) pass
         self._yielded = 0  # batches of that pass yielded so far
@@ -226,7 +230,7 @@ class _LoaderShell:
         return {
             "cache": getattr(self.cache, "fingerprint", None),
             "augment": hashlib.sha256(config).hexdigest()[:16],
-            "size": list(self.size),
+            "size": None if self.size is None else list(self.size),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -268,7 +272,7 @@ class _LoaderShell:
             return OpencvBackend(
                 cache=self.cache,
                 out_size=self.size,
-                augment=self.augment,
+                augment=self._rendered,
                 device=self.device,
                 batch_size=self.batch_size,
                 num_workers=self.num_threads,
@@ -281,7 +285,7 @@ class _LoaderShell:
         return DaliBackend(
             cache=self.cache,
             out_size=self.size,
-            augment=self.augment,
+            augment=self._rendered,
             device=self.device,
             batch_size=self.batch_size,
             num_threads=self.num_threads,
@@ -336,7 +340,10 @@ class Loader(_LoaderShell):
     batch_size : samples per batch and rank; also positional, as DataLoader's: ``Loader(cache, 48)``
     shuffle, seed : a full-dataset permutation per epoch, a function of (seed, epoch)
     drop_last : drop the last incomplete global step (see fastload.pipeline.sampling)
-    size : (H, W) output size; divisible by the targets' stride
+    size : (H, W) output size; divisible by the targets' stride. None: every sample at its own size, for
+        evaluation (no augmentation allowed: ``augment="none"``); a batch is padded to its largest sample (each
+        side a multiple of the stride) with image 0, semantic 255, instance 0, and holds ``valid`` bool
+        (N, H, W), True on the samples' own pixels (`fastload.pipeline.native`)
     augment : AugmentConfig, a YAML path, or a shipped config's name: "default", "none" (None = "none"); its
         ``targets`` section sets the heatmap sigma, the stride and the semantic loss weights
     device : "auto" (CUDA when available, else the CPU engine above), "cuda", "cuda:N" or "cpu" (DALI's graph
@@ -355,8 +362,10 @@ class Loader(_LoaderShell):
 
     Each batch: ``image`` float32 (N, 3, H, W) normalised, ``semantic`` int64 (N, H, W) with 255 = ignore,
     ``instance`` int32 (N, H, W), ``heatmap`` float32 (N, 1, H', W'), ``offset`` float32 (N, 2, H', W')
-    in (dy, dx), ``semantic_weight`` float32 (N, H, W), ``index`` int64 (N,). H' = H / stride. The targets
-    are rendered after augmentation from the batch's own ``instance`` mask, on the loader's device.
+    in (dy, dx), ``semantic_weight`` float32 (N, H, W), ``center_weight`` and ``offset_weight`` float32
+    (N, 1, H', W') (Panoptic-DeepLab's loss weights: `fastload.targets.panoptic_weights`), ``index`` int64 (N,).
+    H' = H / stride. The targets are rendered after augmentation from the batch's own masks, on the loader's
+    device; with ``targets: none``, or ``keys=`` that name none of them, nothing is rendered.
     ``semantic`` holds train ids: ``loader.classes[k]`` names id k (0 = ``"__background__"``), and a model
     needs ``loader.num_classes`` (K + 1) logits. N may be 0 on a rank's share of a short last step
     (``drop_last=False``): `fastload.tools.bench.model.segnet_loss` gives 0 there, and a plain cross-entropy needs

@@ -226,6 +226,9 @@ def _convert(hint: Any, value: Any, *, where: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # X | None given a value: X's own error names what is wrong with it
+            return _convert(options[0], value, where=where)
         for arg in args:
             if arg is type(None):
                 continue

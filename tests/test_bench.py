@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastload.targets import render_weights
 from fastload.tools.bench.measure import ProcessTreeSampler, endless, measure
 from fastload.tools.bench.model import SegNet, TrainStep, segnet_loss
 from fastload.tools.bench.report import format_table, plot, validate_report, write_json
@@ -30,6 +31,7 @@ def fake_batch(
         "instance": instance,
         "heatmap": torch.rand(n, 1, hh, ww, generator=g),
         "offset": torch.randn(n, 2, hh, ww, generator=g) * 5,
+        **render_weights(semantic, instance, stride=stride),
         "index": torch.arange(n, dtype=torch.int64),
     }
 
@@ -104,10 +106,12 @@ def test_segnet_loss_weights_small_instances_and_masks_the_centre_loss_by_ignore
     batch["semantic_weight"] = torch.full((1, 32, 32), 3.0)
     assert torch.allclose(segnet_loss(pred, batch).semantic, 3 * plain.semantic)  # weights scale each pixel's loss
     batch["semantic"][:] = 1
+    batch.update(render_weights(batch["semantic"], batch["instance"]))
     batch["heatmap"][:] = 0
     batch["heatmap"][0, 0, :16] = 1.0  # a centre the prediction (0) misses, in the top half
     assert segnet_loss(pred, batch).heatmap.item() == 0.5  # counted: half the pixels off by 1
-    batch["semantic"][0, :16] = 255  # the top half becomes ignore
+    batch["semantic"][0, :16] = 255  # the top half becomes ignore: centre weight 0 there
+    batch.update(render_weights(batch["semantic"], batch["instance"]))
     assert segnet_loss(pred, batch).heatmap.item() == 0.0  # not counted any more
 
 

@@ -19,7 +19,7 @@ from fastload.errors import CacheError
 from fastload.pipeline.opencv import OpencvBackend
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
 from fastload.procs import keep_freed_memory
-from fastload.targets import center_targets, semantic_weights
+from fastload.targets import center_targets, panoptic_weights, semantic_weights
 
 OUT = (32, 48)
 CFG = AugmentConfig.default().replace(targets=TargetsConfig(stride=2))
@@ -78,6 +78,7 @@ def reference_batch_row(arrays: dict, params, cfg: AugmentConfig, out_hw) -> dic
     """What one row of a batch must be: the reference kernels, then the definitions of normalisation and targets."""
     ref = augment_sample(arrays, params, cfg, out_hw=out_hw)
     heat, offset = center_targets(ref["instance"], cfg.targets.sigma, stride=cfg.targets.stride)
+    weights = panoptic_weights(ref["semantic"], ref["instance"], stride=cfg.targets.stride)
     return {
         "image": normalize_image(ref["image"], cfg.normalize.mean, cfg.normalize.std),
         "semantic": ref["semantic"].astype(np.int64),
@@ -85,6 +86,7 @@ def reference_batch_row(arrays: dict, params, cfg: AugmentConfig, out_hw) -> dic
         "heatmap": heat[None],
         "offset": offset,
         "semantic_weight": semantic_weights(ref["instance"]),
+        **dict(zip(("center_weight", "offset_weight"), (w[None] for w in weights), strict=True)),
     }
 
 
@@ -112,6 +114,8 @@ EXPECTED = {
     "heatmap": (torch.float32, (1, OUT[0] // 2, OUT[1] // 2)),
     "offset": (torch.float32, (2, OUT[0] // 2, OUT[1] // 2)),
     "semantic_weight": (torch.float32, OUT),
+    "center_weight": (torch.float32, (1, OUT[0] // 2, OUT[1] // 2)),
+    "offset_weight": (torch.float32, (1, OUT[0] // 2, OUT[1] // 2)),
     "index": (torch.int64, ()),
 }
 
@@ -288,6 +292,8 @@ def check_layout_sized(batch: dict, n: int, out_hw, stride: int) -> None:
         "heatmap": (1, *mhw),
         "offset": (2, *mhw),
         "semantic_weight": out_hw,
+        "center_weight": (1, *mhw),
+        "offset_weight": (1, *mhw),
     }
     assert tuple(batch) == BATCH_KEYS
     for key, shape in shapes.items():

@@ -22,7 +22,7 @@ from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import SampleMembers, decode_label, encode_label
 from fastload.errors import CacheError
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
-from fastload.targets import center_targets, semantic_weights
+from fastload.targets import center_targets, panoptic_weights, semantic_weights
 
 pytest.importorskip("nvidia.dali")
 
@@ -135,6 +135,8 @@ def expected_layout(stride: int = 1) -> dict:
         "heatmap": (torch.float32, (1, mh, mw)),
         "offset": (torch.float32, (2, mh, mw)),
         "semantic_weight": (torch.float32, OUT),
+        "center_weight": (torch.float32, (1, mh, mw)),
+        "offset_weight": (torch.float32, (1, mh, mw)),
         "index": (torch.int64, ()),
     }
 
@@ -181,6 +183,9 @@ def test_graph_matches_the_reference_kernels_sample_by_sample():
         assert np.array_equal(batch["heatmap"][j, 0].numpy(), heat)
         assert np.array_equal(batch["offset"][j].numpy(), offset)
         assert np.array_equal(batch["semantic_weight"][j].numpy(), semantic_weights(batch["instance"][j].numpy()))
+        center, offset_weight = panoptic_weights(batch["semantic"][j].numpy(), batch["instance"][j].numpy(), stride=2)
+        assert np.array_equal(batch["center_weight"][j, 0].numpy(), center)
+        assert np.array_equal(batch["offset_weight"][j, 0].numpy(), offset_weight)
 
 
 def test_identity_is_a_pure_copy_when_sizes_match():

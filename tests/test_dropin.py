@@ -8,6 +8,7 @@ backpropagates.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -178,6 +179,66 @@ def test_every_batch_key_can_be_asked_for(cache):
     with CpuLoader(cache, 6, size=(32, 32), device="cpu", num_workers=0, keys=BATCH_KEYS) as loader:
         (batch,) = list(loader)
     assert [t.shape[0] for t in batch] == [6] * len(BATCH_KEYS)
+
+
+# --- semantic-only training: no targets rendered -----------------------------------------------------------
+
+
+def _refuse_rendering(monkeypatch) -> None:
+    """Make every target kernel raise: a loader that calls one fails the test (the CPU engine renders in its
+    workers, which `make_loader` runs in-process, and the DALI engine in the main process: the patch reaches both)."""
+    import fastload.pipeline.batch as batch_module
+    import fastload.targets as targets_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a target kernel ran although no targets were asked for")
+
+    for module in (batch_module, targets_module):
+        for name in ("sample_targets", "panoptic_weights", "render_targets", "render_weights"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse)
+
+
+@pytest.mark.parametrize("kind", LOADER_KINDS)
+def test_targets_none_returns_no_target_keys_and_renders_nothing(kind, cache, monkeypatch):
+    from fastload.augment.config import AugmentConfig
+
+    with make_loader(kind, cache, batch_size=4, seed=3, augment="default") as plain:
+        dicts = list(plain)
+    _refuse_rendering(monkeypatch)
+    cfg = dataclasses.replace(AugmentConfig.default(), targets=None)
+    with make_loader(kind, cache, batch_size=4, seed=3, augment=cfg) as loader:
+        batches = list(loader)
+    assert [tuple(b) for b in batches] == [("image", "semantic", "instance", "index")] * 2
+    for got, want in zip(batches, dicts, strict=True):
+        for key in got:  # the same samples, augmented the same way: only the targets are missing
+            assert torch.equal(got[key], want[key]), key
+
+
+def test_targets_none_in_yaml(tmp_path):
+    from fastload.augment.config import AugmentConfig, load_augment
+
+    path = tmp_path / "semantic_only.yaml"
+    path.write_text("geometry:\n  flip_x: 0.5\ntargets: none\n")
+    cfg = AugmentConfig.from_yaml(path)
+    assert cfg.targets is None and cfg.map_stride == 1 and cfg.geometry.flip_x == 0.5
+    assert load_augment(str(path)) == cfg
+
+
+@pytest.mark.parametrize("kind", LOADER_KINDS)
+def test_keys_without_targets_render_none(kind, cache, monkeypatch):
+    _refuse_rendering(monkeypatch)
+    with make_loader(kind, cache, batch_size=4, keys=("image", "semantic")) as loader:
+        pairs = list(loader)
+    assert len(pairs) == 2 and all(len(pair) == 2 for pair in pairs)
+
+
+def test_keys_asking_for_targets_that_are_off_are_refused(cache):
+    from fastload.augment.config import AugmentConfig
+
+    cfg = dataclasses.replace(AugmentConfig.default(), targets=None)
+    with pytest.raises(ValueError, match=r"keys \['heatmap'\] are targets, but the augment config has `targets: none`"):
+        CpuLoader(cache, 4, augment=cfg, keys=("image", "heatmap"), num_threads=0)
 
 
 # --- classes, num_classes, dataset -------------------------------------------------------------------------

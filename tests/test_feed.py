@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from loader_kit import make_loader, make_synth_cache
 
+from fastload.pipeline.batch import target_layout
+
 pytest.importorskip("nvidia.dali")
 
 PER_SAMPLE = [
@@ -90,9 +92,9 @@ def test_the_feeds_python_per_batch_does_not_grow_with_the_batch(cache_path, mon
 
     import fastload.pipeline.dali.backend as backend
 
-    def no_targets(instance, targets, *, max_id):
-        n, h, w = instance.shape
-        return {"heatmap": torch.zeros(n, 1, h, w), "offset": torch.zeros(n, 2, h, w), "semantic_weight": torch.zeros(n, h, w)}
+    def no_targets(semantic, instance, targets, *, max_id):
+        layout = target_layout(tuple(instance.shape[1:]), targets, len(instance))
+        return {key: torch.zeros(shape) for key, shape in layout.items()}
 
     monkeypatch.setattr(backend, "render_batch_targets", no_targets)
     small, large = feed_calls_per_batch(cache_path, 4), feed_calls_per_batch(cache_path, 32)

@@ -32,6 +32,8 @@ def test_batch_keys_dtypes_shapes_and_device(kind, cache):
         "heatmap": (torch.float32, (4, 1, 32, 48)),
         "offset": (torch.float32, (4, 2, 32, 48)),
         "semantic_weight": (torch.float32, (4, 32, 48)),
+        "center_weight": (torch.float32, (4, 1, 32, 48)),
+        "offset_weight": (torch.float32, (4, 1, 32, 48)),
         "index": (torch.int64, (4,)),
     }
     for key, (dtype, shape) in expected.items():

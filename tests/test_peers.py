@@ -16,7 +16,7 @@ from fastload.augment.config import AugmentConfig
 from fastload.errors import ConfigError
 from fastload.pipeline.plan import BATCH_KEYS
 from fastload.samples import open_cache
-from fastload.targets import center_targets, center_targets_per_instance, semantic_weights
+from fastload.targets import center_targets, center_targets_per_instance, panoptic_weights, semantic_weights
 from fastload.tools.bench.peers import PEERS, make_peer
 
 pytest.importorskip("albumentations")
@@ -67,6 +67,9 @@ def test_peer_batch_contract_on_the_sample_photos(name, device, sample_cache):
         np.testing.assert_allclose(batch["heatmap"][k, 0].numpy(), heatmap, **tol)
         np.testing.assert_allclose(batch["offset"][k].numpy(), offset, **tol)
         np.testing.assert_array_equal(batch["semantic_weight"][k].numpy(), weight)
+        center, offset_weight = panoptic_weights(batch["semantic"][k].numpy(), ids, stride=t.stride)
+        np.testing.assert_array_equal(batch["center_weight"][k, 0].numpy(), center)
+        np.testing.assert_array_equal(batch["offset_weight"][k, 0].numpy(), offset_weight)
 
 
 def test_albumentations_peer_with_worker_processes_and_epochs(sample_cache):

@@ -158,13 +158,19 @@ class NormalizeConfig:
 class AugmentConfig:
     """Everything the loaders need to know: augmentation, normalisation and the targets rendered after them.
 
-    ``AugmentConfig()`` is no augmentation (with the default targets).
+    ``AugmentConfig()`` is no augmentation (with the default targets). ``targets=None`` (YAML ``targets: none``)
+    renders no targets at all: the batches hold the image and the masks only (semantic-only training).
     """
 
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    targets: TargetsConfig | None = field(default_factory=TargetsConfig)
+
+    @property
+    def map_stride(self) -> int:
+        """The targets' stride (what an output size must be divisible by); 1 without targets."""
+        return self.targets.stride if self.targets is not None else 1
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -199,6 +205,8 @@ class AugmentConfig:
     def from_yaml(cls, path: str | Path | Traversable) -> AugmentConfig:
         """Load a YAML file strictly: unknown keys, duplicate keys and out-of-range values are ConfigErrors."""
         data = load_yaml(path)
+        if isinstance(data, dict) and data.get("targets") == "none":  # `targets: none`: no targets rendered
+            data = {**data, "targets": None}
         try:
             return from_mapping(cls, data, where=str(path))
         except ConfigError as exc:

@@ -208,6 +208,13 @@ class CacheDataset(Sequence):
         """Bytes one `read_members` of sample ``i`` reads (from the index, no tar read)."""
         return int(self._ix.span[self._index(i), 1])
 
+    @property
+    def image_sizes(self) -> np.ndarray:
+        """int32 (N, 2): every sample's ``(H, W)``, from the index (a read-only view; no tar read)."""
+        view = self._ix.hw.view()
+        view.flags.writeable = False
+        return view
+
     def image_size(self, i: int) -> tuple[int, int]:
         """``(H, W)`` of sample ``i`` from the index (no tar read)."""
         i = self._index(i)

@@ -7,18 +7,19 @@ Both backends end here, so the batch contract (docs/design.md, "Loader") is prod
   processes, and the main process finishes them (on the GPU when the loader's device is CUDA; on the CPU it
   only normalises and widens them, `widen_batch`, the workers having rendered the targets).
 
-Heat and offset maps and the semantic loss weights are rendered here, after augmentation, from each batch's own
-``instance`` mask, by whichever of the definition's two kernels is faster where the batch is:
+The targets (`TARGET_KEYS`: heatmap, offsets, semantic weights, and Panoptic-DeepLab's centre and offset loss
+weights) are rendered here, after augmentation, from each batch's own masks, by whichever of the definition's two
+kernels is faster where the batch is:
 
-- on CUDA, `fastload.targets.render_targets`, the batched torch twin: integer scatter-adds, one gather, one
-  scatter-max, no Python loop over samples or instances and, given the largest instance id from the samples'
-  metadata, no host synchronisation;
-- on the CPU, `fastload.targets.center_targets` and `semantic_weights` per sample (`sample_targets`: both from one
-  pass, NumPy over runs of pixels:
-  1.5-6x faster there than the torch twin, which touches every pixel several times; see
-  benchmarks/test_bench_targets.py). The CPU loader's workers call `numpy_targets` themselves, in parallel.
+- on CUDA, `fastload.targets.render_targets` and `render_weights`, the batched torch twins: a fixed sequence of
+  torch ops whatever the batch, no Python loop over samples or instances and, given the largest instance id from
+  the samples' metadata, no host synchronisation;
+- on the CPU, `fastload.targets.sample_targets` and `panoptic_weights` per sample (NumPy over runs of pixels: the
+  faster kernel there at the usual output sizes; benchmarks/test_bench_targets.py). The CPU loader's workers call
+  `numpy_targets` themselves, in parallel.
 
-Both are bit-identical (tests/test_targets.py), so where a batch is finished never changes its values.
+Both are bit-identical (tests/test_targets.py), so where a batch is finished never changes its values. With
+``targets: none`` nothing is rendered and the batches hold the image and the masks only.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import map_hw
 from fastload.augment.reference import normalize_constants, normalize_image
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.targets import sample_targets
+from fastload.targets import panoptic_weights, sample_targets
 
 
 def normalize_batch(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -75,9 +76,25 @@ def widen_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.copy_(mask)
 
 
-def numpy_targets(instance: np.ndarray, targets: TargetsConfig) -> dict[str, np.ndarray]:
-    """One sample's targets from its augmented instance mask (H, W): ``heatmap`` float32 (1, H', W'),
-    ``offset`` float32 (2, H', W'), ``semantic_weight`` float32 (H, W) — the NumPy definition."""
+def target_layout(out_hw: tuple[int, int], targets: TargetsConfig | None, n: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each target of a batch of ``n`` samples of ``out_hw`` (all float32); {} without targets."""
+    if targets is None:
+        return {}
+    (h, w), (mh, mw) = out_hw, map_hw(out_hw, targets.stride)
+    return {
+        "heatmap": (n, 1, mh, mw),
+        "offset": (n, 2, mh, mw),
+        "semantic_weight": (n, h, w),
+        "center_weight": (n, 1, mh, mw),
+        "offset_weight": (n, 1, mh, mw),
+    }
+
+
+def numpy_targets(semantic: np.ndarray, instance: np.ndarray, targets: TargetsConfig | None) -> dict[str, np.ndarray]:
+    """One sample's targets from its augmented masks (H, W), as `target_layout` shapes them without the N: the
+    NumPy definition (`sample_targets`, `panoptic_weights`); {} without targets."""
+    if targets is None:
+        return {}
     heatmap, offset, weight = sample_targets(
         instance,
         sigma=targets.sigma,
@@ -85,17 +102,28 @@ def numpy_targets(instance: np.ndarray, targets: TargetsConfig) -> dict[str, np.
         small_instance_area=targets.small_instance_area,
         small_instance_weight=targets.small_instance_weight,
     )
-    return {"heatmap": heatmap[None], "offset": offset, "semantic_weight": weight}
+    center, offset_weight = panoptic_weights(semantic, instance, stride=targets.stride)
+    return {
+        "heatmap": heatmap[None],
+        "offset": offset,
+        "semantic_weight": weight,
+        "center_weight": center[None],
+        "offset_weight": offset_weight[None],
+    }
 
 
-def render_batch_targets(instance: torch.Tensor, targets: TargetsConfig, *, max_id: int | None) -> dict[str, torch.Tensor]:
-    """``heatmap`` (N, 1, H', W'), ``offset`` (N, 2, H', W'), ``semantic_weight`` (N, H, W), all float32, on the
-    instance mask's device (see the module docstring for which kernel runs where)."""
-    from fastload.targets import render_targets
+def render_batch_targets(
+    semantic: torch.Tensor, instance: torch.Tensor, targets: TargetsConfig | None, *, max_id: int | None
+) -> dict[str, torch.Tensor]:
+    """The batch's `TARGET_KEYS` (`target_layout`), all float32, on the masks' device (see the module docstring for
+    which kernel runs where); {} without targets."""
+    from fastload.targets import render_targets, render_weights
 
+    if targets is None:
+        return {}
     with nvtx_range("fastload/targets"):
         if instance.device.type == "cuda":
-            return render_targets(
+            out = render_targets(
                 instance,
                 sigma=targets.sigma,
                 stride=targets.stride,
@@ -103,16 +131,13 @@ def render_batch_targets(instance: torch.Tensor, targets: TargetsConfig, *, max_
                 small_instance_weight=targets.small_instance_weight,
                 max_id=max_id,
             )
-        (mh, mw), (n, h, w) = map_hw(tuple(instance.shape[1:]), targets.stride), tuple(instance.shape)
-        out = {
-            "heatmap": torch.empty((n, 1, mh, mw), dtype=torch.float32),
-            "offset": torch.empty((n, 2, mh, mw), dtype=torch.float32),
-            "semantic_weight": torch.empty((n, h, w), dtype=torch.float32),
-        }
-        masks = instance.numpy()
-        for k in range(n):
-            for key, value in numpy_targets(masks[k], targets).items():
-                out[key][k] = torch.from_numpy(value)
+            return {**out, **render_weights(semantic, instance, stride=targets.stride)}
+        layout = target_layout(tuple(instance.shape[1:]), targets, len(instance))
+        out = {key: _empty(shape, torch.float32, instance.device) for key, shape in layout.items()}
+        masks, labels = instance.numpy(), semantic.numpy()
+        for k in range(len(instance)):
+            for key, value in numpy_targets(labels[k], masks[k], targets).items():
+                out[key].numpy()[k] = value
         return out
 
 
@@ -138,7 +163,7 @@ def finish_batch(
             t.to(device, non_blocking=cuda) for t in (image, semantic, instance, index)
         )
         batch = widen_batch(image=image, semantic=semantic, instance=instance, cfg=cfg)
-    batch.update(render_batch_targets(batch["instance"], cfg.targets, max_id=max_id))
+    batch.update(render_batch_targets(batch["semantic"], batch["instance"], cfg.targets, max_id=max_id))
     batch["index"] = index
     return batch
 

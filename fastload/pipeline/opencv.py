@@ -46,9 +46,10 @@ from fastload.augment.params import map_hw
 from fastload.augment.reference import augment_sample
 from fastload.cache.reader import decode_members
 from fastload.errors import CacheError, FastloadError, add_note
-from fastload.pipeline.batch import finish_batch, numpy_targets, widen_batch
+from fastload.pipeline.batch import finish_batch, numpy_targets, target_layout, widen_batch
+from fastload.pipeline.native import check_native, pad_sample, padded_hw, valid_mask, zero_padding
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.pipeline.plan import BATCH_KEYS, BatchPlan, Passes
+from fastload.pipeline.plan import BatchPlan, Passes, batch_keys
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, Prefetcher, plans_for
 from fastload.pipeline.workers import mp_context
 from fastload.procs import keep_freed_memory
@@ -101,8 +102,8 @@ class _AugmentedBatches(Dataset):
     def __getitem__(self, item):  # pragma: no cover - torch calls __getitems__ with a batch sampler
         raise TypeError("_AugmentedBatches is indexed by whole batches (__getitems__)")
 
-    def _layout(self, n: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        (oh, ow), targets = self.out_hw, self.augment.targets
+    def _layout(self, n: int, out_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        oh, ow = out_hw
         compact = {
             "image": ((n, oh, ow, 3), torch.uint8),
             "semantic": ((n, oh, ow), torch.uint8),
@@ -110,13 +111,8 @@ class _AugmentedBatches(Dataset):
         }
         if not self.finish:
             return compact
-        mh, mw = map_hw(self.out_hw, targets.stride)
-        return {
-            **compact,
-            "heatmap": ((n, 1, mh, mw), torch.float32),
-            "offset": ((n, 2, mh, mw), torch.float32),
-            "semantic_weight": ((n, oh, ow), torch.float32),
-        }
+        targets = target_layout(out_hw, self.augment.targets, n)
+        return {**compact, **{key: (shape, torch.float32) for key, shape in targets.items()}}
 
     def __getitems__(self, work: _Work) -> dict[str, torch.Tensor]:
         if self._reads is None:
@@ -130,21 +126,29 @@ class _AugmentedBatches(Dataset):
         self._reads.forget_except(set(indices) | set(ahead))
         self._reads.want(indices, now=True)
         self._reads.want(ahead, now=False)
-        batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self._layout(len(indices)).items()}
+        cfg, max_id, native = self.augment, 0, self.out_hw is None
+        hws = np.array([self.cache.image_size(i) for i in indices], np.int64).reshape(len(indices), 2) if native else None
+        out_hw = padded_hw(hws, cfg.map_stride) if native else self.out_hw
+        batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self._layout(len(indices), out_hw).items()}
         rows = {key: tensor.numpy() for key, tensor in batch.items()}
-        cfg, max_id = self.augment, 0
-        for k, (index, params) in enumerate(zip(indices, work.plan.sample_params(cfg).samples(), strict=True)):
+        params = [None] * len(indices) if native else work.plan.sample_params(cfg).samples()
+        for k, (index, sample_params) in enumerate(zip(indices, params, strict=True)):
             sample = self._load(index)
             max_id = max(max_id, int(sample.pop("instances")))
             with nvtx_range("fastload/augment"):
-                augmented = augment_sample(sample, params, cfg, out_hw=self.out_hw)
+                if native:  # each sample at its own size: padded, nothing warped (fastload.pipeline.native)
+                    augmented = pad_sample(sample, out_hw)
+                else:
+                    augmented = augment_sample(sample, sample_params, cfg, out_hw=out_hw)
             if self.finish:
                 with nvtx_range("fastload/targets"):
-                    augmented.update(numpy_targets(augmented["instance"], cfg.targets))
+                    augmented.update(numpy_targets(augmented["semantic"], augmented["instance"], cfg.targets))
             for key, row in rows.items():
                 row[k] = augmented[key]
         batch["index"] = torch.as_tensor(indices, dtype=torch.int64).reshape(len(indices))
         batch["max_id"] = torch.tensor(max_id, dtype=torch.int64)
+        if native:
+            batch["hw"] = torch.from_numpy(hws)
         return batch
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -258,7 +262,8 @@ class OpencvBackend:
     Parameters
     ----------
     cache : the opened cache (``read_members``, ``image_size``, ``span_bytes``)
-    out_size : (H, W) output size, divisible by the targets' stride
+    out_size : (H, W) output size, divisible by the targets' stride; None: each sample at its own size, batches
+        padded (`fastload.pipeline.native`; the config may not augment)
     augment : the augmentation configuration (geometry, photometric, normalisation, targets)
     device : where batches are finished and delivered; for CUDA the compact batch is pinned and copied
     batch_size : the largest batch a plan holds (the DataLoader itself takes the plans as they come)
@@ -273,7 +278,7 @@ class OpencvBackend:
         self,
         *,
         cache: Sequence,
-        out_size: tuple[int, int],
+        out_size: tuple[int, int] | None,
         augment: AugmentConfig,
         device: torch.device,
         batch_size: int,
@@ -287,8 +292,12 @@ class OpencvBackend:
             raise ValueError(f"num_workers must be 0 (in-process) or a positive integer, got {num_workers!r}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be a positive integer, got {prefetch!r}")
-        out_hw = (int(out_size[0]), int(out_size[1]))
-        map_hw(out_hw, augment.targets.stride)  # ConfigError unless divisible
+        if out_size is None:
+            check_native(augment, loader="OpencvBackend")
+            out_hw = None
+        else:
+            out_hw = (int(out_size[0]), int(out_size[1]))
+            map_hw(out_hw, augment.map_stride)  # ConfigError unless divisible
         self.augment = augment
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
@@ -323,10 +332,11 @@ class OpencvBackend:
         )
 
     def iterate(self, batches: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield one batch dict (keys `BATCH_KEYS`, on ``device``) per plan, in plan order."""
+        """Yield one batch dict (keys `batch_keys(augment)`, on ``device``) per plan, in plan order."""
         if self._loader is None:
             raise RuntimeError("OpencvBackend.iterate() after close(); make a new backend")
-        token = self._passes.start()
+        native = self._dataset.out_hw is None
+        token, keys = self._passes.start(), batch_keys(self.augment, native=native)
         self._feed.source = iter(batches)
         # with persistent workers this resets the one iterator: batches of an abandoned pass still in flight
         # are drained and dropped
@@ -352,6 +362,7 @@ class OpencvBackend:
             first = False
             if raw is None:
                 return
+            hws = raw.get("hw")  # native size: each sample's own (H, W)
             if self._dataset.finish:  # targets rendered by the workers: normalise and widen here
                 raw.update(widen_batch(image=raw["image"], semantic=raw["semantic"], instance=raw["instance"], cfg=self.augment))
             else:  # compact uint8 batch: finish it on the device
@@ -364,7 +375,10 @@ class OpencvBackend:
                     device=self.device,
                     max_id=int(raw["max_id"]),
                 )
-            yield {key: raw[key] for key in BATCH_KEYS}
+            if native:  # the padding: 0 in the normalised image, and `valid` (fastload.pipeline.native)
+                raw["valid"] = valid_mask(hws.to(self.device), tuple(raw["image"].shape[-2:]))
+                zero_padding(raw["image"], raw["valid"])
+            yield {key: raw[key] for key in keys}
         # a newer iterate() (or close()) took the workers: this pass cannot go on without stealing its batches
         self._passes.check(token)
 

@@ -47,8 +47,19 @@ class BatchPlan:
         return draw_batch(self.seed, self.epoch, self.indices, cfg)
 
 
-BATCH_KEYS = ("image", "semantic", "instance", "heatmap", "offset", "semantic_weight", "index")
-"""Every batch dict has exactly these keys (dtypes and shapes: docs/design.md, Loader)."""
+TARGET_KEYS = ("heatmap", "offset", "semantic_weight", "center_weight", "offset_weight")
+"""The keys rendered after augmentation (`fastload.pipeline.batch`); none of them with ``targets: none``."""
+BATCH_KEYS = ("image", "semantic", "instance", *TARGET_KEYS, "index")
+"""Every batch dict has exactly these keys, in this order (dtypes and shapes: docs/design.md, Loader)."""
+NATIVE_KEYS = ("valid",)
+"""Added (before ``index``) at each sample's own size, ``size=None`` (`fastload.pipeline.native`)."""
+
+
+def batch_keys(cfg: AugmentConfig, *, native: bool = False) -> tuple[str, ...]:
+    """The keys of the batches made under ``cfg``: `BATCH_KEYS`, without `TARGET_KEYS` when it has no targets,
+    with `NATIVE_KEYS` before ``index`` at native size."""
+    keys = BATCH_KEYS if cfg.targets is not None else tuple(k for k in BATCH_KEYS if k not in TARGET_KEYS)
+    return (*keys[:-1], *NATIVE_KEYS, keys[-1]) if native else keys
 
 
 class Backend(Protocol):

@@ -31,11 +31,12 @@ from fastload.targets.definition import (
     center_targets,
     check_target_params,
     instance_centres,
+    panoptic_weights,
     sample_targets,
     semantic_weights,
 )
 from fastload.targets.reference import center_targets_per_instance
-from fastload.targets.twin import render_targets
+from fastload.targets.twin import render_targets, render_weights
 
 __all__ = [
     "check_target_params",
@@ -43,7 +44,9 @@ __all__ = [
     "center_targets",
     "center_targets_per_instance",
     "instance_centres",
+    "panoptic_weights",
     "render_targets",
+    "render_weights",
     "sample_targets",
     "semantic_weights",
 ]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastload.errors import ConfigError
+from fastload.labels import IGNORE
 from fastload.validation import MAX_SIGMA, MAX_STRIDE, short_repr
 
 if TYPE_CHECKING:
@@ -99,6 +100,23 @@ def sample_targets(
     stats = _instance_stats(runs, mask.shape[1])
     heatmap, offset = _center_targets(mask, runs, stats, sigma, stride)
     return heatmap, offset, _semantic_weights(mask, runs, stats, area, weight)
+
+
+def panoptic_weights(semantic_mask: np.ndarray, instance_mask: np.ndarray, *, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Panoptic-DeepLab's centre and offset loss weights of one sample, at the maps' resolution.
+
+    Returns ``center_weight`` float32 (H', W'): 0 where the semantic mask is `IGNORE` (crowd regions, void /
+    unlabelled pixels, outside the image after a warp), else 1; and ``offset_weight`` float32 (H', W'): 1 on
+    thing pixels (instance id > 0), else 0 — detectron2's ``PanopticDeepLabTargetGenerator`` weights with
+    ``ignore_stuff_in_offset=True``, sampled on the maps' grid as the offsets are (``stride``).
+    """
+    semantic, instance = np.asarray(semantic_mask), _check_mask(instance_mask)
+    if semantic.shape != instance.shape:
+        raise ValueError(f"semantic mask {semantic.shape} and instance mask {instance.shape} differ in shape")
+    _, stride = check_target_params(1.0, stride)
+    if stride > 1:
+        semantic, instance = _subsample(semantic, stride), _subsample(instance, stride)
+    return (semantic != IGNORE).astype(np.float32), (instance > 0).astype(np.float32)
 
 
 def _center_targets(mask: np.ndarray, runs: _Runs, stats: _Stats, sigma: float, stride: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastload.errors import ConfigError
+from fastload.labels import IGNORE
 from fastload.targets.definition import check_target_params, check_weight_params, gaussian_window
 
 if TYPE_CHECKING:
@@ -107,6 +108,21 @@ def render_targets(
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def render_weights(semantic: torch.Tensor, instance: torch.Tensor, *, stride: int = 1) -> dict[str, torch.Tensor]:
+    """The batched twin of `fastload.targets.panoptic_weights`: ``center_weight`` and ``offset_weight`` float32
+    (N, 1, H', W') on the masks' device, from semantic and instance masks (N, H, W); two comparisons, no sync."""
+    import torch
+
+    if semantic.shape != instance.shape or semantic.ndim != 3:
+        raise ValueError(f"semantic {tuple(semantic.shape)} and instance {tuple(instance.shape)} must be the same (N, H, W)")
+    _, stride = check_target_params(1.0, stride)
+    semantic, instance = _subsample_batch(semantic, stride), _subsample_batch(instance, stride)
+    return {
+        "center_weight": (semantic != IGNORE).to(torch.float32).unsqueeze(1),
+        "offset_weight": (instance > 0).to(torch.float32).unsqueeze(1),
+    }
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from fastload.pipeline.dali.feed import FeedJob, InputFeed
 from fastload.pipeline.dali.graph import build_pipeline, dali_modules, shutdown_pipeline
 from fastload.pipeline.dali.nvcomp import nvcomp_available, nvcomp_missing
 from fastload.pipeline.dali.spec import OUTPUTS, GraphSpec
+from fastload.pipeline.native import valid_mask
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.pipeline.plan import BATCH_KEYS, BatchPlan, Passes
+from fastload.pipeline.plan import BatchPlan, Passes, batch_keys
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES
 from fastload.pipeline.workers import WorkerPool
 
@@ -45,7 +46,8 @@ class DaliBackend:
     ----------
     cache : an opened cache (``fastload.open_cache``): ``read_members``, ``image_size``, ``span_bytes``; picklable
         (it travels to the feed workers)
-    out_size : (H, W) of the outputs; divisible by the targets' stride
+    out_size : (H, W) of the outputs; divisible by the targets' stride; None: each sample at its own size, batches
+        padded (`fastload.pipeline.native`; the config may not augment)
     augment : the AugmentConfig the plans' parameters come from (it decides which ops the graph holds, the
         normalisation and the targets)
     device : "cuda:N": decode and augment on that GPU, tensors on it; "cpu": DALI on the CPU, CPU tensors
@@ -56,7 +58,7 @@ class DaliBackend:
     io_threads : reads in flight at most, per feed worker (`fastload.pipeline.prefetch`)
     max_read_bytes : bytes read ahead and not yet used, at most, per feed worker (one batch may exceed it)
 
-    `iterate` yields dicts with `BATCH_KEYS` (dtypes and shapes: docs/design.md, "Loader"); ``index`` comes
+    `iterate` yields dicts with `batch_keys(augment)` (dtypes and shapes: docs/design.md, "Loader"); ``index`` comes
     from the plan. On "cuda" every tensor is on the GPU, ready on torch's current stream (no host sync).
     """
 
@@ -64,7 +66,7 @@ class DaliBackend:
         self,
         *,
         cache: Any,
-        out_size: Sequence[int],
+        out_size: Sequence[int] | None,
         augment: AugmentConfig,
         device: torch.device | str,
         batch_size: int,
@@ -103,6 +105,7 @@ class DaliBackend:
         self.cache = cache
         self.augment = augment
         self.spec = GraphSpec.create(out_size=out_size, augment=augment, device="gpu" if device.type == "cuda" else "cpu")
+        self.native = self.spec.out_size is None  # each sample at its own size (fastload.pipeline.native)
         self.device = device
         self.batch_size = int(batch_size)
         self.num_threads = int(num_threads)
@@ -191,9 +194,11 @@ class DaliBackend:
                 "instance": widen_mask(instance[..., 0], torch.int32),
             }
         pipe.release_outputs()
-        batch.update(render_batch_targets(batch["instance"], self.augment.targets, max_id=info["max_id"]))
-        batch["index"] = self._index(plan)
-        return {key: batch[key] for key in BATCH_KEYS}
+        batch.update(render_batch_targets(batch["semantic"], batch["instance"], self.augment.targets, max_id=info["max_id"]))
+        if self.native:  # the graph padded the image with 0 already
+            batch["valid"] = valid_mask(self._to_device(info["hw"]), tuple(batch["semantic"].shape[1:]))
+        batch["index"] = self._to_device(np.asarray(plan.indices, dtype=np.int64))
+        return {key: batch[key] for key in batch_keys(self.augment, native=self.native)}
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def _ready_pool(self) -> WorkerPool:
@@ -266,21 +271,23 @@ class DaliBackend:
         feed_ndarray(dense, tensor, cuda_stream=stream)  # asynchronous, on torch's current stream
         return tensor
 
-    def _index(self, plan: BatchPlan) -> torch.Tensor:
-        index = torch.as_tensor(np.asarray(plan.indices, dtype=np.int64))
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A small host array (the batch's indices, sizes) as a tensor on the device, without a host sync."""
+        tensor = torch.as_tensor(array)
         if self.device.type == "cpu":
-            return index
+            return tensor
         # from pinned memory the copy is asynchronous on the current stream (from pageable memory it would sync)
-        return index.pin_memory().to(self.device, non_blocking=True)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _empty_batch(self) -> dict[str, torch.Tensor]:
         """A batch with N = 0 (a short last step of a distributed epoch), made without running DALI."""
-        h, w = self.spec.out_size
+        h, w = self.spec.out_size or (0, 0)
         batch = {
             "image": torch.empty((0, 3, h, w), dtype=torch.float32, device=self.device),
             "semantic": torch.empty((0, h, w), dtype=torch.int64, device=self.device),
             "instance": torch.empty((0, h, w), dtype=torch.int32, device=self.device),
         }
-        batch.update(render_batch_targets(batch["instance"], self.augment.targets, max_id=0))
+        batch.update(render_batch_targets(batch["semantic"], batch["instance"], self.augment.targets, max_id=0))
+        batch["valid"] = torch.empty((0, h, w), dtype=torch.bool, device=self.device)
         batch["index"] = torch.empty((0,), dtype=torch.int64, device=self.device)
-        return {key: batch[key] for key in BATCH_KEYS}
+        return {key: batch[key] for key in batch_keys(self.augment, native=self.native)}

@@ -48,8 +48,8 @@ class FeedJob:
     """One feed worker's work: a batch plan → the graph's input columns (`fastload.pipeline.workers.Job`).
 
     The info it returns with each batch: ``max_id`` (the largest instance count of the batch's samples, checked
-    against what an instance mask can hold: the target renderer's ``max_id``) and ``names`` (``shard:key`` of each
-    sample, for error messages about the batch).
+    against what an instance mask can hold: the target renderer's ``max_id``), ``names`` (``shard:key`` of each
+    sample, for error messages about the batch) and, at native size, ``hw`` (int32 (N, 2): each sample's size).
     """
 
     cache: Any
@@ -83,7 +83,6 @@ class FeedJob:
         self._reads.forget_except(set(indices) | set(later))
         self._reads.want(indices, now=True)
         self._reads.want(later, now=False)
-        params = plan.sample_params(self.augment)
         samples = [self._checked(i) for i in indices]
         hws = np.array([self.cache.image_size(i) for i in indices], np.int32).reshape(len(indices), 2)
         image, image_len = padded_bytes([m.image for m, _ in samples])
@@ -98,8 +97,11 @@ class FeedJob:
             except SampleError as exc:
                 k = exc.position
                 raise CacheError(f"{_name(samples[k][0], indices[k])}: {exc}; {_FIX}") from None
-        columns.update(param_columns(params, hws, self.spec))
         info = {"max_id": max(counts, default=0), "names": [_name(m, i) for (m, _), i in zip(samples, indices, strict=True)]}
+        if self.spec.out_size is None:  # native size: no parameters, the sizes to cut the masks to
+            columns["image_hw"] = info["hw"] = hws
+        else:
+            columns.update(param_columns(plan.sample_params(self.augment), hws, self.spec))
         return {name: columns[name] for name in self.spec.inputs}, info
 
     def _checked(self, index: int) -> tuple[SampleMembers, tuple]:

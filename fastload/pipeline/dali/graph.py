@@ -14,8 +14,10 @@ output        ops
 ``image``     slice the padded bytes → decode RGB → warp_affine (linear, fill 0, uint8) → hsv →
               brightness_contrast → shadow band and texture noise (float32) → uint8 → crop_mirror_normalize →
               CHW float32. Photometric ops the config never enables are left out: ``none`` is warp + normalise.
+              At native size (``out_size`` None): decode → normalise → pad (fill 0) to the batch's largest.
 ``semantic``  uint8 → warp_affine (nearest, fill 255) → uint8 (H, W, 1)
 ``instance``  the uint16 member read as int16 (ids <= 32767) → warp_affine (nearest, fill 0) → int16 (H, W, 1)
+              At native size the masks are cut to the sample's (H, W) and padded (255 / 0) instead of warped.
 ============  ===========================================================================================
 
 Widening the masks to the contract's int64 / int32 and the targets happen after the graph, on whole batches
@@ -102,6 +104,16 @@ class _Ops:
             interp_type=self.types.INTERP_NN if nearest else self.types.INTERP_LINEAR,
         )
 
+    def normalize(self, image, spec: GraphSpec):
+        """uint8 HWC → (image / 255 - mean) / std, CHW float32."""
+        return self.fn.crop_mirror_normalize(
+            image,
+            dtype=self.types.FLOAT,
+            output_layout="CHW",
+            mean=[255.0 * m for m in spec.mean],
+            std=[255.0 * s for s in spec.std],
+        )
+
     def cast(self, data, dtype):
         return self.fn.cast(data, dtype=dtype)
 
@@ -116,22 +128,35 @@ def define_graph(inputs: Mapping[str, Any], spec: GraphSpec) -> dict[str, Any]:
     """
     ops = _Ops(spec.device)
     types = ops.types
-    affine = inputs["image_affine"]
-
     image = ops.decode_image(ops.unpad(inputs["image"], inputs["image_len"]))
+    if spec.out_size is None:
+        return _native_graph(ops, image, inputs, spec)
+    affine = inputs["image_affine"]
     image = ops.warp(image, affine, spec.out_size, nearest=False, fill=0)
     if spec.photometric.any:
         image = _photometric(ops, image, inputs, spec)
-    image = ops.fn.crop_mirror_normalize(
-        image,
-        dtype=types.FLOAT,
-        output_layout="CHW",
-        mean=[255.0 * m for m in spec.mean],
-        std=[255.0 * s for s in spec.std],
-    )
+    image = ops.normalize(image, spec)
     semantic = ops.warp(ops.label(inputs, "sem", types.UINT8), affine, spec.out_size, nearest=True, fill=SEMANTIC_FILL)
     instance = ops.warp(ops.label(inputs, "ins", types.INT16), affine, spec.out_size, nearest=True, fill=INSTANCE_FILL)
     return {"image": image, "semantic": semantic, "instance": instance}
+
+
+def _native_graph(ops: _Ops, image, inputs: Mapping[str, Any], spec: GraphSpec) -> dict[str, Any]:
+    """Each sample at its own size (`fastload.pipeline.native`): normalised, and with its masks (cut to its
+    ``image_hw``: the labels arrive padded) padded to the batch's largest, each side a multiple of ``spec.align``,
+    with 0 / 255 / 0."""
+    image = ops.normalize(image, spec)
+    hw, align = inputs["image_hw"], [spec.align, spec.align]
+
+    def padded(mask, fill: int):
+        mask = ops.fn.slice(mask, start=[0, 0], shape=hw, axes=[0, 1])
+        return ops.fn.pad(mask, axes=(0, 1), fill_value=fill, align=align)
+
+    return {
+        "image": ops.fn.pad(image, axes=(1, 2), fill_value=0.0, align=align),
+        "semantic": padded(ops.label(inputs, "sem", ops.types.UINT8), SEMANTIC_FILL),
+        "instance": padded(ops.label(inputs, "ins", ops.types.INT16), INSTANCE_FILL),
+    }
 
 
 def _photometric(ops: _Ops, image, inputs: Mapping[str, Any], spec: GraphSpec):

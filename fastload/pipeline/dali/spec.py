@@ -18,6 +18,8 @@ input              dtype, shape                  content
 ``ins_chunks``                                   padded to the batch's most bands
 ``sem_dims``,      int32 (N, 6)                  "gpu": bands, rows per band, width (a band's shape), padded
 ``ins_dims``                                     height, width, 1 (the inflated array's shape)
+``image_hw``       int32 (N, 2)                  native size (``out_size`` None) only, instead of the parameters:
+                                                 each sample's stored (H, W), to which its masks are cut
 ``image_affine``   float32 (N, 2, 3)             forward affine, source image -> output (``inverse_map=False``)
 ``scalars``        float32 (N, len(SCALARS))     photometric values in the order of `SCALARS`
 ``noise_anchor``   int32 (N, 2)                  (row, column) of the sample's window in the noise texture
@@ -35,11 +37,13 @@ import torch
 
 from fastload.augment.config import AugmentConfig, PhotometricConfig, RandomRange
 from fastload.augment.params import ParamsBatch, ShadowBand, map_hw
+from fastload.pipeline.native import check_native
 
 IMAGE_INPUTS = ("image", "image_len")
 CPU_LABEL_INPUTS = ("sem", "ins")
 GPU_LABEL_INPUTS = ("labels", "sem_chunks", "sem_dims", "ins_chunks", "ins_dims")
 PARAM_INPUTS = ("image_affine", "scalars", "noise_anchor")
+NATIVE_INPUTS = ("image_hw",)
 
 SCALARS = (
     "hue",
@@ -113,40 +117,49 @@ class PhotometricOps:
 class GraphSpec:
     """What the graph is built from; fixed for a pipeline's lifetime.
 
-    out_size     : (H, W) of image, semantic and instance
+    out_size     : (H, W) of image, semantic and instance; None: each sample at its own size, the batch padded to
+                   its largest, each side a multiple of ``align`` (`fastload.pipeline.native`)
     device       : "cpu" | "gpu": where the graph runs, and so where the labels are decoded
     fit          : "contain" | "cover" (AugmentConfig.geometry.fit)
     photometric  : which photometric ops the graph holds
     mean, std    : normalisation per RGB channel, 0..1 scale
+    align        : native size: what the padded height and width are multiples of (the targets' stride)
     """
 
-    out_size: tuple[int, int]
+    out_size: tuple[int, int] | None
     device: Literal["cpu", "gpu"] = "cpu"
     fit: str = "contain"
     photometric: PhotometricOps = PhotometricOps()
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    align: int = 1
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
 
     @classmethod
-    def create(cls, *, out_size: Sequence[int], augment: AugmentConfig, device: Literal["cpu", "gpu"]) -> GraphSpec:
-        """The spec for an output size, the augmentation config and a device."""
-        map_hw(tuple(out_size), augment.targets.stride)  # ConfigError unless the size is divisible by the stride
+    def create(cls, *, out_size: Sequence[int] | None, augment: AugmentConfig, device: Literal["cpu", "gpu"]) -> GraphSpec:
+        """The spec for an output size (None: native), the augmentation config and a device."""
+        if out_size is None:
+            check_native(augment, loader="DaliBackend")
+        else:
+            map_hw(tuple(out_size), augment.map_stride)  # ConfigError unless the size is divisible by the stride
         return cls(
-            out_size=(int(out_size[0]), int(out_size[1])),
+            out_size=None if out_size is None else (int(out_size[0]), int(out_size[1])),
             device=device,
             fit=augment.geometry.fit,
             photometric=PhotometricOps.from_config(augment.photometric),
             mean=tuple(float(m) for m in augment.normalize.mean),
             std=tuple(float(s) for s in augment.normalize.std),
+            align=augment.map_stride,
         )
 
     @property
     def inputs(self) -> tuple[str, ...]:
         """The external source's outputs, in order (table in the module docstring)."""
         labels = GPU_LABEL_INPUTS if self.device == "gpu" else CPU_LABEL_INPUTS
+        if self.out_size is None:
+            return IMAGE_INPUTS + labels + NATIVE_INPUTS
         params = PARAM_INPUTS if self.photometric.noise else PARAM_INPUTS[:-1]
         return IMAGE_INPUTS + labels + (params if self.photometric.any else params[:1])

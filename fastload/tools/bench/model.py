@@ -104,24 +104,15 @@ def _to_map_size(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
 
-def _instance_at_map(instance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Sample an (N, H, W) instance mask at the target maps' pixels (design.md, Stride: u·s + s//2)."""
-    h, w = instance.shape[-2:]
-    if (h, w) == tuple(size):
-        return instance
-    s = h // size[0]
-    return instance[:, s // 2 :: s, s // 2 :: s][:, : size[0], : size[1]]
-
-
 def segnet_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> LossParts:
     """Panoptic-DeepLab style loss, with the batch's own weights and masks.
 
     semantic : cross-entropy over (N, num_classes, H, W) logits (num_classes = K + 1 = ``loader.num_classes``)
                vs int64 (N, H, W) targets, 255 ignored, each pixel weighted by ``batch["semantic_weight"]``
                (small instances count 3x) when the batch has it
-    heatmap  : MSE vs float32 (N, 1, H', W') where ``semantic != 255`` (crowd and outside-image pixels hold no
-               centre the model could be asked for)
-    offset   : L1 vs float32 (N, 2, H', W'), averaged over pixels that belong to an instance (instance > 0)
+    heatmap  : MSE vs float32 (N, 1, H', W'), weighted by ``batch["center_weight"]`` (0 where ``semantic == 255``:
+               crowd and outside-image pixels hold no centre the model could be asked for)
+    offset   : L1 vs float32 (N, 2, H', W'), weighted by ``batch["offset_weight"]`` (1 on thing pixels)
 
     Each term is a sum over its pixels divided by their count (at least 1), so an empty batch (N = 0: a rank's
     share of a short last step with ``drop_last=False``) or a fully ignored one gives 0, not 0/0 = NaN, still
@@ -142,13 +133,11 @@ def segnet_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -
     sem = ce.sum() / valid.sum().clamp_min(1)
 
     map_size = tuple(batch["heatmap"].shape[-2:])
-    centre_mask = (_instance_at_map(target, map_size) != IGNORE).unsqueeze(1).to(torch.float32)
+    centre_mask = batch["center_weight"]  # (N, 1, H', W')
     squared = (_to_map_size(pred["heatmap"].float(), map_size) - batch["heatmap"]).square() * centre_mask
     heat = squared.sum() / centre_mask.sum().clamp_min(1.0)
 
-    mask = (
-        (_instance_at_map(batch["instance"], map_size) > 0).unsqueeze(1).to(torch.float32)
-    )  # (N, 1, H', W')
+    mask = batch["offset_weight"]  # (N, 1, H', W')
     l1 = (_to_map_size(pred["offset"].float(), map_size) - batch["offset"]).abs() * mask
     off = l1.sum() / (2.0 * mask.sum()).clamp_min(1.0)
 

@@ -53,12 +53,15 @@ def make_peer(
     # the loaders' own argument rules: a peer takes the same arguments the same way
     from fastload.dataloader_args import augment_argument, cache_argument, size_argument
     from fastload.pipeline.devices import resolve_device
+    from fastload.pipeline.plan import batch_keys
     from fastload.tools.bench.peers.common import CacheSamples, PeerLoader
 
     if name not in PEERS:
         raise ValueError(f"unknown peer loader {name!r}; choose from {', '.join(PEERS)}")
     cfg = augment_argument(augment)
-    size = size_argument(size, stride=cfg.targets.stride)
+    size = size_argument(size, stride=cfg.map_stride)
+    if size is None:
+        raise ValueError(f"{name}: the peers resize to a fixed size; size=None (native size) is fastload's evaluation mode")
     device = resolve_device(device)
     if name == "kornia":
         from fastload.tools.bench.peers.kornia_peer import kornia_parts
@@ -79,5 +82,6 @@ def make_peer(
         device=device,
         prefetch=prefetch,
         finish=parts.finish,
+        keys=batch_keys(cfg),
         worker_init=parts.worker_init,
     )

@@ -48,7 +48,8 @@ from fastload.augment.reference import normalize_image
 from fastload.errors import ConfigError
 from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 from fastload.pipeline.batch import normalize_batch, numpy_targets
-from fastload.targets import center_targets_per_instance, semantic_weights
+from fastload.pipeline.plan import TARGET_KEYS
+from fastload.targets import center_targets_per_instance, panoptic_weights, semantic_weights
 from fastload.tools.bench.peers.common import PeerParts, any_gate, require, widen_labels
 
 
@@ -102,13 +103,22 @@ def build_compose(cfg: AugmentConfig, *, seed: int | None = None) -> Any:
     return A.Compose(ops, seed=seed)
 
 
-def loop_targets(instance: np.ndarray, targets: TargetsConfig) -> dict[str, np.ndarray]:
+def loop_targets(semantic: np.ndarray, instance: np.ndarray, targets: TargetsConfig | None) -> dict[str, np.ndarray]:
     """`fastload.pipeline.batch.numpy_targets` with Panoptic-DeepLab's per-instance loop for heat and offsets."""
+    if targets is None:
+        return {}
     heatmap, offset = center_targets_per_instance(instance, sigma=int(targets.sigma))
     weight = semantic_weights(
         instance, small_instance_area=targets.small_instance_area, small_instance_weight=targets.small_instance_weight
     )
-    return {"heatmap": heatmap[None], "offset": offset, "semantic_weight": weight}
+    center, offset_weight = panoptic_weights(semantic, instance)
+    return {
+        "heatmap": heatmap[None],
+        "offset": offset,
+        "semantic_weight": weight,
+        "center_weight": center[None],
+        "offset_weight": offset_weight[None],
+    }
 
 
 class AlbumentationsTransform:
@@ -126,7 +136,7 @@ class AlbumentationsTransform:
         out = self.compose(image=sample["image"], mask=masks)
         image, masks = out["image"], out["mask"]
         semantic, instance = masks[..., 0].astype(np.uint8), masks[..., 1].view(np.int16)  # ids <= 32767
-        targets = (loop_targets if self.loop else numpy_targets)(instance, self.cfg.targets)
+        targets = (loop_targets if self.loop else numpy_targets)(semantic, instance, self.cfg.targets)
         if self.normalize:
             image = normalize_image(image, self.cfg.normalize.mean, self.cfg.normalize.std)
         return {
@@ -150,10 +160,11 @@ def _worker_init(_worker_id: int) -> None:
 def albumentations_parts(augment: AugmentConfig, *, device: torch.device, seed: int, loop: bool) -> PeerParts:
     """The Albumentations peer (``loop``: Panoptic-DeepLab's per-instance target loop): `AlbumentationsTransform`
     in the workers (normalising there on a CPU loader), the labels widened and the image normalised on ``device``."""
-    if loop and (augment.targets.stride != 1 or augment.targets.sigma != int(augment.targets.sigma)):
+    t = augment.targets
+    if loop and t is not None and (t.stride != 1 or t.sigma != int(t.sigma)):
         raise ConfigError(
             "albumentations-loop: Panoptic-DeepLab's per-instance loop renders stride 1 with an integer sigma; "
-            f"the config has stride {augment.targets.stride}, sigma {augment.targets.sigma}"
+            f"the config has stride {t.stride}, sigma {t.sigma}"
         )
     transform = AlbumentationsTransform(augment, loop=loop, normalize=torch.device(device).type == "cpu")
     transform.reseed(seed)
@@ -164,8 +175,9 @@ def albumentations_parts(augment: AugmentConfig, *, device: torch.device, seed: 
         batch = widen_labels(raw, dev)
         image = raw["image"].to(dev, non_blocking=cuda)
         batch["image"] = image if image.dtype == torch.float32 else normalize_batch(image, norm.mean, norm.std)
-        for key in ("heatmap", "offset", "semantic_weight"):
-            batch[key] = raw[key].to(dev, non_blocking=cuda)
+        for key in TARGET_KEYS:
+            if key in raw:  # none with `targets: none`
+                batch[key] = raw[key].to(dev, non_blocking=cuda)
         return batch
 
     return PeerParts(transform, finish, _worker_init)

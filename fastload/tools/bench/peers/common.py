@@ -9,7 +9,7 @@ augmentation libraries and nothing else. What differs per peer is only how a sam
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,7 @@ class PeerParts:
 
 class PeerLoader:
     """A torch DataLoader over `CacheSamples` with the surface the bench uses (and fastload's loaders have):
-    ``__iter__`` (one epoch of batch dicts with exactly `BATCH_KEYS`), ``__len__``, ``set_epoch``, ``device``,
+    ``__iter__`` (one epoch of batch dicts with exactly ``keys``: `BATCH_KEYS`, or `batch_keys(cfg)`), ``__len__``, ``set_epoch``, ``device``,
     ``close``.
 
     Workers are persistent and start with ``forkserver`` (as CpuLoader's: the bench runs DALI in the same
@@ -164,6 +164,7 @@ class PeerLoader:
         device: torch.device,
         prefetch: int,
         finish: Callable[[dict[str, torch.Tensor], torch.device], dict[str, torch.Tensor]],
+        keys: Sequence[str] = BATCH_KEYS,
         worker_init: Callable[[int], None] = _one_opencv_thread,
     ) -> None:
         batch_size = check_int("batch_size", batch_size, 1, validation.MAX_BATCH_SIZE, error=ValueError)
@@ -174,6 +175,7 @@ class PeerLoader:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self._finish = finish
+        self._keys = tuple(keys)
         self._sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle)
         workers = num_workers > 0
         self._loader: DataLoader | None = DataLoader(
@@ -200,7 +202,7 @@ class PeerLoader:
             raise RuntimeError("iterating a closed peer loader; make a new one")
         for raw in self._loader:
             batch = self._finish(raw, self.device)
-            yield {key: batch[key] for key in BATCH_KEYS}
+            yield {key: batch[key] for key in self._keys}
         self._sampler.epoch += 1  # a completed pass moves on, as fastload's loaders do
 
     def close(self) -> None:

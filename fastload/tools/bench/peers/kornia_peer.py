@@ -40,7 +40,7 @@ import torch
 
 from fastload.augment.config import AugmentConfig
 from fastload.labels import SEMANTIC_FILL
-from fastload.targets import render_targets
+from fastload.targets import render_targets, render_weights
 from fastload.tools.bench.peers.common import PeerParts, any_gate, require
 
 
@@ -115,15 +115,17 @@ class KorniaFinish:
         semantic = semantic[:, 0].round_().to(torch.int64).sub_(1)
         semantic[semantic < 0] = SEMANTIC_FILL  # Kornia's zero padding: outside the image
         instance = instance[:, 0].round_().to(torch.int32)
-        t = self.cfg.targets
-        targets = render_targets(
-            instance,
-            sigma=t.sigma,
-            stride=t.stride,
-            small_instance_area=t.small_instance_area,
-            small_instance_weight=t.small_instance_weight,
-            max_id=int(raw["max_id"].max()) if raw["max_id"].numel() else 0,
-        )
+        targets, t = {}, self.cfg.targets
+        if t is not None:
+            targets = render_targets(
+                instance,
+                sigma=t.sigma,
+                stride=t.stride,
+                small_instance_area=t.small_instance_area,
+                small_instance_weight=t.small_instance_weight,
+                max_id=int(raw["max_id"].max()) if raw["max_id"].numel() else 0,
+            )
+            targets.update(render_weights(semantic, instance, stride=t.stride))
         return {
             "image": image.sub_(mean).div_(std).contiguous(),
             "semantic": semantic,

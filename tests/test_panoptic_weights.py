@@ -1,0 +1,97 @@
+"""Panoptic-DeepLab's centre and offset loss weights: the definition, its torch twin, and both loaders.
+
+detectron2's ``PanopticDeepLabTargetGenerator`` (``ignore_stuff_in_offset=True``) walks ``segments_info``: a
+non-crowd segment's pixels get centre weight 1, and offset weight 1 when it is a thing; void and crowd pixels get
+0. fastload keeps masks, not segments, so `panoptic_weights` reads the same facts off them: centre weight where
+the semantic mask is not 255 (void, crowd, outside the image), offset weight where the instance mask is not 0
+(non-crowd things only). The first test holds the two views equal on real panoptic PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from loader_kit import LOADER_KINDS, make_loader, make_synth_cache
+
+from fastload.build.coco_panoptic import decode_segment_ids
+from fastload.build.synth_formats import write_panoptic
+from fastload.labels import IGNORE
+from fastload.targets import panoptic_weights, render_weights
+
+
+def detectron2_weights(ids: np.ndarray, segments: list[dict], thing_ids: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """detectron2's arithmetic, segment by segment, on the PNG's segment ids (written again here, from its docs)."""
+    center, offset = np.zeros(ids.shape, np.float32), np.zeros(ids.shape, np.float32)
+    for seg in segments:
+        if seg["iscrowd"]:
+            continue
+        center[ids == seg["id"]] = 1
+        if seg["category_id"] in thing_ids:
+            offset[ids == seg["id"]] = 1
+    return center, offset
+
+
+def test_weights_from_masks_equal_detectron2s_from_segments(tmp_path):
+    files = write_panoptic(out=tmp_path, n=6, size=(96, 160), seed=3)
+    document = json.loads(files.annotations.read_text())
+    thing_ids = {c["id"] for c in document["categories"] if c["isthing"]}
+    crowds = sum(s["iscrowd"] for a in document["annotations"] for s in a["segments_info"])
+    assert crowds > 0, "the synthetic scenes must hold crowd segments for this test to mean anything"
+    dataset = files.load()
+    for image, ann in zip(dataset.images, document["annotations"], strict=True):
+        labels = image.labels()
+        png = (files.png_dir / ann["file_name"]).read_bytes()
+        ids = decode_segment_ids(png, image.height, image.width, max_image_pixels=10**8, where="test")
+        expected = detectron2_weights(ids, ann["segments_info"], thing_ids)
+        ours = panoptic_weights(labels.semantic, labels.instance)
+        np.testing.assert_array_equal(ours[0], expected[0], err_msg=f"centre weights of image {image.image_id}")
+        np.testing.assert_array_equal(ours[1], expected[1], err_msg=f"offset weights of image {image.image_id}")
+
+
+def test_weights_on_a_hand_made_mask():
+    semantic = np.array([[1, 1, IGNORE], [2, 2, 0]], np.uint8)  # 255: crowd or void
+    instance = np.array([[0, 0, 0], [3, 3, 0]], np.int32)  # class 2 is a thing, instance 3
+    center, offset = panoptic_weights(semantic, instance)
+    assert center.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert offset.tolist() == [[0, 0, 0], [1, 1, 0]]
+    assert center.dtype == offset.dtype == np.float32
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_the_torch_twin_equals_the_definition(stride):
+    rng = np.random.default_rng(stride)
+    semantic = rng.choice([0, 1, 2, IGNORE], size=(3, 32, 48)).astype(np.uint8)
+    instance = np.where(rng.random((3, 32, 48)) < 0.4, rng.integers(1, 9, (3, 32, 48)), 0).astype(np.int32)
+    twin = render_weights(torch.from_numpy(semantic).long(), torch.from_numpy(instance), stride=stride)
+    for n in range(3):
+        center, offset = panoptic_weights(semantic[n], instance[n], stride=stride)
+        np.testing.assert_array_equal(twin["center_weight"][n, 0].numpy(), center)
+        np.testing.assert_array_equal(twin["offset_weight"][n, 0].numpy(), offset)
+
+
+def test_masks_of_other_shapes_are_refused():
+    with pytest.raises(ValueError, match="differ in shape"):
+        panoptic_weights(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.int32))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return make_synth_cache(tmp_path_factory.mktemp("weights"), n=8)
+
+
+@pytest.mark.parametrize("kind", LOADER_KINDS)
+def test_each_loaders_weights_are_the_definition_of_its_own_masks(kind, cache):
+    loader = make_loader(kind, cache, batch_size=4, size=(32, 48), augment="default")
+    seen_ignore = False
+    for batch in loader:
+        for k in range(len(batch["index"])):
+            semantic, instance = batch["semantic"][k].numpy(), batch["instance"][k].numpy()
+            center, offset = panoptic_weights(semantic, instance)
+            np.testing.assert_array_equal(batch["center_weight"][k, 0].numpy(), center)
+            np.testing.assert_array_equal(batch["offset_weight"][k, 0].numpy(), offset)
+            seen_ignore |= bool((semantic == IGNORE).any())
+    loader.close()
+    assert seen_ignore, "augmentation should have moved some pixels outside the image (weight 0 there)"
