@@ -331,8 +331,8 @@ class _LoaderShell:
 class Loader(_LoaderShell):
     """The DALI loader: decodes and augments on the GPU (with device="cpu", runs the same graph on the CPU).
 
-    With ``device="auto"`` and no GPU it makes the batches with the CpuLoader's engine instead, which is about
-    twice as fast as DALI's CPU graph on a CPU, and says so once (``backend`` tells which engine runs).
+    With ``device="auto"`` and no GPU it makes the batches with the CpuLoader's engine instead, the faster one on
+    a CPU (README, Benchmarks), and says so once (``backend`` tells which engine runs; ``engine=`` forces one).
 
     Parameters
     ----------
@@ -351,9 +351,10 @@ class Loader(_LoaderShell):
     num_threads : DALI CPU threads (default: the usable cores); worker processes for the CPU engine
     prefetch : batches prepared ahead of the one being consumed
     rank, world_size : default to torch.distributed's when it is initialised, else 0 and 1
-    io_threads : cache reads in flight at most (default 16: hides 5 ms per read at 3,200 samples/s)
+    io_threads : cache reads in flight at most, per reading process (default 64); within it each keeps as many
+        as it measures it needs (`fastload.pipeline.prefetch`)
     keys : e.g. ``("image", "semantic")``: yield tuples of those batch entries in that order (``for image,
-        target in loader``); None (default) yields the dict
+        target in loader``); None (default) yields the dict. Keys naming no target turn the targets off
     num_workers, pin_memory, persistent_workers, prefetch_factor, timeout, generator, worker_init_fn :
         torch DataLoader's arguments, honoured, mapped or refused as `fastload.dataloader_args` tabulates
         (``num_workers`` = ``num_threads``; ``generator``: the seed is drawn from it; ``worker_init_fn`` only

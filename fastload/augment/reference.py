@@ -55,13 +55,6 @@ def to_opencv_matrix(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-def inverse_affine(matrix: np.ndarray) -> np.ndarray:
-    """The inverse of a forward (2, 3) affine, float64."""
-    m = np.asarray(matrix, dtype=np.float64)
-    a_inv = np.linalg.inv(m[:, :2])
-    return np.concatenate([a_inv, -(a_inv @ m[:, 2])[:, None]], axis=1)
-
-
 _DALI_WARP_TILE = 256  # DALI's CPU warp steps along each row in tiles of this many pixels
 
 

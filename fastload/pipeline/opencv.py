@@ -15,9 +15,9 @@ worker will most likely get next: enough of them to keep ``io_threads`` reads bu
    finished image and masks take 6 MB): for a CUDA loader the main process finishes them on the GPU
    (`fastload.pipeline.batch`); for a CPU loader the worker also renders the targets after augmentation
    (NumPy, faster on the CPU than the torch twin, and spread over the workers) and the main process only
-   normalises and widens (`widen_batch`, ~1.5 ms of CPU per 512x512 sample into huge-page memory, where
-   writing the 4.5 MB more into fresh shared memory cost the worker ~5 ms). Arrays are written straight into
-   shared memory, so the hand-over to the main process copies nothing.
+   normalises and widens (`widen_batch`, into huge-page memory: cheaper than the worker writing the finished,
+   four times larger arrays into fresh shared memory; `benchmarks/host_work.py` measures both sides). Arrays
+   are written straight into shared memory, so the hand-over to the main process copies nothing.
 
 Workers start with ``forkserver``: a fresh process forked from a clean server, which inherits nothing of the
 parent's threads or objects (a forked worker copied DALI pipelines and their half-dead threads and could hang).
