@@ -83,6 +83,17 @@ def check_sample(batch: dict, k: int, stored: dict, *, stride: int) -> None:
     np.testing.assert_array_equal(batch["center_weight"][k, 0].numpy(), center)
 
 
+@pytest.mark.cuda
+def test_the_gpu_graph_at_native_size(cache):
+    samples = open_cache(cache)
+    with make_loader("dali", cache, batch_size=3, size=None, augment=strided(4), shuffle=False, device="cuda") as loader:
+        batches = [{key: value.cpu() for key, value in batch.items()} for batch in loader]
+    assert torch.cat([b["index"] for b in batches]).tolist() == list(range(len(samples)))
+    for batch in batches:
+        for k, index in enumerate(batch["index"].tolist()):
+            check_sample(batch, k, samples[index], stride=4)
+
+
 def test_both_engines_give_the_same_masks(cache):
     made = {}
     for kind in LOADER_KINDS:

@@ -60,12 +60,14 @@ def test_weights_on_a_hand_made_mask():
     assert center.dtype == offset.dtype == np.float32
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("stride", [1, 2, 4])
-def test_the_torch_twin_equals_the_definition(stride):
+def test_the_torch_twin_equals_the_definition(stride, device):
     rng = np.random.default_rng(stride)
     semantic = rng.choice([0, 1, 2, IGNORE], size=(3, 32, 48)).astype(np.uint8)
     instance = np.where(rng.random((3, 32, 48)) < 0.4, rng.integers(1, 9, (3, 32, 48)), 0).astype(np.int32)
-    twin = render_weights(torch.from_numpy(semantic).long(), torch.from_numpy(instance), stride=stride)
+    masks = (torch.from_numpy(semantic).long().to(device), torch.from_numpy(instance).to(device))
+    twin = {key: value.cpu() for key, value in render_weights(*masks, stride=stride).items()}
     for n in range(3):
         center, offset = panoptic_weights(semantic[n], instance[n], stride=stride)
         np.testing.assert_array_equal(twin["center_weight"][n, 0].numpy(), center)
