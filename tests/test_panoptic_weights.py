@@ -4,51 +4,18 @@ detectron2's ``PanopticDeepLabTargetGenerator`` (``ignore_stuff_in_offset=True``
 non-crowd segment's pixels get centre weight 1, and offset weight 1 when it is a thing; void and crowd pixels get
 0. fastload keeps masks, not segments, so `panoptic_weights` reads the same facts off them: centre weight where
 the semantic mask is not 255 (void, crowd, outside the image), offset weight where the instance mask is not 0
-(non-crowd things only). The first test holds the two views equal on real panoptic PNGs.
+(non-crowd things only). tests/test_detectron2_targets.py holds the two readings equal on panoptic PNGs.
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 import torch
 from loader_kit import LOADER_KINDS, make_loader, make_synth_cache
 
-from fastload.build.coco_panoptic import decode_segment_ids
-from fastload.build.synth_formats import write_panoptic
 from fastload.labels import IGNORE
 from fastload.targets import panoptic_weights, render_weights
-
-
-def detectron2_weights(ids: np.ndarray, segments: list[dict], thing_ids: set[int]) -> tuple[np.ndarray, np.ndarray]:
-    """detectron2's arithmetic, segment by segment, on the PNG's segment ids (written again here, from its docs)."""
-    center, offset = np.zeros(ids.shape, np.float32), np.zeros(ids.shape, np.float32)
-    for seg in segments:
-        if seg["iscrowd"]:
-            continue
-        center[ids == seg["id"]] = 1
-        if seg["category_id"] in thing_ids:
-            offset[ids == seg["id"]] = 1
-    return center, offset
-
-
-def test_weights_from_masks_equal_detectron2s_from_segments(tmp_path):
-    files = write_panoptic(out=tmp_path, n=6, size=(96, 160), seed=3)
-    document = json.loads(files.annotations.read_text())
-    thing_ids = {c["id"] for c in document["categories"] if c["isthing"]}
-    crowds = sum(s["iscrowd"] for a in document["annotations"] for s in a["segments_info"])
-    assert crowds > 0, "the synthetic scenes must hold crowd segments for this test to mean anything"
-    dataset = files.load()
-    for image, ann in zip(dataset.images, document["annotations"], strict=True):
-        labels = image.labels()
-        png = (files.png_dir / ann["file_name"]).read_bytes()
-        ids = decode_segment_ids(png, image.height, image.width, max_image_pixels=10**8, where="test")
-        expected = detectron2_weights(ids, ann["segments_info"], thing_ids)
-        ours = panoptic_weights(labels.semantic, labels.instance)
-        np.testing.assert_array_equal(ours[0], expected[0], err_msg=f"centre weights of image {image.image_id}")
-        np.testing.assert_array_equal(ours[1], expected[1], err_msg=f"offset weights of image {image.image_id}")
 
 
 def test_weights_on_a_hand_made_mask():

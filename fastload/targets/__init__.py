@@ -1,6 +1,6 @@
 """Instance mask → centre heatmap + offsets (Panoptic-DeepLab), instance tables, table batching.
 
-Definitions (Panoptic-DeepLab's target generator, vectorized)
+Definitions (Panoptic-DeepLab's target generator as detectron2 implements it, vectorized)
     * centre of an instance = (mean row, mean column) of its visible pixel indices (index coordinates);
     * heatmap ``float32 (H', W')`` = max over instances of ``exp(-((y - y0)² + (x - x0)²) / (2σ²))`` with
       ``(y0, x0)`` the centre rounded half-to-even (as Python's ``round``), inside the square window
@@ -21,7 +21,7 @@ definition; ``render_targets`` is their batched torch twin, for rendering target
 loader's device. It equals them bit for bit, and with ``max_id`` given it never synchronises with the host.
 
 Modules: ``definition`` (the NumPy definition, instance tables, ``batch_tables``), ``twin`` (the torch twin
-``render_targets``), ``reference`` (Panoptic-DeepLab's per-instance loop, what the benchmarks start from).
+``render_targets``), ``reference`` (detectron2's per-instance loop, what the benchmarks start from).
 Only ``batch_tables`` and ``render_targets`` need torch, and import it when called: the package is
 NumPy-only at import.
 """

@@ -55,7 +55,7 @@ def center_targets(
     Vectorized and foreground-light: the mask is cut into horizontal runs of equal id (one pass);
     centres come from ``bincount`` over the runs; ``dy`` is constant along a run and is repeated out,
     ``dx`` is gathered from a small (instances × columns) table; each Gaussian window is maxed into its
-    own (2r+1)² patch of the heatmap (a loop over instances that touches only their windows). The results equal Panoptic-DeepLab's per-instance loop bit for bit (the
+    own (2r+1)² patch of the heatmap (a loop over instances that touches only their windows). The results equal detectron2's ``PanopticDeepLabTargetGenerator`` loop bit for bit (the
     differences are computed in float64 and rounded once to float32, as there).
 
     Parameters

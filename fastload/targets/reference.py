@@ -1,4 +1,8 @@
-"""Panoptic-DeepLab's target generator as it is written: the slow reference the benchmarks start from."""
+"""detectron2's Panoptic-DeepLab target generator as it is written: the slow reference the benchmarks start from.
+
+Its arithmetic is detectron2's (projects/Panoptic-DeepLab, ``PanopticDeepLabTargetGenerator``): the Gaussian sits
+at the centre *rounded*. The official Panoptic-DeepLab repository truncates it (``int(centre)``); fastload
+follows detectron2 (tests/test_detectron2_targets.py compares the whole generator)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 def center_targets_per_instance(
     instance_mask: np.ndarray, segment_ids: Sequence[int] | None = None, sigma: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The slow reference: Panoptic-DeepLab's target generator as it is written, one full-image pass per instance.
+    """The slow reference: detectron2's target generator as it is written, one full-image pass per instance.
 
     ``np.where`` over the whole image for each instance, the mean, a (6σ+3)² Gaussian patch pasted with a
     maximum, offsets assigned by fancy indexing. `center_targets` must equal it bit for bit (stride 1, integer
