@@ -69,6 +69,35 @@ def test_python_example_runs(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
+def test_the_panoptic_deeplab_loss_example_runs_on_a_batch(sample_cache):
+    # the README's loss lines, on a real batch and a model's predictions at the maps' size
+    import torch
+
+    from fastload import CpuLoader
+
+    with CpuLoader(sample_cache, 2, size=(64, 64), augment="default", num_threads=0) as loader:
+        batch = next(iter(loader))
+    g = torch.Generator().manual_seed(0)
+    out = {
+        "semantic": torch.randn(2, loader.num_classes, 64, 64, generator=g).requires_grad_(),
+        "center": torch.rand(2, 1, 64, 64, generator=g).requires_grad_(),
+        "offset": torch.randn(2, 2, 64, 64, generator=g).requires_grad_(),
+    }
+    scope = {"out": out, "batch": batch}
+    exec(_python_example("Panoptic-DeepLab's loss weights"), scope)  # noqa: S102 - our own README
+    loss = scope["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in out.values())
+    # the centre term counts only where the weight is 1: moving the prediction elsewhere changes nothing
+    ignored = batch["center_weight"] == 0
+    assert ignored.any()
+    before = scope["center"].item()
+    out["center"].data[ignored] += 5.0
+    exec(_python_example("Panoptic-DeepLab's loss weights"), scope)  # noqa: S102
+    assert scope["center"].item() == pytest.approx(before)
+
+
 def _torchvision_problem() -> str | None:
     """Why torchvision cannot run here (its import error's last line), or None when it imports."""
     probe = subprocess.run(
