@@ -297,9 +297,9 @@ def hand_over_rows(cfg, out_hw: tuple[int, int], batch: int, repeats: int) -> di
     import torch
 
     from fastload.pipeline.batch import widen_batch
-    from fastload.pipeline.opencv import _AugmentedBatches
+    from fastload.pipeline.opencv import AugmentedBatches
 
-    compact = _AugmentedBatches([], cfg, out_hw, finish=True, io_threads=1, max_read_bytes=0)._layout(batch)
+    compact = AugmentedBatches([], cfg, out_hw, finish=True, io_threads=1, max_read_bytes=0).layout(batch, out_hw)
     oh, ow = out_hw
     finished = {
         **compact,

@@ -20,7 +20,7 @@ import torch
 from fastload import dataloader_args, validation
 from fastload.augment.config import AugmentConfig
 from fastload.cores import usable_cores
-from fastload.pipeline.devices import choose_engine, rank_world, resolve_device
+from fastload.pipeline.devices import choose_engine, feed_workers, rank_world, resolve_device
 from fastload.pipeline.native import check_native
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import Backend, BatchPlan
@@ -374,13 +374,6 @@ class Loader(_LoaderShell):
     """
 
     _name = "Loader"
-
-
-def feed_workers(num_threads: int) -> int:
-    """Feed worker processes for a DALI loader given ``num_threads`` cores: one per four (at least one, at most
-    eight). A feed worker reads, checks and prepares ~4,000-8,000 samples/s (benchmarks/cpu_proxy.py), so a few
-    keep a GPU pipeline fed while leaving DALI's own threads (nvJPEG's host work) their cores."""
-    return max(1, min(8, num_threads // 4))
 
 
 class CpuLoader(_LoaderShell):

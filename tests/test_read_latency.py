@@ -267,11 +267,11 @@ def test_drop_page_cache_advises_every_shard(clean):
 
 @pytest.mark.parametrize("workers, depth", [(0, 1), (0, 3), (1, 2), (2, 1), (2, 4), (3, 2)])
 def test_each_work_item_names_the_plans_its_worker_gets_next(workers, depth):
-    from fastload.pipeline.opencv import _WorkSampler
     from fastload.pipeline.plan import BatchPlan
+    from fastload.pipeline.work_sampler import WorkSampler
 
     plans = [BatchPlan(indices=np.array([2 * k, 2 * k + 1])) for k in range(11)]
-    feed = _WorkSampler(workers, depth=depth)
+    feed = WorkSampler(workers, depth=depth)
     feed.source = iter(plans)
     items = list(feed)
     stride = max(1, workers)  # DataLoader's round-robin: item k goes to worker k mod W; W = 0: this process

@@ -12,6 +12,7 @@ import pytest
 
 from fastload.augment import reference as R
 from fastload.augment.config import AugmentConfig
+from fastload.augment.noise import noise_texture, noise_window
 from fastload.augment.params import (
     SampleParams,
     affine_matrix,
@@ -328,23 +329,23 @@ def test_shadow_band_from_params_is_in_output_pixels():
 
 
 def test_noise_is_a_fixed_texture_window_of_standard_normals():
-    texture = R.noise_texture((64, 96))
+    texture = noise_texture((64, 96))
     assert texture.dtype == np.float32 and texture.shape == (64 + 256, 96 + 256, 3)
     assert not texture.flags.writeable
-    np.testing.assert_array_equal(texture, R.noise_texture((64, 96)))  # the same in every process
+    np.testing.assert_array_equal(texture, noise_texture((64, 96)))  # the same in every process
     assert abs(float(texture.mean())) < 0.01 and abs(float(texture.std()) - 1.0) < 0.01
     assert np.corrcoef(texture[..., 0].ravel(), texture[..., 1].ravel())[0, 1] < 0.02  # channels independent
-    a, b = R.noise_window((64, 96), (3, 200)), R.noise_window((64, 96), (4, 200))
+    a, b = noise_window((64, 96), (3, 200)), noise_window((64, 96), (4, 200))
     np.testing.assert_array_equal(a, texture[3:67, 200:296])
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] < 0.02  # a shifted window is other noise
     with pytest.raises(ValueError, match="outside"):
-        R.noise_window((64, 96), (256, 0))
+        noise_window((64, 96), (256, 0))
 
 
 def test_add_noise_scales_by_sigma_and_clamps():
     image = np.full((64, 64, 3), 128.0, dtype=np.float32)
     out = R.add_noise(image, 10.0, (7, 9))
-    np.testing.assert_allclose(out - 128.0, 10.0 * R.noise_window((64, 64), (7, 9)), atol=1e-4)
+    np.testing.assert_allclose(out - 128.0, 10.0 * noise_window((64, 64), (7, 9)), atol=1e-4)
     edge = R.add_noise(np.zeros((64, 64, 3), np.float32), 50.0, (0, 0))
     assert edge.min() == 0.0 and edge.max() <= 255.0
     np.testing.assert_array_equal(R.add_noise(image, 0.0, (7, 9)), image)

@@ -22,7 +22,7 @@ from fastload.errors import ConfigError
 
 NOISE_SHIFTS = 256
 """``noise_offset`` is drawn from ``[0, NOISE_SHIFTS)²``: 65,536 windows of the noise texture
-(:func:`fastload.augment.reference.noise_texture`)."""
+(:func:`fastload.augment.noise.noise_texture`)."""
 
 SHADOW_OFFSET_MAX = 0.2
 """The shadow line passes within this many output diagonals of the output centre (see :class:`SampleParams`)."""

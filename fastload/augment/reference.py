@@ -30,7 +30,6 @@ copied exactly, never interpolated, and OpenCV's own coordinate rounding never e
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +37,8 @@ import cv2
 import numpy as np
 
 from fastload.augment.config import AugmentConfig
-from fastload.augment.params import NOISE_SHIFTS, SampleParams, affine_matrix, shadow_band
+from fastload.augment.noise import noise_window
+from fastload.augment.params import SampleParams, affine_matrix, shadow_band
 from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 
 # ------------------------------------------------------------------------------------------- matrices
@@ -277,34 +277,6 @@ def _shade(image: np.ndarray, band: tuple[float, float, float, float, float]) ->
     # one factor per value, laid out as the pixels' values: a broadcast over a trailing axis of 3 runs NumPy's
     # inner loop 3 values at a time, several times slower than this contiguous multiply
     image.reshape(h, w * c).__imul__(np.repeat(factor, c, axis=1))
-
-
-NOISE_TEXTURE_SEED = 0x0015E
-"""The seed of the noise texture: a constant, so the CPU reference and the DALI graph add the same noise."""
-
-
-@functools.lru_cache(maxsize=8)
-def noise_texture(out_hw: tuple[int, int], channels: int = 3) -> np.ndarray:
-    """The fixed Gaussian noise texture for an output size: float32 (H + 256, W + 256, C), read-only.
-
-    A sample's noise is the (H, W) window at its ``noise_offset``: one of 65,536 windows of unit Gaussian
-    noise, replayable (resume, the CPU reference, the DALI graph) and cheap to apply (a slice and a
-    multiply-add, where a per-pixel hash of transcendental functions cost ~25x more).
-    """
-    oh, ow = (int(v) for v in out_hw)
-    rng = np.random.default_rng([NOISE_TEXTURE_SEED, oh, ow, channels])
-    texture = rng.standard_normal((oh + NOISE_SHIFTS, ow + NOISE_SHIFTS, channels), dtype=np.float32)
-    texture.flags.writeable = False
-    return texture
-
-
-def noise_window(out_hw: tuple[int, int], offset: tuple[int, int], channels: int = 3) -> np.ndarray:
-    """The sample's unit noise: the (H, W, C) view of :func:`noise_texture` at ``offset`` = (row, column)."""
-    oy, ox = (int(v) for v in offset)
-    if not (0 <= oy < NOISE_SHIFTS and 0 <= ox < NOISE_SHIFTS):
-        raise ValueError(f"noise offset {offset} is outside [0, {NOISE_SHIFTS})²")
-    oh, ow = out_hw
-    return noise_texture((oh, ow), channels)[oy : oy + oh, ox : ox + ow]
 
 
 def add_noise(image: np.ndarray, sigma: float, offset: tuple[int, int]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 It is the benchmark's "before" and the reference the DALI backend is checked against, so it is made a good
 one. The loader shell (`fastload.loader.CpuLoader`) hands it an iterator of `BatchPlan`s; a batch sampler turns
-each into a `_Work` item (the plan's ``(cache index, SampleParams)`` pairs, and the indices of the plans this
+each into a `Work` item (the plan's ``(cache index, SampleParams)`` pairs, and the indices of the plans this
 worker will most likely get next: enough of them to keep ``io_threads`` reads busy); a worker
 
 1. reads the batch's samples concurrently on a small thread pool (one CRC-checked ``pread`` each; ``pread``
@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,20 +49,13 @@ from fastload.pipeline.native import check_native, pad_sample, padded_hw, valid_
 from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BatchPlan, Passes, batch_keys
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, Prefetcher, plans_for
+from fastload.pipeline.work_sampler import Work, WorkSampler
 from fastload.pipeline.workers import mp_context
 from fastload.procs import keep_freed_memory
 
 
-@dataclass(frozen=True)
-class _Work:
-    """What the batch sampler hands a worker: a plan, and what to read ahead for its next ones."""
-
-    plan: BatchPlan
-    ahead: np.ndarray  # int64: the cache indices of this worker's next plans, in the order it will need them
-
-
-class _AugmentedBatches(Dataset):
-    """Map-style dataset whose "indices" are `_Work` items; ``__getitems__`` builds a whole batch at once.
+class AugmentedBatches(Dataset):
+    """Map-style dataset whose "indices" are `Work` items; ``__getitems__`` builds a whole batch at once.
 
     ``finish`` (the loader's device is the CPU): the worker also renders the targets (NumPy,
     `fastload.pipeline.batch.numpy_targets`), so that the work is spread over the workers; the main process
@@ -100,9 +91,10 @@ class _AugmentedBatches(Dataset):
         return len(self.cache)
 
     def __getitem__(self, item):  # pragma: no cover - torch calls __getitems__ with a batch sampler
-        raise TypeError("_AugmentedBatches is indexed by whole batches (__getitems__)")
+        raise TypeError("AugmentedBatches is indexed by whole batches (__getitems__)")
 
-    def _layout(self, n: int, out_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def layout(self, n: int, out_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """What a worker hands over for ``n`` samples of ``out_hw``: key → (shape, dtype)."""
         oh, ow = out_hw
         compact = {
             "image": ((n, oh, ow, 3), torch.uint8),
@@ -114,7 +106,7 @@ class _AugmentedBatches(Dataset):
         targets = target_layout(out_hw, self.augment.targets, n)
         return {**compact, **{key: (shape, torch.float32) for key, shape in targets.items()}}
 
-    def __getitems__(self, work: _Work) -> dict[str, torch.Tensor]:
+    def __getitems__(self, work: Work) -> dict[str, torch.Tensor]:
         if self._reads is None:
             self._reads = Prefetcher(
                 self.cache.read_members,
@@ -129,7 +121,7 @@ class _AugmentedBatches(Dataset):
         cfg, max_id, native = self.augment, 0, self.out_hw is None
         hws = np.array([self.cache.image_size(i) for i in indices], np.int64).reshape(len(indices), 2) if native else None
         out_hw = padded_hw(hws, cfg.map_stride) if native else self.out_hw
-        batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self._layout(len(indices), out_hw).items()}
+        batch = {key: _shared_empty(shape, dtype) for key, (shape, dtype) in self.layout(len(indices), out_hw).items()}
         rows = {key: tensor.numpy() for key, tensor in batch.items()}
         params = [None] * len(indices) if native else work.plan.sample_params(cfg).samples()
         for k, (index, sample_params) in enumerate(zip(indices, params, strict=True)):
@@ -191,47 +183,10 @@ def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)
     numel = math.prod(shape)
     template = torch.empty(0, dtype=dtype)
+    # torch has no public call that allocates an empty tensor in shared memory (share_memory_() copies an existing
+    # one into it); this is the call torch's own default_collate makes in a worker
     storage = template._typed_storage()._new_shared(numel, device=template.device)
     return template.new(storage).resize_(shape)
-
-
-class _WorkSampler:
-    """Batch sampler: yields each plan of the current source as a `_Work` item, with what to read ahead.
-
-    DataLoader hands batches to its workers in turn (batch k of a pass to worker k mod W, in order), so the
-    plans W, 2W, ... places later go to the same worker: those are the ones it reads ahead, ``depth`` of them
-    (`fastload.pipeline.prefetch.plans_for`: enough to keep ``io_threads`` reads busy). With W = 0 every batch
-    is made in the calling process and the next ``depth`` plans are read ahead. A wrong guess only costs reads
-    that are dropped.
-    """
-
-    def __init__(self, workers: int, depth: int = 1) -> None:
-        self.source: Iterator[BatchPlan] = iter(())
-        self.workers = workers
-        self.depth = depth
-
-    def __iter__(self) -> Iterator[_Work]:
-        return self._work(self.source, max(1, self.workers), self.depth)  # bound now: iterate() swaps the source
-
-    @staticmethod
-    def _work(source: Iterator[BatchPlan], stride: int, depth: int) -> Iterator[_Work]:
-        window: deque[BatchPlan] = deque()
-        span = stride * depth  # the window holds the plan handed out now and the next `span`
-        for plan in source:
-            window.append(plan)
-            if len(window) > span:
-                yield _to_work(window.popleft(), _ahead(window, stride, depth))
-        while window:
-            yield _to_work(window.popleft(), _ahead(window, stride, depth))
-
-
-def _ahead(window: deque[BatchPlan], stride: int, depth: int) -> list[BatchPlan]:
-    """The plans ``stride``, ``2·stride``, ... ``depth·stride`` places after the one just taken from ``window``."""
-    return [window[k * stride - 1] for k in range(1, depth + 1) if k * stride - 1 < len(window)]
-
-
-def _to_work(plan: BatchPlan, ahead: list[BatchPlan]) -> _Work:
-    return _Work(plan, np.concatenate([p.indices for p in ahead]) if ahead else np.zeros(0, np.int64))
 
 
 _GUARD_HINT = (
@@ -302,10 +257,10 @@ class OpencvBackend:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self._feed = _WorkSampler(self.num_workers, depth=plans_for(io_threads, self.batch_size))
+        self._feed = WorkSampler(self.num_workers, depth=plans_for(io_threads, self.batch_size))
         self._passes = Passes("OpencvBackend")
         workers = self.num_workers > 0
-        self._dataset = _AugmentedBatches(
+        self._dataset = AugmentedBatches(
             cache,
             augment,
             out_hw,

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastload.augment.reference import noise_texture
+from fastload.augment.noise import noise_texture
 from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 from fastload.pipeline.dali.spec import OUTPUTS, SCALARS, GraphSpec
 
