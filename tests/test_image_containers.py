@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 
 from fastload.cache import images
 from fastload.cache.format import truncation_problem
+from fastload.cache.jpeg import jpeg_end
 from fastload.errors import ImageError
 
 PIXELS = pattern(40, 56)
@@ -40,9 +41,9 @@ def opencv_rgb(data: bytes) -> np.ndarray:
 )
 def test_jpeg_end_is_the_end_of_image_marker(data):
     assert data.endswith(b"\xff\xd9")
-    assert images.jpeg_end(data) == (len(data), None)
+    assert jpeg_end(data) == (len(data), None)
     for trailer in (b"\0" * 100, MOTION_PHOTO_VIDEO, b"\xff\xd8\xff\xda\x00\x02\xff\xd9"):
-        assert images.jpeg_end(data + trailer) == (len(data), None)
+        assert jpeg_end(data + trailer) == (len(data), None)
 
 
 def test_motion_photo_is_not_taken_for_a_truncated_jpeg():
@@ -58,20 +59,20 @@ def test_markers_inside_a_segment_are_skipped_by_its_length():
     payload = b"Exif\0\0" + b"\xff\xd8\xff\xda\x00\x02\x00\xff\xd9"
     app1 = b"\xff\xe1" + (2 + len(payload)).to_bytes(2, "big") + payload
     with_app1 = data[:2] + app1 + data[2:]
-    assert images.jpeg_end(with_app1) == (len(with_app1), None)
+    assert jpeg_end(with_app1) == (len(with_app1), None)
     assert np.array_equal(opencv_rgb(with_app1), opencv_rgb(data))
 
 
 @pytest.mark.parametrize("cut", [0.2, 0.5, 0.99])
 def test_a_jpeg_cut_anywhere_is_truncated(cut):
     data = jpeg(PIXELS)
-    end, problem = images.jpeg_end(data[: int(len(data) * cut)])
+    end, problem = jpeg_end(data[: int(len(data) * cut)])
     assert end is None and problem.startswith("JPEG is truncated")
-    assert images.jpeg_end(data[:-2])[1] == "JPEG is truncated (no end-of-image marker after the last scan)"
+    assert jpeg_end(data[:-2])[1] == "JPEG is truncated (no end-of-image marker after the last scan)"
 
 
 def test_a_jpeg_without_a_scan_has_no_image_data():
-    assert images.jpeg_end(b"\xff\xd8\xff\xfe\x00\x04hi\xff\xd9") == (None, "JPEG has no image data (no start-of-scan marker)")
+    assert jpeg_end(b"\xff\xd8\xff\xfe\x00\x04hi\xff\xd9") == (None, "JPEG has no image data (no start-of-scan marker)")
 
 
 # ----------------------------------------------------------------------------------------------- TIFF

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fastload.cache import images
+from fastload.cache import images, jpeg
 from fastload.cache.config import CacheConfig
 from fastload.cache.format import sniff_image_format, truncation_problem
 from fastload.errors import ImageError
@@ -113,7 +113,7 @@ def _displayed(decoded: np.ndarray, fmt: str, tag: int) -> CheckedImage:
 def _normalise_container(data: bytes, fmt: str, tag: int | None, path: Path) -> tuple[bytes, str | None]:
     """The bytes to decode and store (before a TIFF's re-encoding), and what was changed, or None."""
     if fmt == "jpg":
-        end, _ = images.jpeg_end(data)  # truncation_problem checked that it has one
+        end, _ = jpeg.jpeg_end(data)  # truncation_problem checked that it has one
         if end is not None and end < len(data):
             return data[:end], f"dropped {len(data) - end} bytes after the JPEG's end-of-image marker (appended data)"
     elif fmt == "webp":

@@ -35,7 +35,8 @@ import cv2
 import lz4.block
 import numpy as np
 
-from fastload.cache.images import jpeg_end, webp_chunks
+from fastload.cache.images import webp_chunks
+from fastload.cache.jpeg import jpeg_end
 from fastload.errors import CacheError
 from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 
@@ -88,7 +89,7 @@ def truncation_problem(data: bytes, fmt: str) -> str | None:
 
     OpenCV decodes a truncated JPEG "successfully" (the missing rows come out grey, with a warning on
     stderr), so a full decode is not enough: a JPEG's marker structure must reach its end-of-image marker
-    (`fastload.cache.images.jpeg_end`; data appended after it is not a truncation), a PNG must have its IEND
+    (`fastload.cache.jpeg.jpeg_end`; data appended after it is not a truncation), a PNG must have its IEND
     chunk, a WebP's chunks must fit in its RIFF container.
     """
     if fmt == "jpg":
