@@ -50,7 +50,6 @@ Error messages name the image id and annotation id and end with the fix: "fix th
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,6 +69,7 @@ from fastload.build.rules import (
     as_id,
     as_int,
     parse_image,
+    read_coco_json,
 )
 from fastload.cache.manifest import INT64_MAX, INT64_MIN  # ids: the cache's int64 tables
 from fastload.errors import AnnotationError
@@ -101,7 +101,7 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
         Unreadable JSON, missing top-level lists, bad categories, or (under ``"fail"``) any bad record.
     """
     policy = OnErrorPolicy(on_error)
-    data = _read_json(Path(path))
+    data = read_coco_json(Path(path), kind="instances")
     categories, background = _parse_categories(data["categories"])
     images = _parse_images(data["images"], policy)
     by_image = _parse_annotations(data["annotations"], _Known(images, categories, background), policy)
@@ -110,23 +110,6 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
         for image_id, (name, height, width) in images.items()
     )
     return CocoDataset(records, tuple(categories.values()), tuple(policy.skips))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}: not valid JSON ({exc}); fix the file") from exc
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{path}: the top level must be an object, got {type(data).__name__}")
-    for key in ("images", "categories", "annotations"):
-        if not isinstance(data.get(key), list):
-            raise AnnotationError(
-                f"{path}: {key!r} must be a list, got {type(data.get(key)).__name__}; "
-                "is this a COCO instances file?"
-            )
-    return data
 
 
 def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:

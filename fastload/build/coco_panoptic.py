@@ -38,7 +38,6 @@ the segment id where there is one (``SkipInfo.annotation_id``) and the reason.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from fastload.build.rules import (
     as_id,
     as_int,
     parse_image,
+    read_coco_json,
     resolve_image_path,
 )
 from fastload.build.sources import (
@@ -257,7 +257,7 @@ def load_coco_panoptic(
     """
     policy = OnErrorPolicy(on_error)
     crowd = check_crowd(crowd)
-    data = _read_json(Path(json_path))
+    data = read_coco_json(Path(json_path), kind="panoptic")
     categories, background = _parse_categories(data["categories"])
     images = _parse_images(data["images"], policy)
     segments = _parse_annotations(data["annotations"], images, categories, background, policy)
@@ -269,22 +269,6 @@ def load_coco_panoptic(
         png_name, segs = segments[image_id]
         records.append(LabelImage(image_id, name, height, width, PanopticPng(Path(png_dir), png_name, segs, crowd)))
     return LabelDataset(tuple(records), tuple(categories.values()), tuple(policy.skips))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}: not valid JSON ({exc}); fix the file") from exc
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{path}: the top level must be an object, got {type(data).__name__}")
-    for key in ("images", "categories", "annotations"):
-        if not isinstance(data.get(key), list):
-            raise AnnotationError(
-                f"{path}: {key!r} must be a list, got {type(data.get(key)).__name__}; is this a COCO panoptic file?"
-            )
-    return data
 
 
 def _image_key(value: Any, what: str) -> int:

@@ -7,6 +7,7 @@ COCO instances (`fastload.build.coco`), COCO panoptic (`fastload.build.coco_pano
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -137,3 +138,21 @@ def parse_image(img: Any) -> tuple[int, str, int, int]:
     if reason is not None:
         raise RecordProblem(f"{reason} (file_name {name!r}); file names must be relative to the image root")
     return image_id, name, height, width
+
+
+def read_coco_json(path: Path, *, kind: str) -> dict:
+    """A COCO JSON file (``kind``: "instances" or "panoptic", for the message) with its three top-level lists
+    checked: ``images``, ``categories``, ``annotations``. AnnotationError naming the file otherwise."""
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(f"{path}: not valid JSON ({exc}); fix the file") from exc
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: the top level must be an object, got {type(data).__name__}")
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise AnnotationError(
+                f"{path}: {key!r} must be a list, got {type(data.get(key)).__name__}; is this a COCO {kind} file?"
+            )
+    return data
