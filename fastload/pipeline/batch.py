@@ -102,12 +102,18 @@ def numpy_targets(semantic: np.ndarray, instance: np.ndarray, targets: TargetsCo
         small_instance_area=targets.small_instance_area,
         small_instance_weight=targets.small_instance_weight,
     )
-    center, offset_weight = panoptic_weights(semantic, instance, stride=targets.stride)
+    return sample_target_entries(heatmap, offset, weight, *panoptic_weights(semantic, instance, stride=targets.stride))
+
+
+def sample_target_entries(
+    heatmap: np.ndarray, offset: np.ndarray, semantic_weight: np.ndarray, center_weight: np.ndarray, offset_weight: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One sample's `TARGET_KEYS` entries from the definitions' outputs, shaped as a batch row."""
     return {
         "heatmap": heatmap[None],
         "offset": offset,
-        "semantic_weight": weight,
-        "center_weight": center[None],
+        "semantic_weight": semantic_weight,
+        "center_weight": center_weight[None],
         "offset_weight": offset_weight[None],
     }
 

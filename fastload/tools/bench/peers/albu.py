@@ -47,7 +47,7 @@ from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.reference import normalize_image
 from fastload.errors import ConfigError
 from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
-from fastload.pipeline.batch import normalize_batch, numpy_targets
+from fastload.pipeline.batch import normalize_batch, numpy_targets, sample_target_entries
 from fastload.pipeline.plan import TARGET_KEYS
 from fastload.targets import center_targets_per_instance, panoptic_weights, semantic_weights
 from fastload.tools.bench.peers.common import PeerParts, any_gate, require, widen_labels
@@ -111,14 +111,7 @@ def loop_targets(semantic: np.ndarray, instance: np.ndarray, targets: TargetsCon
     weight = semantic_weights(
         instance, small_instance_area=targets.small_instance_area, small_instance_weight=targets.small_instance_weight
     )
-    center, offset_weight = panoptic_weights(semantic, instance)
-    return {
-        "heatmap": heatmap[None],
-        "offset": offset,
-        "semantic_weight": weight,
-        "center_weight": center[None],
-        "offset_weight": offset_weight[None],
-    }
+    return sample_target_entries(heatmap, offset, weight, *panoptic_weights(semantic, instance))
 
 
 class AlbumentationsTransform:
