@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 
 from fastload.build.build import build_cache
 from fastload.build.coco import load_coco
+from fastload.build.coco_instances import from_coco
 from fastload.build.writer import encode_sample
 from fastload.cache.config import CacheConfig
 
@@ -33,7 +34,7 @@ _floor_ms: list[float] = []
 def data(sample_root: Path):
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(sample_root / "annotations.json"))
-    records = load_coco(sample_root / "annotations.json").images
+    records = from_coco(load_coco(sample_root / "annotations.json")).images
     return sample_root, coco, records
 
 

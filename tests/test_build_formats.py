@@ -69,7 +69,7 @@ def test_the_writers_are_deterministic(tmp_path):
     assert [o.label for o in first] == [o.label for o in synth_scene(4, 0, SIZE)]
     with pytest.raises(ValueError, match="format must be one of"):
         write_synth_format("coco-ish", out=tmp_path, n=1)
-    with pytest.raises(ValueError, match="size >= 16 x 16"):
+    with pytest.raises(ValueError, match=r"size\[0\] must be an integer in \[16, 16384\], got 8"):
         write_synth_format("panoptic", out=tmp_path, n=1, size=(8, 8))
 
 
@@ -90,7 +90,7 @@ def test_panoptic_and_cityscapes_of_the_same_scenes_agree_exactly(tmp_path):
             mine, theirs = image.labels(), frames[k].labels()
             np.testing.assert_array_equal(lut[mine.semantic], theirs.semantic)
             np.testing.assert_array_equal(mine.instance, theirs.instance)
-            keep = ("id", "bbox", "area", "centre", "iscrowd")
+            keep = ("id", "bbox", "area", "centre")
             assert [{f: r[f] for f in keep} for r in mine.table()] == [{f: r[f] for f in keep} for r in theirs.table()]
             assert [to_c[t.train_id] for t in mine.instances] == [t.train_id for t in theirs.instances]
             stuff = np.isin(mine.semantic, [cat.train_id for cat in p.categories if not cat.isthing])
@@ -125,5 +125,24 @@ def test_the_coco_instances_path_in_the_common_type(sample_coco):
         raster, mine = rasterize_image(record), image.labels()
         np.testing.assert_array_equal(mine.semantic, raster.semantic)
         np.testing.assert_array_equal(mine.instance, raster.instance)
-        assert mine.table() == [{**row, "iscrowd": False} for row in instance_table(raster)]
+        assert mine.table() == instance_table(raster)  # the rows the COCO path always stored, nothing added
         assert json.loads(json.dumps(image.summary()))["labels"]["format"] == "coco_instances"
+
+
+def test_image_labels_boxes_are_the_tight_boxes_of_each_instance():
+    from fastload.build.sources import ImageLabels
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        height, width = (int(v) for v in rng.integers(1, 12, size=2))
+        ids = rng.integers(0, 5, size=(height, width))
+        present = [v for v in np.unique(ids) if v]
+        lut = np.zeros(5, np.int32)
+        lut[present] = np.arange(1, len(present) + 1)
+        instance = lut[ids]
+        labels = ImageLabels(np.zeros((height, width), np.uint8), instance, tuple(Thing(k, 1, 1) for k in present))
+        expected = []
+        for k in range(1, len(present) + 1):
+            rows, cols = np.nonzero(instance == k)
+            expected.append([cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1])
+        np.testing.assert_array_equal(labels.boxes, np.array(expected, np.int64).reshape(-1, 4))

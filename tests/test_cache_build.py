@@ -15,6 +15,7 @@ import fastload.build.pool as pool
 import fastload.build.writer as writer
 from fastload.build.build import build_cache
 from fastload.build.coco import load_coco
+from fastload.build.coco_instances import from_coco
 from fastload.build.merge import merge_cache
 from fastload.build.raster import rasterize_image
 from fastload.build.tables import instance_table
@@ -168,7 +169,7 @@ def test_killed_build_leaves_no_complete_looking_shard_and_resumes(synth_root, s
 
 def test_shard_writer_returns_the_record_it_writes_and_the_shard_the_build_writes(synth_root, synth_cache, tmp_path):
     # shard 1 of the synth cache (8 samples per shard), written sample by sample by hand
-    records = load_coco(synth_root / "annotations.json").images
+    records = from_coco(load_coco(synth_root / "annotations.json")).images
     done = json.loads((synth_cache / "shard-00001.done.json").read_text())
     cfg = CacheConfig(samples_per_shard=8)
     with writer.ShardWriter(tmp_path, 1, fingerprint=done["fingerprint"]) as shard:
@@ -184,7 +185,7 @@ def test_shard_writer_returns_the_record_it_writes_and_the_shard_the_build_write
 
 
 def test_shard_writer_of_skipped_images_only_writes_a_record_without_files(synth_root, tmp_path):
-    [record, *_] = load_coco(synth_root / "annotations.json").images
+    [record, *_] = from_coco(load_coco(synth_root / "annotations.json")).images
     with writer.ShardWriter(tmp_path, 3, fingerprint="f") as shard:
         shard.skip(record, "file not found")
         written = shard.close()
@@ -195,7 +196,7 @@ def test_shard_writer_of_skipped_images_only_writes_a_record_without_files(synth
 
 
 def test_shard_writer_left_on_an_error_leaves_no_file(synth_root, tmp_path):
-    records = load_coco(synth_root / "annotations.json").images
+    records = from_coco(load_coco(synth_root / "annotations.json")).images
     (tmp_path / "shard-00000.done.json").write_text("{}")  # an earlier build's record goes first
     with pytest.raises(KeyboardInterrupt), writer.ShardWriter(tmp_path, 0, fingerprint="f") as shard:
         shard.add(records[0], 0, writer.encode_sample(records[0], 0, synth_root / "images", CacheConfig()))

@@ -99,3 +99,40 @@ def test_semantic_overlay_shows_ignore_distinctly_from_background_and_classes():
     assert len({tuple(p) for p in ignore.reshape(-1, 3)}) == 2  # two-tone stripes
     assert not np.array_equal(cls[0, 0], background[0, 0])
     assert (out[:, 8] == 255).all()  # the instance's outline is white
+
+
+def test_semantic_overlay_draws_stuff_as_a_tint_and_each_thing_instance_in_its_own_shade():
+    from fastload.tools.picture import class_colours, key_entries, stuff_colours
+
+    rgb = np.full((8, 16, 3), 128, np.uint8)
+    sem = np.full((8, 16), 2, np.uint8)  # class 2 everywhere ...
+    sem[:, 8:] = 1  # ... and class 1 on the right
+    inst = np.zeros((8, 16), np.int32)
+    inst[1:7, 9:12], inst[1:7, 12:15] = 1, 2  # two instances of class 1
+    as_things = semantic_overlay(rgb, sem).astype(int)
+    out = semantic_overlay(rgb, sem, inst, stuff=[2]).astype(int)
+
+    def saturation(pixel):
+        return int(cv2.cvtColor(np.uint8([[pixel]]), cv2.COLOR_RGB2HSV)[0, 0, 1])
+
+    assert saturation(out[4, 2]) < saturation(as_things[4, 2]) // 2  # stuff: a desaturated tint of its colour
+    expected = np.round(0.45 * 128 + 0.55 * stuff_colours(class_colours()[2]).astype(float) - 0.5)
+    assert np.abs(out[4, 2] - expected).max() <= 1
+    first, second = out[4, 10], out[4, 13]
+    assert not np.array_equal(first, second)  # two instances of one class: two shades
+    assert (out[0, 8:] == as_things[0, 8:]).all()  # a thing pixel of no instance: the class colour
+    assert (out[1:7, 11:13] == 255).all()  # the outline between the two instances, white
+    names = ["car", "road"]
+    assert [text for _, text in key_entries(names, stuff=[2])] == ["car", "road (stuff)", "ignore (255)"]
+    assert [text for _, text in key_entries(names, stuff=[2], present=[0, 2])] == ["road (stuff)", "ignore (255)"]
+
+
+def test_show_on_a_panoptic_cache_keys_things_and_stuff(tmp_path):
+    from fastload.build.build import build_cache
+    from fastload.build.synth_formats import write_panoptic
+
+    files = write_panoptic(out=tmp_path / "p", n=2, size=(48, 64), seed=1)
+    cache = tmp_path / "cache"
+    build_cache(panoptic=files.annotations, panoptic_masks=files.png_dir, images=files.image_root, out=cache, progress=False)
+    path = show(cache, tmp_path / "g.png", n=2, loader="cpu", size=(48, 64), tile=48, device="cpu", augment="none")
+    assert _read(path).shape == (*grid_size(2, (48, 64), 48), 3)

@@ -1,7 +1,9 @@
-"""`build_cache`: COCO + images → a sharded cache (tar shards, both indexes, completion records, manifest).
+"""`build_cache`: a data set (COCO instances, COCO panoptic, Cityscapes) + images → a sharded cache (tar shards,
+both indexes, completion records, manifest).
 
 The orchestration around the shard writer (`fastload.build.writer`): the output folder held by the build lock
-(`fastload.build.lock`) and checked to hold nothing but cache files, the COCO file loaded and validated once,
+(`fastload.build.lock`) and checked to hold nothing but cache files, the annotations (`fastload.build.inputs`)
+loaded and validated once,
 the shards of this node (``--node-rank``/``--num-nodes``) fingerprinted (`fastload.build.fingerprint`), those
 whose completion record checks out kept on ``--resume``, the others built by the worker processes
 (`fastload.build.pool`), then ``manifest.json`` (or this node's partial manifest) written after every shard. With
@@ -22,12 +24,12 @@ from typing import Any
 from tqdm import tqdm
 
 from fastload import __version__
-from fastload.build.coco import load_coco
 from fastload.build.fingerprint import shard_fingerprint
+from fastload.build.inputs import BuildInput, select_input
 from fastload.build.lock import build_lock, storage_error
 from fastload.build.pool import run_tasks
-from fastload.build.records import CocoDataset, ImageRecord
 from fastload.build.rules import ON_ERROR_CHOICES, OnError
+from fastload.build.sources import LabelDataset, LabelImage
 from fastload.build.split import assign, check_split, split_of
 from fastload.build.writer import ShardTask, check_done_record
 from fastload.cache.config import CacheConfig, as_cache_config
@@ -39,7 +41,6 @@ from fastload.cache.manifest import (
     part_name,
     pretty_json,
     read_json,
-    sha256_file,
     write_atomic,
 )
 from fastload.errors import CacheError, ConfigError, FastloadError, ImageError
@@ -88,8 +89,8 @@ def _check_nodes(node_rank: int | None, num_nodes: int | None) -> tuple[int, int
 
 def build_cache(
     *,
-    coco: str | Path,
-    images: str | Path,
+    coco: str | Path | None = None,
+    images: str | Path | None = None,
     out: str | Path,
     config: CacheConfig | str | Path | dict | None = None,
     workers: int = 1,
@@ -100,15 +101,27 @@ def build_cache(
     progress: bool = True,
     split: Mapping[str, float] | None = None,
     split_seed: int = 0,
+    panoptic: str | Path | None = None,
+    panoptic_masks: str | Path | None = None,
+    cityscapes: str | Path | None = None,
+    cityscapes_split: str | None = None,
 ) -> Path:
     """Build (or resume, or build one node's share of) a cache. See docs/design.md "The cache".
+
+    One data set, in one of three formats (`fastload.build.inputs`): ``coco`` (with ``images``), ``panoptic``
+    and ``panoptic_masks`` (with ``images``), or ``cityscapes`` (with ``cityscapes_split``). Each gives the same
+    schema-2 cache.
 
     Parameters
     ----------
     coco : the COCO instances JSON
-    images : the folder that ``file_name`` entries are relative to
+    images : the folder that ``file_name`` entries are relative to (Cityscapes: default the root)
+    panoptic, panoptic_masks : a COCO panoptic JSON and the folder of its segment-id PNGs
+    cityscapes : a Cityscapes root (holding ``gtFine/`` and ``leftImg8bit/``)
+    cityscapes_split : "train" (the default), "val" or "test": the Cityscapes split to read
     out : the cache folder (created; must hold nothing but cache files)
-    config : a `CacheConfig`, a YAML path or shipped name (``"cache"``), a mapping, or None for the defaults
+    config : a `CacheConfig`, a YAML path or shipped name (``"cache"``), a mapping, or None for the defaults;
+        its ``things`` says which COCO instances categories are things (the other formats say it themselves)
     workers : processes; each builds whole shards, so the output does not depend on it
     on_error : "fail" raises at the first bad image/annotation (ImageError / AnnotationError naming image id,
         file and fix); "skip" leaves it out and records it in the manifest
@@ -133,16 +146,24 @@ def build_cache(
     fractions = check_split(split) if split is not None else None
     nodes = _check_nodes(node_rank, num_nodes)
     cfg = as_cache_config(config)
-    coco, image_root, out = Path(coco), Path(images), Path(out)
+    source = select_input(
+        coco=coco, panoptic=panoptic, panoptic_masks=panoptic_masks, cityscapes=cityscapes,
+        cityscapes_split=cityscapes_split, images=images,
+    )  # fmt: skip
+    out = Path(out)
     with build_lock(out, what="cache build", node=nodes if nodes[1] > 1 else None):  # refuses a second build at once
-        if not image_root.is_dir():
-            raise ImageError(f"image folder {str(image_root)!r} does not exist; pass the folder the COCO file_names are relative to")
-        dataset = load_coco(coco, on_error=on_error)
+        source.check_paths()
+        if not source.image_root.is_dir():
+            raise ImageError(
+                f"image folder {str(source.image_root)!r} does not exist; pass the folder the file_names of "
+                f"{source.annotations} are relative to"
+            )
+        dataset = source.load(on_error=on_error, things=cfg.things)
         if not dataset.images:
-            raise CacheError(f"{coco} has no (valid) images; nothing to cache")
-        build = _Build(out, image_root, cfg, workers, on_error, resume, nodes, progress)
+            raise CacheError(f"{source.annotations} has no (valid) images; nothing to cache")
+        build = _Build(out, source.image_root, cfg, workers, on_error, resume, nodes, progress)
         try:
-            return _build_caches(build, dataset, coco, out, fractions, split_seed)
+            return _build_caches(build, dataset, source, out, fractions, split_seed)
         except OSError as exc:  # disk full, quota, permissions, I/O errors: in this process or in a worker
             if isinstance(exc, FastloadError):
                 raise
@@ -160,13 +181,13 @@ def _remove_temporary_files(out: Path, node_rank: int, num_nodes: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def _build_caches(build: _Build, dataset: CocoDataset, coco: Path, out: Path, fractions, split_seed: int) -> Path:
+def _build_caches(build: _Build, dataset: LabelDataset, source: BuildInput, out: Path, fractions, split_seed: int) -> Path:
     """The cache of ``dataset`` in ``out``, or with ``fractions`` one cache per split under it."""
     base = {
         "fastload_version": __version__,
         "config": build.cfg.to_dict(),
-        "categories": [asdict(c) for c in dataset.categories],  # coco_id, name, train_id
-        "coco_sha256": sha256_file(coco),
+        "categories": [asdict(c) for c in dataset.categories],  # coco_id, name, train_id, isthing
+        "source": source.manifest_source(),  # format, coco_sha256 (the annotations'), the Cityscapes split
     }
     skips = [asdict(s) for s in dataset.skips]
     if fractions is None:
@@ -209,7 +230,7 @@ def _prepare_split_out(out: Path, names: list[str]) -> None:
 
 @dataclass(frozen=True)
 class _Build:
-    """The settings of one build command, applied to one cache folder (`run`): the whole COCO file, or a split."""
+    """The settings of one build command, applied to one cache folder (`run`): the whole data set, or a split."""
 
     out: Path  # the command's output folder (a split build's caches are folders in it)
     image_root: Path
@@ -220,7 +241,7 @@ class _Build:
     nodes: tuple[int, int]  # (node_rank, num_nodes)
     progress: bool
 
-    def run(self, records: Sequence[ImageRecord], header: dict[str, Any], out: Path) -> Path:
+    def run(self, records: Sequence[LabelImage], header: dict[str, Any], out: Path) -> Path:
         """Build ``records`` into ``out``; ``header`` holds everything but ``images`` and ``num_shards``."""
         node_rank, num_nodes = self.nodes
         spp = self.cfg.samples_per_shard

@@ -11,7 +11,7 @@ Masks (`ImageLabels`)
     label every pixel or call it void, so there it does not occur), 255 = ignore (void, unlabelled, crowd under
     ``crowd="ignore"``). ``instance`` int32 (H, W): ids 1..N for the visible *thing* instances, 0 elsewhere (stuff,
     void, crowd). ``instances[k]`` (a `Thing`) is instance ``k + 1``. ``table()`` gives the rows the cache stores,
-    the fields of `fastload.targets.instance_table` plus ``iscrowd`` (always false: a crowd is never an instance).
+    `fastload.build.tables.instance_table`'s: one per visible thing instance (a crowd is never one).
 
 Crowd policy (``crowd``)
 
@@ -29,6 +29,7 @@ A crowd region is never an instance under either policy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,21 +106,39 @@ class ImageLabels:
     instance: np.ndarray
     instances: tuple[Thing, ...]
 
-    @property
+    @functools.cached_property
     def boxes(self) -> np.ndarray:
-        """int64 (N, 4): ``[x, y, w, h]`` of instance ``k + 1``'s pixels (as `RasterResult.boxes`)."""
+        """int64 (N, 4): ``[x, y, w, h]`` of instance ``k + 1``'s pixels (as `RasterResult.boxes`), computed once.
+
+        From the mask's runs (a row's stretches of one id): two passes over the mask, then work per run.
+        """
+        height, width = self.instance.shape
+        flat = self.instance.ravel()
+        change = np.ones(flat.size, dtype=bool)
+        np.not_equal(flat[1:], flat[:-1], out=change[1:])
+        change[::width] = True  # a run never crosses into the next row
+        starts = np.flatnonzero(change)
+        ends = np.append(starts[1:], flat.size) - 1  # each run's last pixel
+        values = flat[starts]
+        inside = values > 0
+        starts, ends, ids = starts[inside], ends[inside], values[inside].astype(np.intp) - 1
         n = len(self.instances)
-        ys, xs = np.nonzero(self.instance)
-        ids = self.instance[ys, xs].astype(np.int64) - 1
-        lo = np.full((n, 2), np.iinfo(np.int64).max, np.int64)
-        hi = np.full((n, 2), -1, np.int64)
-        np.minimum.at(lo, ids, np.stack([xs, ys], axis=1))
-        np.maximum.at(hi, ids, np.stack([xs, ys], axis=1))
-        return np.concatenate([lo, hi - lo + 1], axis=1).reshape(n, 4)
+        lo = np.full((2, n), np.iinfo(np.int64).max, np.int64)
+        hi = np.full((2, n), -1, np.int64)
+        rows = starts // width
+        np.minimum.at(lo[0], ids, starts % width)
+        np.maximum.at(hi[0], ids, ends % width)
+        np.minimum.at(lo[1], ids, rows)
+        np.maximum.at(hi[1], ids, rows)
+        return np.concatenate([lo.T, (hi - lo + 1).T], axis=1)
 
     def table(self) -> list[dict]:
-        """The instance table: `fastload.build.tables.instance_table`'s rows, each with ``"iscrowd": False`` added."""
-        return [{**row, "iscrowd": False} for row in instance_table(self)]  # type: ignore[arg-type]
+        """The instance table the cache stores: `fastload.build.tables.instance_table`'s rows, one per instance.
+
+        Every row is a visible, non-crowd instance of a thing class (that is what an instance is here), so the
+        rows carry no ``iscrowd`` or ``isthing`` field: the manifest says which train ids are things.
+        """
+        return instance_table(self)  # type: ignore[arg-type]
 
 
 class LabelSource(Protocol):

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from fastload.build.coco_panoptic import MAX_SEGMENT_ID, load_coco_panoptic, segment_ids_to_bgr
 from fastload.build.sources import LabelDataset
+from fastload.validation import MAX_SIDE, check_int, short_repr
 
 FORMATS: tuple[str, ...] = ("panoptic", "cityscapes")
 THING_LABELS = ("person", "rider", "car", "bicycle")
@@ -257,9 +258,11 @@ def _write_image(path: Path, pixels: np.ndarray) -> None:
 
 
 def _check(n: int, size: tuple[int, int]) -> tuple[int, int]:
-    height, width = (int(v) for v in size)
-    if n < 0 or height < 16 or width < 16:
-        raise ValueError(f"need n >= 0 and size >= 16 x 16, got n={n} size={size}")
+    """``size`` checked (16 .. `fastload.validation.MAX_SIDE` per side, ``ValueError`` naming it), with ``n >= 0``."""
+    check_int("n", n, 0, error=ValueError)
+    if not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2:
+        raise ValueError(f"size must be two integers, got {short_repr(size)}")
+    height, width = (check_int(f"size[{k}]", v, 16, MAX_SIDE, error=ValueError) for k, v in enumerate(size))
     return height, width
 
 

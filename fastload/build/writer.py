@@ -1,8 +1,8 @@
 """One shard of a cache: each image checked and encoded (`encode_sample`), written by a `ShardWriter`.
 
 The work is a thin shell around pure functions: `fastload.build.imagefile.read_checked_image` checks and
-normalises each image file, `rasterize_image` makes the masks and `instance_table` the instance table,
-`fastload.cache.format` encodes them. A `ShardWriter` takes the samples one by one (``add``, or ``skip`` for one
+normalises each image file, the image's `fastload.build.sources.LabelImage.labels` makes the masks (whatever the
+input format) and ``table()`` the instance table, `fastload.cache.format` encodes them. A `ShardWriter` takes the samples one by one (``add``, or ``skip`` for one
 left out) and ``close`` returns the typed `ShardRecord` it wrote last: every file appears atomically (``*.tmp``
 then ``os.replace``), the tar and both indexes first, the shard's ``.done.json`` last. A killed build therefore
 never leaves a shard that looks complete, and a resumed one keeps exactly the shards whose record and hashes
@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+import numpy as np
+
 from fastload.build.imagefile import read_checked_image
-from fastload.build.raster import rasterize_image
-from fastload.build.records import ImageRecord
 from fastload.build.rules import OnError, resolve_image_path
-from fastload.build.tables import instance_table
+from fastload.build.sources import LabelImage
 from fastload.cache.config import CacheConfig
 from fastload.cache.format import (
     LABEL_DTYPES,
@@ -52,35 +52,45 @@ from fastload.cache.manifest import (
 from fastload.errors import AnnotationError, CacheError, ImageError
 from fastload.labels import MAX_INSTANCES
 
-FIX_IMAGE = "fix or replace the file (or its COCO entry), or pass --on-error skip"
+FIX_IMAGE = "fix or replace the file (or its entry in the annotations), or pass --on-error skip"
 
 
 # ----------------------------------------------------------------------------------------------- one sample
 
 
 class _SampleProblem(Exception):
-    """Internal: this image cannot be cached; ``kind`` picks ImageError or AnnotationError under "fail"."""
+    """Internal: this image cannot be cached; ``kind`` picks ImageError or AnnotationError under "fail".
 
-    def __init__(self, kind: Literal["image", "annotation"], reason: str):
+    ``complete``: the reason is a whole message already (a label reader's error names the image, file and fix).
+    """
+
+    def __init__(self, kind: Literal["image", "annotation"], reason: str, *, complete: bool = False):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+        self.complete = complete
 
 
 @dataclass(frozen=True)
 class EncodedSample:
     """A sample's members in tar order ``(kind, name, bytes)`` and what the manifest counts about it.
 
+    instances_per_class : train id -> instances (things only: an instance is one)
+    pixels_per_class : semantic value (0 background, 1..K, 255 ignore) -> pixels, the values present
     normalised : how the build changed the image's bytes (`fastload.build.imagefile.CheckedImage.normalised`), or None
     """
 
     members: tuple[tuple[str, str, bytes], ...]
     instances_per_class: dict[int, int]
+    pixels_per_class: dict[int, int]
     normalised: str | None = None
 
 
-def encode_sample(record: ImageRecord, position: int, image_root: Path, cfg: CacheConfig) -> EncodedSample:
-    """Check one image and encode all its members (pure apart from reading the image file)."""
+def encode_sample(record: LabelImage, position: int, image_root: Path, cfg: CacheConfig) -> EncodedSample:
+    """Check one image, compute its masks (`LabelImage.labels`) and encode all its members.
+
+    Pure apart from reading the image file and the label files (a panoptic PNG) it names.
+    """
     try:
         path = resolve_image_path(image_root, record)
     except AnnotationError as exc:
@@ -89,12 +99,17 @@ def encode_sample(record: ImageRecord, position: int, image_root: Path, cfg: Cac
         image = read_checked_image(path, record.height, record.width, cfg)
     except ImageError as exc:
         raise _SampleProblem("image", str(exc)) from None
-    raster = rasterize_image(record)
-    if len(raster.instances) > MAX_INSTANCES:
+    try:
+        labels = record.labels(max_image_pixels=cfg.max_image_pixels)
+    except ImageError as exc:
+        raise _SampleProblem("image", str(exc), complete=True) from None
+    except AnnotationError as exc:
+        raise _SampleProblem("annotation", str(exc), complete=True) from None
+    if len(labels.instances) > MAX_INSTANCES:
         raise _SampleProblem(
-            "annotation", f"{len(raster.instances)} visible instances; a cache sample holds at most {MAX_INSTANCES}"
+            "annotation", f"{len(labels.instances)} visible instances; a cache sample holds at most {MAX_INSTANCES}"
         )
-    table = instance_table(raster)
+    table = labels.table()
     level = cfg.label_compression
     meta = {
         "image_id": record.image_id,
@@ -106,12 +121,13 @@ def encode_sample(record: ImageRecord, position: int, image_root: Path, cfg: Cac
     key = sample_key(position)
     members = (
         ("image", f"{key}.{image.fmt}", image.data),
-        ("sem", f"{key}.{LABEL_EXTENSIONS['sem']}", encode_label(raster.semantic, kind="sem", level=level)),
-        ("ins", f"{key}.{LABEL_EXTENSIONS['ins']}", encode_label(raster.instance, kind="ins", level=level)),
+        ("sem", f"{key}.{LABEL_EXTENSIONS['sem']}", encode_label(labels.semantic, kind="sem", level=level)),
+        ("ins", f"{key}.{LABEL_EXTENSIONS['ins']}", encode_label(labels.instance, kind="ins", level=level)),
         ("meta", f"{key}.{LABEL_EXTENSIONS['meta']}", encode_meta(meta)),
     )
     per_class = Counter(int(row["train_id"]) for row in table)
-    return EncodedSample(members, dict(per_class), image.normalised)
+    pixels = np.bincount(labels.semantic.ravel(), minlength=256)
+    return EncodedSample(members, dict(per_class), {int(v): int(pixels[v]) for v in np.flatnonzero(pixels)}, image.normalised)
 
 
 # ----------------------------------------------------------------------------------------------- the record
@@ -138,6 +154,7 @@ class ShardRecord:
     fingerprint: str  # `fastload.build.fingerprint.shard_fingerprint`: the inputs the bytes depend on
     samples: int
     instances_per_class: tuple[tuple[int, int], ...]  # (train id, instances), by train id
+    pixels_per_class: tuple[tuple[int, int], ...]  # (semantic value 0..255, pixels), by value; values present
     member_bytes: MemberBytes
     skips: tuple[SkipInfo, ...]
     normalised: tuple[NormalisedInfo, ...]
@@ -157,6 +174,7 @@ class ShardRecord:
             "samples": self.samples,
             "instances": self.instances,
             "instances_per_class": {str(k): v for k, v in self.instances_per_class},
+            "pixels_per_class": {str(k): v for k, v in self.pixels_per_class},
             "member_bytes": asdict(self.member_bytes),
             "skips": [asdict(s) for s in self.skips],
             "normalised": [asdict(n) for n in self.normalised],
@@ -191,9 +209,10 @@ class ShardWriter:
         self._skips: list[SkipInfo] = []
         self._normalised: list[NormalisedInfo] = []
         self._per_class: Counter[int] = Counter()
+        self._pixels: Counter[int] = Counter()
         self._member_bytes = dict.fromkeys(MEMBER_KINDS, 0)
 
-    def add(self, record: ImageRecord, position: int, sample: EncodedSample) -> None:
+    def add(self, record: LabelImage, position: int, sample: EncodedSample) -> None:
         """Append one sample's members to the tar and its entries to both indexes."""
         members, dali_members = [], []
         for kind, name, data in sample.members:
@@ -210,8 +229,9 @@ class ShardWriter:
         if sample.normalised:
             self._normalised.append(NormalisedInfo(record.image_id, record.file_name, sample.normalised))
         self._per_class.update(sample.instances_per_class)
+        self._pixels.update(sample.pixels_per_class)
 
-    def skip(self, record: ImageRecord, reason: str) -> None:
+    def skip(self, record: LabelImage, reason: str) -> None:
         """Record an image left out (``on_error="skip"``)."""
         self._skips.append(SkipInfo(record.image_id, None, record.file_name, reason))
 
@@ -240,6 +260,7 @@ class ShardWriter:
             fingerprint=self._fingerprint,
             samples=len(self._index),
             instances_per_class=tuple(sorted(self._per_class.items())),
+            pixels_per_class=tuple(sorted(self._pixels.items())),
             member_bytes=MemberBytes(**self._member_bytes),
             skips=tuple(self._skips),
             normalised=tuple(self._normalised),
@@ -271,7 +292,7 @@ class ShardTask:
     """Everything a worker needs to build shard ``shard`` (records travel with the task)."""
 
     shard: int
-    items: tuple[tuple[int, ImageRecord], ...]  # (position, ImageRecord)
+    items: tuple[tuple[int, LabelImage], ...]  # (position, image)
     out: Path
     image_root: Path
     config: CacheConfig
@@ -288,6 +309,8 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
             except _SampleProblem as problem:
                 if task.on_error == "fail":
                     error = ImageError if problem.kind == "image" else AnnotationError
+                    if problem.complete:
+                        raise error(problem.reason) from None
                     raise error(f"image {record.image_id} (file {record.file_name!r}): {problem.reason}; {FIX_IMAGE}") from None
                 writer.skip(record, problem.reason)
             else:
@@ -314,6 +337,8 @@ def check_done_record(out: Path, shard: int, fingerprint: str, on_error: OnError
     if record.get("skips") and on_error == "fail":
         return None
     if not isinstance(record.get("normalised"), list):  # a record from before normalisations were recorded
+        return None
+    if not isinstance(record.get("pixels_per_class"), dict):  # a record from before pixel counts were recorded
         return None
     files = record.get("files")
     if files is None:

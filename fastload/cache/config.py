@@ -61,12 +61,19 @@ class CacheConfig:
     max_image_pixels : int
         Largest height x width an image may declare in its header (>= 1): a bigger one is refused at build,
         before it is decoded, and so is a cache sample at load (see `DEFAULT_MAX_IMAGE_PIXELS`).
+    things : tuple of category ids (int) and names (str), or None
+        Which categories of a COCO instances file are *things* (instances: ids, centres, offsets); the others
+        are *stuff*, their pixels in the semantic mask only (instance 0). None (the default): every category is
+        a thing. Only for COCO instances: COCO panoptic (``isthing``) and Cityscapes (``hasInstances``) say it
+        themselves, and a build refuses ``things`` for them. An id or name that is not a category is an error
+        at build time (`fastload.build.coco_instances.from_coco`).
     """
 
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
     label_compression: int = DEFAULT_LABEL_COMPRESSION
     exif_orientation: ExifOrientation = "apply"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    things: tuple[int | str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_int(
@@ -81,9 +88,26 @@ class CacheConfig:
             raise ConfigError(f"exif_orientation must be one of {list(EXIF_ORIENTATIONS)}, got {self.exif_orientation!r}")
         if not is_int(self.max_image_pixels) or self.max_image_pixels < 1:
             raise ConfigError(f"max_image_pixels must be >= 1, got {short_repr(self.max_image_pixels)}")
+        if self.things is not None:
+            object.__setattr__(self, "things", _check_things(self.things))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_things(things: Any) -> tuple[int | str, ...]:
+    """``things`` as a tuple of category ids (ints >= 0) and names (non-empty strings), each at most once."""
+    if isinstance(things, (str, bytes)) or not isinstance(things, (list, tuple)):
+        raise ConfigError(f"things must be a list of category ids and names (or null: every category), got {short_repr(things)}")
+    seen: set[int | str] = set()
+    for entry in things:
+        ok = (is_int(entry) and entry >= 0) or (isinstance(entry, str) and entry != "")
+        if not ok:
+            raise ConfigError(f"things: {short_repr(entry)} is neither a category id (an integer >= 0) nor a category name")
+        if entry in seen:
+            raise ConfigError(f"things: {short_repr(entry)} is listed twice")
+        seen.add(entry)
+    return tuple(int(e) if is_int(e) else e for e in things)
 
 
 def _check_moved(mapping: Any, where: str) -> None:

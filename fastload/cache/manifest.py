@@ -28,13 +28,14 @@ from fastload.cache.format import (
     shard_stem,
 )
 from fastload.errors import CacheError
-from fastload.labels import BACKGROUND_NAME
+from fastload.labels import BACKGROUND_NAME, IGNORE
 
 MANIFEST_NAME = "manifest.json"
 BACKGROUND = BACKGROUND_NAME  # the name of train id 0 in ``classes`` (torchvision's word for it)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of image and annotation ids (the reader's int64 tables)
 BYTE_KINDS = MEMBER_KINDS
 LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' layout (fastload.cache.format)
+SOURCE_FORMATS = ("coco", "coco_panoptic", "cityscapes")  # what a cache is built from (fastload.build.inputs)
 
 
 def part_name(node_rank: int, num_nodes: int) -> str:
@@ -98,9 +99,11 @@ def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
 def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The manifest (as a JSON-ready dict) from the build header and every shard's completion record.
 
-    ``header`` holds ``fastload_version``, ``config``, ``categories`` (coco_id, train_id, name),
-    ``coco_sha256``, ``images`` (validated COCO images), ``num_shards``, ``coco_skips`` and, in a split build,
-    ``split`` (name, fractions, seed).
+    ``header`` holds ``fastload_version``, ``config``, ``categories`` (coco_id, train_id, name, isthing),
+    ``source`` (format, coco_sha256: the annotations' sha256, and the Cityscapes split), ``images`` (validated
+    images), ``num_shards``, ``coco_skips`` (the reader's skips) and, in a split build, ``split`` (name, fractions,
+    seed). A header or records of a build from before things, stuff and pixel counts were recorded (a multi-node
+    build merged after an upgrade) give a manifest without them, which reads as before (all things).
     """
     records = sorted(records, key=lambda r: r["shard"])
     found = [r["shard"] for r in records]
@@ -108,6 +111,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
         missing = sorted(set(range(header["num_shards"])) - set(found))
         raise CacheError(f"cannot write the manifest: shard(s) {missing[:10]} have no completion record")
     per_class: dict[str, int] = {}
+    pixels: dict[str, int] | None = {} if all("pixels_per_class" in r for r in records) else None
     member_bytes = dict.fromkeys(BYTE_KINDS, 0)
     skips = [dict(s) for s in header["coco_skips"]]
     normalised: list[dict[str, Any]] = []
@@ -115,6 +119,9 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
     for rec in records:
         for train_id, count in rec["instances_per_class"].items():
             per_class[train_id] = per_class.get(train_id, 0) + count
+        for value, count in rec.get("pixels_per_class", {}).items():
+            if pixels is not None:
+                pixels[value] = pixels.get(value, 0) + count
         for kind in BYTE_KINDS:
             member_bytes[kind] += rec["member_bytes"][kind]
         skips.extend(rec["skips"])
@@ -136,6 +143,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
             )
     categories = [
         {**c, "instances": per_class.get(str(c["train_id"]), 0)}
+        | ({} if pixels is None else {"pixels": pixels.get(str(c["train_id"]), 0)})
         for c in sorted(header["categories"], key=lambda c: c["train_id"])
     ]
     manifest = {
@@ -144,7 +152,7 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
         "config": {**header["config"], "label_format": LABEL_FORMAT},
         "categories": categories,
         "num_classes": len(categories) + 1,
-        "source": {"coco_sha256": header["coco_sha256"]},
+        "source": header["source"] if "source" in header else {"coco_sha256": header["coco_sha256"]},
         "counts": {
             "images": header["images"],
             "samples": sum(r["samples"] for r in records),
@@ -160,6 +168,9 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
             "members": member_bytes,
         },
     }
+    if pixels is not None:  # the semantic masks' pixels: all of them, background (0), ignore (255)
+        total = sum(pixels.values())
+        manifest["pixels"] = {"total": total, "background": pixels.get("0", 0), "ignore": pixels.get(str(IGNORE), 0)}
     if header.get("split") is not None:  # only in split builds: a plain build's manifest is what it always was
         manifest["split"] = header["split"]
     return manifest
@@ -170,10 +181,28 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
 
 @dataclass(frozen=True)
 class CategoryInfo:
-    coco_id: int
+    coco_id: int  # the source's category id (COCO category id, Cityscapes label id)
     train_id: int  # 1..K (0 is background, 255 ignore)
     name: str
-    instances: int  # instances of this class stored in the cache
+    instances: int  # instances of this class stored in the cache (0 for stuff)
+    isthing: bool = True  # a thing has instances; stuff is semantic only. A cache from before: every class a thing
+    pixels: int | None = None  # pixels of this class in the stored semantic masks; None: a cache from before
+
+
+@dataclass(frozen=True)
+class PixelCounts:
+    """The stored semantic masks' pixels: all of them, background (train id 0) and ignore (255).
+
+    A class's share of the labelled pixels is ``CategoryInfo.pixels / labelled`` (`labelled`: all but ignore).
+    """
+
+    total: int
+    background: int
+    ignore: int
+
+    @property
+    def labelled(self) -> int:
+        return self.total - self.ignore
 
 
 @dataclass(frozen=True)
@@ -239,8 +268,8 @@ class Manifest:
     label_format: str
     categories: tuple[CategoryInfo, ...]
     num_classes: int  # K + 1, the logits a model needs: train ids 0 (background) .. K; 255 = ignore is not a class
-    coco_sha256: str
-    images: int  # validated COCO images (sample positions), skipped ones included
+    coco_sha256: str  # sha256 of the annotations (the JSON file; Cityscapes: its polygon files, build.inputs)
+    images: int  # validated images (sample positions), skipped ones included
     samples: int
     instances: int
     skips: tuple[SkipInfo, ...]
@@ -252,6 +281,20 @@ class Manifest:
     # the build's image rules; a cache built before they were recorded kept the stored grid, under the default limit
     exif_orientation: str = "ignore"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # what the cache was built from: "coco", "coco_panoptic" or "cityscapes" (a cache from before: "coco")
+    source_format: str = "coco"
+    pixels: PixelCounts | None = None  # the semantic masks' pixel counts; None: a cache from before they were recorded
+
+    @property
+    def thing_train_ids(self) -> tuple[int, ...]:
+        """Train ids of the thing classes (instances, centres, offsets), ascending; every class in a cache built
+        before things and stuff were recorded."""
+        return tuple(c.train_id for c in self.categories if c.isthing)
+
+    @property
+    def stuff_train_ids(self) -> tuple[int, ...]:
+        """Train ids of the stuff classes (semantic mask only, instance 0), ascending."""
+        return tuple(c.train_id for c in self.categories if not c.isthing)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -325,6 +368,12 @@ class _Node:
             raise _Malformed(f"{path} must be a string{' or null' if optional else ''}, got {_show(value)}")
         return value
 
+    def boolean(self, key: str) -> bool:
+        value, path = self._get(key)
+        if not isinstance(value, bool):
+            raise _Malformed(f"{path} must be true or false, got {_show(value)}")
+        return value
+
     def choice(self, key: str, allowed: tuple[str, ...]) -> str:
         value, path = self._get(key)
         if value not in allowed:
@@ -359,9 +408,13 @@ def _parse(m: _Node, version: int) -> Manifest:
     if label_format != LABEL_FORMAT:
         raise _Malformed(f"config.label_format is {label_format!r}; this fastload reads {LABEL_FORMAT!r}")
     categories = tuple(
-        CategoryInfo(coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"), instances=c.integer("instances"))
+        CategoryInfo(
+            coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"),
+            instances=c.integer("instances"), isthing=c.boolean("isthing") if "isthing" in c.value else True,
+            pixels=c.integer("pixels") if "pixels" in c.value else None,
+        )
         for c in m.nodes("categories")
-    )
+    )  # fmt: skip
     train_ids = [c.train_id for c in categories]
     if train_ids != list(range(1, len(categories) + 1)):
         raise _Malformed(f"categories must hold train ids 1..{len(categories)} in order, got {train_ids[:10]}")
@@ -409,7 +462,28 @@ def _parse(m: _Node, version: int) -> Manifest:
         split=_split(m),
         exif_orientation=cfg.choice("exif_orientation", EXIF_ORIENTATIONS) if "exif_orientation" in cfg.value else "ignore",
         max_image_pixels=cfg.integer("max_image_pixels", minimum=1) if "max_image_pixels" in cfg.value else DEFAULT_MAX_IMAGE_PIXELS,
+        source_format=m.node("source").choice("format", SOURCE_FORMATS) if "format" in m.node("source").value else "coco",
+        pixels=_pixels(m, categories),
     )
+
+
+def _pixels(m: _Node, categories: tuple[CategoryInfo, ...]) -> PixelCounts | None:
+    """The optional ``pixels`` entry, checked against the categories' ``pixels``: both there or neither, and
+    the classes' pixels, background and ignore add up to the total."""
+    have = [c.pixels is not None for c in categories]
+    if "pixels" not in m.value:
+        if any(have):
+            raise _Malformed("categories hold pixels, but the manifest has no pixels entry")
+        return None
+    node = m.node("pixels")
+    counts = PixelCounts(total=node.integer("total"), background=node.integer("background"), ignore=node.integer("ignore"))
+    if not all(have):
+        missing = next(c.train_id for c in categories if c.pixels is None)
+        raise _Malformed(f"pixels is given, but the category of train id {missing} has no pixels")
+    summed = counts.background + counts.ignore + sum(c.pixels for c in categories)
+    if summed != counts.total:
+        raise _Malformed(f"pixels.total is {counts.total}, the classes, background and ignore hold {summed}")
+    return counts
 
 
 def _split(m: _Node) -> SplitInfo | None:

@@ -41,8 +41,9 @@ def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
     each member lies inside the tar, its tar header names it with the right size, its CRC-32 matches, the
     members pass the loaders' own checks (`fastload.cache.validate.checked_sample`: headers, sizes, bounds),
     every member decodes to the sample's height and width, the instance mask holds no id beyond the instance
-    table, and the semantic mask only train ids of the manifest (or 255). A hostile sample is reported like a
-    damaged one, and the run goes on.
+    table, the semantic mask only train ids of the manifest (or 255), and instance ids only cover pixels of thing
+    classes, whose train ids alone the instance table names (`instances_off_things`). A hostile sample is
+    reported like a damaged one, and the run goes on.
 
     Raises
     ------
@@ -146,11 +147,42 @@ def _check_sample(fh: Any, tar_bytes: int, sample: dict[str, Any], manifest: Man
         labels = set(np.unique(decoded["semantic"]).tolist()) - {IGNORE}
         if labels and max(labels) >= manifest.num_classes:
             return f"semantic mask holds train id {max(labels)}; the manifest has {manifest.num_classes - 1} classes"
+        problem = instances_off_things(decoded["semantic"], decoded["instance"], checked.meta["instances"], manifest)
+        if problem:
+            return problem
     except (CacheError, tarfile.TarError) as exc:
         return str(exc)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         return f"index entry malformed ({type(exc).__name__}: {exc})"
     return None
+
+
+def instances_off_things(semantic: np.ndarray, instance: np.ndarray, table: list[Any], manifest: Manifest) -> str | None:
+    """Why a sample's instances are not all things, or None: an instance pixel must lie on a thing class (not
+    on stuff, background or ignore: those have instance 0), and each instance-table row must name a thing."""
+    things = manifest.thing_train_ids
+    names = dict(enumerate(manifest.classes)) | {IGNORE: "ignore"}
+    rows = [row.get("train_id") for row in table]
+    bad_rows = sorted({t for t in rows if t not in things}, key=str)
+    if bad_rows:
+        return f"instance table rows name train id(s) {bad_rows[:5]}, which are not thing classes (things: {list(things)[:10]})"
+    lut = np.ones(256, bool)
+    lut[list(things)] = False  # True: not a thing
+    off = (instance > 0) & lut[semantic]
+    if not off.any():
+        return None
+    values, counts = np.unique(semantic[off], return_counts=True)
+    where = ", ".join(
+        f"{int(n)} px on {int(v)} ({names.get(int(v), '?')}, {_kind(int(v), manifest)})" for v, n in zip(values[:5], counts[:5], strict=True)
+    )
+    ids = np.unique(instance[off])[:5].tolist()
+    return f"instance mask: instance(s) {ids} cover pixels whose class is not a thing: {where}; stuff, background and ignore have instance 0"
+
+
+def _kind(value: int, manifest: Manifest) -> str:
+    if value in manifest.stuff_train_ids:
+        return "stuff"
+    return "ignore" if value == IGNORE else "background" if value == 0 else "not a class"
 
 
 def _read_member(fh: Any, tar_bytes: int, m: dict[str, Any]) -> bytes | str:

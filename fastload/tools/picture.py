@@ -75,12 +75,48 @@ def _outlines(instance: np.ndarray) -> np.ndarray:
     return edge & ((instance > 0) | np.roll(instance > 0, 1, axis=1) | np.roll(instance > 0, 1, axis=0))
 
 
-def semantic_overlay(rgb: np.ndarray, semantic: np.ndarray, instance: np.ndarray | None = None) -> np.ndarray:
-    """uint8 (H, W, 3): classes blended over the image, ignore striped, instance outlines white."""
+def stuff_colours(colours: np.ndarray) -> np.ndarray:
+    """The desaturated tint a stuff class is drawn in: its class colour moved 65 % of the way to its own grey."""
+    grey = colours.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(0.35 * colours + 0.65 * grey[..., None] + 0.5, 0, 255).astype(np.uint8)
+
+
+def instance_shades(colours: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """uint8 (N, 3): instance ``ids[k]``'s colour, a shade of its class colour ``colours[k]``.
+
+    Brightness steps through five levels (x0.55 .. x1.25) with the id and the hue turns by up to ±10°, so that
+    neighbouring instances of one class differ while the class stays recognisable (Cityscapes' own panoptic
+    pictures jitter the class colour the same way).
+    """
+    import cv2
+
+    hsv = cv2.cvtColor(colours.reshape(-1, 1, 3).astype(np.uint8), cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.float32)
+    step = ids.astype(np.int64)
+    hsv[:, 0] = (hsv[:, 0] + ((step * 3) % 11 - 5)) % 180  # OpenCV's hue: 0..179, 2 degrees a unit
+    hsv[:, 2] = np.clip(hsv[:, 2] * (0.55 + 0.175 * (step % 5)), 0, 255)
+    return cv2.cvtColor(hsv.reshape(-1, 1, 3).astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(-1, 3)
+
+
+def semantic_overlay(
+    rgb: np.ndarray, semantic: np.ndarray, instance: np.ndarray | None = None, *, stuff: Sequence[int] = ()
+) -> np.ndarray:
+    """uint8 (H, W, 3): classes blended over the image, ignore striped, instance outlines white.
+
+    Things and stuff apart: a stuff class (train ids ``stuff``) as a desaturated tint of its colour
+    (`stuff_colours`); a thing pixel of an instance in its instance's shade of the class colour
+    (`instance_shades`), other thing pixels in the class colour; background dimmed.
+    """
     colours = class_colours()
+    is_stuff = np.zeros(256, bool)
+    is_stuff[list(stuff)] = True
+    colours[is_stuff] = stuff_colours(colours[is_stuff])
     out = rgb.astype(np.float32)
     fg = (semantic > 0) & (semantic != IGNORE)
-    out[fg] = 0.45 * out[fg] + 0.55 * colours[semantic[fg]].astype(np.float32)
+    paint = colours[semantic[fg]]
+    if instance is not None:
+        shaded = (instance[fg] > 0) & ~is_stuff[semantic[fg]]
+        paint[shaded] = instance_shades(paint[shaded], instance[fg][shaded])
+    out[fg] = 0.45 * out[fg] + 0.55 * paint.astype(np.float32)
     out[semantic == 0] *= 0.6  # background dimmed so that the classes stand out
     ign = semantic == IGNORE
     out[ign] = 0.25 * out[ign] + 0.75 * _stripes(*semantic.shape)[ign].astype(np.float32)
@@ -152,8 +188,9 @@ def _put(
     cv2.putText(img, text, xy, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
-def sample_panels(sample: dict[str, np.ndarray], mean, std) -> list[np.ndarray]:
-    """The four panels (RGB uint8, the loader's output size) of one sample (tensors as NumPy, no batch axis)."""
+def sample_panels(sample: dict[str, np.ndarray], mean, std, *, stuff: Sequence[int] = ()) -> list[np.ndarray]:
+    """The four panels (RGB uint8, the loader's output size) of one sample (tensors as NumPy, no batch axis);
+    ``stuff``: the stuff classes' train ids (`semantic_overlay`)."""
     import cv2
 
     rgb = denormalize(sample["image"], mean, std)
@@ -165,19 +202,30 @@ def sample_panels(sample: dict[str, np.ndarray], mean, std) -> list[np.ndarray]:
     return [
         rgb,
         semantic_overlay(
-            rgb, sample["semantic"].astype(np.int64).clip(0, 255).astype(np.uint8), sample["instance"]
+            rgb, sample["semantic"].astype(np.int64).clip(0, 255).astype(np.uint8), sample["instance"], stuff=stuff
         ),
         heatmap_overlay(rgb, heat),
         off,
     ]
 
 
-def _class_key(grid: np.ndarray, names: Sequence[str]) -> None:
-    """Colour swatches and names along the footer: train id k has ``class_colours()[k]``; then ignore."""
+def key_entries(
+    names: Sequence[str], stuff: Sequence[int] = (), present: Sequence[int] | None = None
+) -> list[tuple[np.ndarray | None, str]]:
+    """The footer's key: ``(swatch colour, text)`` per class (train ids 1..K; only those in ``present`` when
+    given), things first, each in the colour its pixels get (a thing's class colour, of which its instances are
+    shades; a stuff class's tint), then ignore (None: the stripes)."""
     colours = class_colours()
+    shown = [(k, name) for k, name in enumerate(names, start=1) if present is None or k in present]
+    things = [(colours[k], name) for k, name in shown if k not in stuff]
+    tinted = [(stuff_colours(colours[k]), f"{name} (stuff)") for k, name in shown if k in stuff]
+    return [*things, *tinted, (None, f"ignore ({IGNORE})")]
+
+
+def _class_key(grid: np.ndarray, entries: list[tuple[np.ndarray | None, str]]) -> None:
+    """Colour swatches and names along the footer (`key_entries`), as many as fit."""
     y0 = grid.shape[0] - FOOTER_H + 6
     x = 6
-    entries = [(colours[k], name) for k, name in enumerate(names, start=1)] + [(None, f"ignore ({IGNORE})")]
     for colour, name in entries:
         if x + 16 > grid.shape[1]:
             break
@@ -194,10 +242,12 @@ def render_grid(
     mean,
     std,
     class_names: Sequence[str] = (),
+    stuff: Sequence[int] = (),
 ) -> np.ndarray:
     """uint8 RGB grid. Each row: {"sample": dict of NumPy arrays, "label": [lines of text]}.
 
     class_names : names of train ids 1..K, for the colour key in the footer
+    stuff : train ids of the stuff classes (drawn as a tint, things in shades per instance: `semantic_overlay`)
     """
     import cv2
 
@@ -211,7 +261,7 @@ def render_grid(
     grid[3 : 3 + d, x0 : x0 + d] = wheel_legend(d)
     for r, row in enumerate(rows):
         y = HEADER_H + r * th
-        for c, panel in enumerate(sample_panels(row["sample"], mean, std)):
+        for c, panel in enumerate(sample_panels(row["sample"], mean, std, stuff=stuff)):
             interp = cv2.INTER_AREA if panel.shape[1] > tw else cv2.INTER_NEAREST
             grid[y : y + th, LABEL_W + c * tw : LABEL_W + (c + 1) * tw] = cv2.resize(
                 panel, (tw, th), interpolation=interp
@@ -219,5 +269,6 @@ def render_grid(
         for k, line in enumerate(row["label"]):
             _put(grid, line, (6, y + 20 + 18 * k))
         grid[y, :] = 64  # a thin line between rows
-    _class_key(grid, class_names)
+    present = set().union(*(np.unique(row["sample"]["semantic"]).tolist() for row in rows)) if rows else None
+    _class_key(grid, key_entries(class_names, stuff, present))  # the classes shown: Cityscapes' 19 do not fit
     return grid

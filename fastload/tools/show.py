@@ -4,8 +4,9 @@ One row per sample (and per loader with ``--loader both``: the cpu row, then the
 with the same augmentation parameters). Columns:
 
 1. the augmented image, denormalised;
-2. the semantic mask over it: a colour per class, instance outlines in white, ignore (255: crowd, and the
-   letterbox outside the warped image) as grey/white stripes;
+2. the semantic mask over it: a colour per class, things and stuff apart (a stuff class as a desaturated tint, a
+   thing's instances each in a shade of its class colour, outlined in white), ignore (255: crowd, and the
+   letterbox outside the warped image) as grey/white stripes; the footer's key names the classes;
 3. the centre heatmap (inferno) over a dimmed grey image;
 4. the offsets as a colour wheel: hue = the direction each pixel points to its instance centre, brightness =
    distance (the wheel in the header gives the key; black = no offset).
@@ -140,11 +141,13 @@ def show(
     try:
         rows = grid_rows(cache, n=n, loader=loader, augment=cfg, size=size, seed=seed, epoch=epoch, device=device)
         class_names = [c.name for c in cache.manifest.categories]
+        stuff = cache.manifest.stuff_train_ids
     finally:
         if opened:
             cache.close()
     grid = render_grid(
-        rows, out_hw=tuple(size), tile=tile, mean=cfg.normalize.mean, std=cfg.normalize.std, class_names=class_names
+        rows, out_hw=tuple(size), tile=tile, mean=cfg.normalize.mean, std=cfg.normalize.std, class_names=class_names,
+        stuff=stuff,
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
