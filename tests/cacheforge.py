@@ -30,9 +30,9 @@ from fastload.cache.format import (
     MEMBER_KINDS,
     TarWriter,
     dali_index_text,
-    dumps_canonical,
     sniff_image_format,
 )
+from fastload.cache.jsonio import dumps_canonical
 
 REPO = Path(__file__).resolve().parents[1]
 

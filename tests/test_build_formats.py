@@ -11,8 +11,8 @@ import pytest
 
 from fastload.build.coco import load_coco
 from fastload.build.coco_instances import from_coco
-from fastload.build.coco_panoptic import decode_segment_ids
 from fastload.build.raster import rasterize_image
+from fastload.build.segment_png import decode_segment_ids
 from fastload.build.sources import Thing, labels_from_regions
 from fastload.build.synth_formats import (
     CITIES,

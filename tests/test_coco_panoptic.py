@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fastload.build.coco_panoptic import decode_segment_ids, load_coco_panoptic, segment_ids_to_bgr
+from fastload.build.coco_panoptic import load_coco_panoptic
+from fastload.build.segment_png import decode_segment_ids, segment_ids_to_bgr
 from fastload.build.sources import stable_image_id
 from fastload.errors import AnnotationError, ImageError
 

@@ -19,7 +19,7 @@ import json
 import numpy as np
 import pytest
 
-from fastload.build.coco_panoptic import decode_segment_ids
+from fastload.build.segment_png import decode_segment_ids
 from fastload.build.synth_formats import write_panoptic
 from fastload.targets import center_targets, panoptic_weights, semantic_weights
 

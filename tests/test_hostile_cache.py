@@ -23,13 +23,8 @@ from cacheforge import forge_sample, label_member, lz4_band, read_bounded, read_
 from imagefactory import jpeg_declaring
 from loader_kit import make_synth_cache
 
-from fastload.cache.format import (
-    MAX_META_BYTES,
-    decode_label,
-    encode_label,
-    loads_json,
-    rows_per_band,
-)
+from fastload.cache.format import MAX_META_BYTES, decode_label, encode_label, rows_per_band
+from fastload.cache.jsonio import loads_json
 from fastload.cache.validate import check_label_bands, checked_label_layouts
 from fastload.cache.verify import verify_cache
 from fastload.errors import CacheError

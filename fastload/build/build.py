@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fastload import __version__
+from fastload.build.assemble import assemble_manifest, done_name, part_name, pretty_json, write_atomic
 from fastload.build.fingerprint import shard_fingerprint
 from fastload.build.inputs import BuildInput, select_input
 from fastload.build.lock import build_lock, storage_error
@@ -34,16 +35,8 @@ from fastload.build.split import assign, check_split, split_of
 from fastload.build.writer import ShardTask, check_done_record
 from fastload.cache.config import CacheConfig, as_cache_config
 from fastload.cache.format import SCHEMA_VERSION
-from fastload.cache.manifest import (
-    MANIFEST_NAME,
-    assemble_manifest,
-    done_name,
-    part_name,
-    pretty_json,
-    read_json,
-    write_atomic,
-)
-from fastload.errors import CacheError, ConfigError, FastloadError, ImageError
+from fastload.cache.manifest import MANIFEST_NAME, read_json
+from fastload.errors import CacheError, ConfigError, FastloadError
 from fastload.validation import MAX_NUM_NODES, MAX_THREADS, check_int, is_int, short_repr
 
 # names a build may find in (and remove from) its output folder; anything else means "not a cache folder"
@@ -153,11 +146,6 @@ def build_cache(
     out = Path(out)
     with build_lock(out, what="cache build", node=nodes if nodes[1] > 1 else None):  # refuses a second build at once
         source.check_paths()
-        if not source.image_root.is_dir():
-            raise ImageError(
-                f"image folder {str(source.image_root)!r} does not exist; pass the folder the file_names of "
-                f"{source.annotations} are relative to"
-            )
         dataset = source.load(on_error=on_error, things=cfg.things)
         if not dataset.images:
             raise CacheError(f"{source.annotations} has no (valid) images; nothing to cache")

@@ -9,7 +9,8 @@ from typing import Any
 
 from fastload.build.rules import resolve_image_path
 from fastload.build.sources import LabelImage, file_size
-from fastload.cache.format import SCHEMA_VERSION, dumps_canonical
+from fastload.cache.format import SCHEMA_VERSION
+from fastload.cache.jsonio import dumps_canonical
 from fastload.errors import AnnotationError
 
 

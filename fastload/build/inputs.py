@@ -30,7 +30,7 @@ from typing import Any
 from fastload.build.rules import OnError
 from fastload.build.sources import LabelDataset
 from fastload.cache.manifest import SOURCE_FORMATS, sha256_file
-from fastload.errors import AnnotationError, ConfigError
+from fastload.errors import AnnotationError, ConfigError, ImageError
 
 __all__ = ["SOURCE_FORMATS", "BuildInput", "cityscapes_sha256", "select_input"]
 ONE_SOURCE = (
@@ -90,7 +90,8 @@ class BuildInput:
             raise ConfigError(f"{exc} (pip install 'fastload[cityscapes]')") from None
 
     def check_paths(self) -> None:
-        """The annotations (and the PNG folder) exist: an AnnotationError naming the path and flag otherwise."""
+        """The annotations (and the PNG folder) exist: an AnnotationError naming the path and flag otherwise; the
+        image folder exists: an ImageError."""
         what = {"coco": ("COCO instances JSON", "--coco"), "coco_panoptic": ("COCO panoptic JSON", "--panoptic")}
         if self.format in what and not self.annotations.is_file():
             name, flag = what[self.format]
@@ -104,6 +105,11 @@ class BuildInput:
             raise AnnotationError(
                 f"Cityscapes root {str(self.annotations)!r} does not exist; pass the folder that holds gtFine/ and "
                 "leftImg8bit/ (--cityscapes)"
+            )
+        if not self.image_root.is_dir():
+            raise ImageError(
+                f"image folder {str(self.image_root)!r} does not exist; pass the folder the file_names of "
+                f"{self.annotations} are relative to"
             )
 
     def manifest_source(self) -> dict[str, Any]:

@@ -6,16 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fastload.build.assemble import assemble_manifest, done_name, pretty_json, write_atomic
 from fastload.build.lock import build_lock, storage_error
 from fastload.cache.format import SCHEMA_VERSION
-from fastload.cache.manifest import (
-    MANIFEST_NAME,
-    assemble_manifest,
-    done_name,
-    pretty_json,
-    read_json,
-    write_atomic,
-)
+from fastload.cache.manifest import MANIFEST_NAME, read_json
 from fastload.errors import CacheError, FastloadError
 
 _PART = re.compile(r"^manifest\.part-(\d{5})-of-(\d{5})\.json$")

@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fastload.build.coco_panoptic import MAX_SEGMENT_ID, load_coco_panoptic, segment_ids_to_bgr
+from fastload.build.coco_panoptic import load_coco_panoptic
+from fastload.build.segment_png import MAX_SEGMENT_ID, segment_ids_to_bgr
 from fastload.build.sources import LabelDataset
 from fastload.validation import MAX_SIDE, check_int, short_repr
 

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from fastload.build.assemble import done_name, pretty_json, write_atomic
 from fastload.build.imagefile import read_checked_image
 from fastload.build.rules import OnError, resolve_image_path
 from fastload.build.sources import LabelImage
@@ -33,22 +34,13 @@ from fastload.cache.format import (
     SCHEMA_VERSION,
     TarWriter,
     dali_index_text,
-    dumps_canonical,
     encode_label,
     encode_meta,
     sample_key,
     shard_stem,
 )
-from fastload.cache.manifest import (
-    MemberBytes,
-    NormalisedInfo,
-    SkipInfo,
-    done_name,
-    pretty_json,
-    read_json,
-    sha256_file,
-    write_atomic,
-)
+from fastload.cache.jsonio import dumps_canonical
+from fastload.cache.manifest import MemberBytes, NormalisedInfo, SkipInfo, read_json, sha256_file
 from fastload.errors import AnnotationError, CacheError, ImageError
 from fastload.labels import MAX_INSTANCES
 

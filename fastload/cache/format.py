@@ -23,8 +23,6 @@ access for the unaugmented sample.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import struct
 import tarfile
 from collections.abc import Iterable, Sequence
@@ -37,6 +35,7 @@ import numpy as np
 
 from fastload.cache.images import webp_chunks
 from fastload.cache.jpeg import jpeg_end
+from fastload.cache.jsonio import dumps_canonical, loads_json
 from fastload.errors import CacheError
 from fastload.labels import INSTANCE_FILL, SEMANTIC_FILL
 
@@ -270,79 +269,12 @@ def decode_label(data: bytes, *, kind: str, padded: bool = False, layout: LabelL
     return array if padded else array[: layout.height]
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in JSON")
-
-
-def dumps_canonical(value: Any) -> bytes:
-    """Deterministic compact JSON (sorted keys, no NaN) as UTF-8 bytes; NumPy scalars become numbers."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
-    return text.encode("utf-8")
-
-
 def encode_meta(meta: dict[str, Any]) -> bytes:
     """The meta member: ``{image_id, file_name, height, width, instances}`` as canonical JSON."""
     return dumps_canonical(meta)
 
 
-# JSON read from a cache (meta members, shard indexes, manifests, records) is parsed only within these bounds, so
-# that an edited file gives a named error instead of a RecursionError or a runaway allocation
-MAX_JSON_DEPTH = 32  # what fastload writes nests 4 deep at most
 MAX_META_BYTES = 1 << 24  # 16 MiB; a meta of MAX_INSTANCES instances takes ~8 MB
-# a JSON string (closing quote optional: an unterminated one runs to the end, so no byte is scanned twice)
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"\\[]{}')
-
-
-def _brackets(data: bytes) -> bytes:
-    """The brackets and braces of a JSON text that lie outside its strings, in order."""
-    marks = data.translate(None, _NOT_STRUCTURE)  # quotes, backslashes, brackets: a few % of the text
-    if b"\\" in marks:  # an escape may hide a quote: strip the strings from the text itself (slower)
-        return _JSON_STRING.sub(b"", data).translate(None, _NOT_STRUCTURE)
-    return b"".join(marks.split(b'"')[::2])  # no escapes: strings lie between consecutive quotes
-
-
-def json_depth(data: bytes) -> int:
-    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count); no parsing."""
-    return _depth(_brackets(bytes(data)))
-
-
-def _depth(brackets: bytes) -> int:
-    codes = np.frombuffer(brackets, np.uint8)
-    step = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int64) * 2 - 1
-    return int(np.cumsum(step).max(initial=0))
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def loads_json(data: bytes, *, what: str, max_bytes: int | None = None, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Parse JSON bytes read from a cache within bounds: at most ``max_bytes`` bytes (None: any) nested at most
-    ``max_depth`` deep, UTF-8, no NaN/Infinity.
-
-    Raises
-    ------
-    CacheError
-        Naming ``what`` and the bound or the parse error.
-    """
-    if max_bytes is not None and len(data) > max_bytes:
-        raise CacheError(f"{what} is {len(data)} bytes, more than the {max_bytes} a valid one takes")
-    data = bytes(data)
-    brackets = _brackets(data)
-    # the number of openings bounds the depth: only a text with more of them than the bound is followed through
-    if brackets.count(b"[") + brackets.count(b"{") > max_depth and (depth := _depth(brackets)) > max_depth:
-        raise CacheError(f"{what} nests {depth} levels deep, more than the {max_depth} a valid one does")
-    try:
-        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError; so is a 5000-digit number
-        raise CacheError(f"{what} is not JSON ({exc})") from None
 
 
 def decode_meta(data: bytes) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from fastload.advice import rebuild_shard
-from fastload.cache.format import IMAGE_EXTENSIONS, LABEL_DTYPES, MEMBER_KINDS, SCHEMA_VERSION, loads_json
+from fastload.cache.format import IMAGE_EXTENSIONS, LABEL_DTYPES, MEMBER_KINDS, SCHEMA_VERSION
+from fastload.cache.jsonio import loads_json
 from fastload.cache.manifest import Manifest, ShardInfo
 from fastload.cache.validate import shard_path
 from fastload.errors import CacheError

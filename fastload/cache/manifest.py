@@ -1,34 +1,21 @@
-"""``manifest.json`` and the per-shard completion records: their schema, assembly, parsing and atomic writes.
+"""``manifest.json`` as a cache's readers see it: its schema (`Manifest` and its parts), parsing, loading.
 
-A build writes, for each shard, ``shard-XXXXX.done.json`` last (after the tar and both indexes are in place),
-and ``manifest.json`` after every shard is done. The manifest is a pure function of the build header (config,
-categories, COCO-level skips) and the completion records, so a single build and a multi-node build merged
-with ``fastload cache merge`` give the same bytes.
+The build assembles and writes it (`fastload.build.assemble`); every reader of a cache — the loaders, verify,
+``cache info`` — goes through `load_manifest`, which checks every field before anything uses it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastload.cache.config import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
-from fastload.cache.format import (
-    LABEL_MAGIC,
-    LABEL_VERSION,
-    MEMBER_KINDS,
-    SCHEMA_VERSION,
-    dumps_canonical,
-    loads_json,
-    shard_stem,
-)
+from fastload.cache.format import LABEL_MAGIC, LABEL_VERSION, MEMBER_KINDS, SCHEMA_VERSION
+from fastload.cache.jsonio import JsonNode, Malformed, loads_json, show_value
 from fastload.errors import CacheError
-from fastload.labels import BACKGROUND_NAME, IGNORE
+from fastload.labels import BACKGROUND_NAME
 
 MANIFEST_NAME = "manifest.json"
 BACKGROUND = BACKGROUND_NAME  # the name of train id 0 in ``classes`` (torchvision's word for it)
@@ -38,40 +25,11 @@ LABEL_FORMAT = f"{LABEL_MAGIC.decode()} v{LABEL_VERSION}"  # the label members' 
 SOURCE_FORMATS = ("coco", "coco_panoptic", "cityscapes")  # what a cache is built from (fastload.build.inputs)
 
 
-def part_name(node_rank: int, num_nodes: int) -> str:
-    """File name of a node's partial manifest."""
-    return f"manifest.part-{node_rank:05d}-of-{num_nodes:05d}.json"
-
-
-def done_name(shard: int) -> str:
-    return f"{shard_stem(shard)}.done.json"
-
-
 # ----------------------------------------------------------------------------------------------- file helpers
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` so that it either has the full new content or does not change (tmp, fsync, replace)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: no half-written .tmp left holding space
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
-def pretty_json(value: Any) -> bytes:
-    """Deterministic, human-readable JSON for the files people open (manifest, records)."""
-    return (json.dumps(json.loads(dumps_canonical(value)), indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-
 def read_json(path: Path, *, what: str) -> Any:
-    """A JSON file of the cache, parsed within `fastload.cache.format.loads_json`'s depth bound."""
+    """A JSON file of the cache, parsed within `fastload.cache.jsonio.loads_json`'s depth bound."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -91,92 +49,6 @@ def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             sha.update(block)
     return sha.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------- assembly
-
-
-def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The manifest (as a JSON-ready dict) from the build header and every shard's completion record.
-
-    ``header`` holds ``fastload_version``, ``config``, ``categories`` (coco_id, train_id, name, isthing),
-    ``source`` (format, coco_sha256: the annotations' sha256, and the Cityscapes split), ``images`` (validated
-    images), ``num_shards``, ``coco_skips`` (the reader's skips) and, in a split build, ``split`` (name, fractions,
-    seed). A header or records of a build from before things, stuff and pixel counts were recorded (a multi-node
-    build merged after an upgrade) give a manifest without them, which reads as before (all things).
-    """
-    records = sorted(records, key=lambda r: r["shard"])
-    found = [r["shard"] for r in records]
-    if found != list(range(header["num_shards"])):
-        missing = sorted(set(range(header["num_shards"])) - set(found))
-        raise CacheError(f"cannot write the manifest: shard(s) {missing[:10]} have no completion record")
-    per_class: dict[str, int] = {}
-    pixels: dict[str, int] | None = {} if all("pixels_per_class" in r for r in records) else None
-    member_bytes = dict.fromkeys(BYTE_KINDS, 0)
-    skips = [dict(s) for s in header["coco_skips"]]
-    normalised: list[dict[str, Any]] = []
-    shards = []
-    for rec in records:
-        for train_id, count in rec["instances_per_class"].items():
-            per_class[train_id] = per_class.get(train_id, 0) + count
-        for value, count in rec.get("pixels_per_class", {}).items():
-            if pixels is not None:
-                pixels[value] = pixels.get(value, 0) + count
-        for kind in BYTE_KINDS:
-            member_bytes[kind] += rec["member_bytes"][kind]
-        skips.extend(rec["skips"])
-        normalised.extend(rec["normalised"])
-        if rec["samples"]:
-            files = rec["files"]
-            shards.append(
-                {
-                    "index": rec["shard"],
-                    "file": files["tar"]["name"],
-                    "samples": rec["samples"],
-                    "bytes": files["tar"]["bytes"],
-                    "sha256": files["tar"]["sha256"],
-                    "index_file": files["json"]["name"],
-                    "index_sha256": files["json"]["sha256"],
-                    "dali_index": files["idx"]["name"],
-                    "dali_index_sha256": files["idx"]["sha256"],
-                }
-            )
-    categories = [
-        {**c, "instances": per_class.get(str(c["train_id"]), 0)}
-        | ({} if pixels is None else {"pixels": pixels.get(str(c["train_id"]), 0)})
-        for c in sorted(header["categories"], key=lambda c: c["train_id"])
-    ]
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "fastload_version": header["fastload_version"],
-        "config": {**header["config"], "label_format": LABEL_FORMAT},
-        "categories": categories,
-        "num_classes": len(categories) + 1,
-        "source": header["source"] if "source" in header else {"coco_sha256": header["coco_sha256"]},
-        "counts": {
-            "images": header["images"],
-            "samples": sum(r["samples"] for r in records),
-            "instances": sum(r["instances"] for r in records),
-            "skipped": len(skips),
-            "normalised": len(normalised),
-        },
-        "skips": skips,
-        "normalised": normalised,
-        "shards": shards,
-        "bytes": {
-            "total": sum(s["bytes"] for s in shards),
-            "members": member_bytes,
-        },
-    }
-    if pixels is not None:  # the semantic masks' pixels: all of them, background (0), ignore (255)
-        total = sum(pixels.values())
-        manifest["pixels"] = {"total": total, "background": pixels.get("0", 0), "ignore": pixels.get(str(IGNORE), 0)}
-    if header.get("split") is not None:  # only in split builds: a plain build's manifest is what it always was
-        manifest["split"] = header["split"]
-    return manifest
-
-
-# ----------------------------------------------------------------------------------------------- parsing
 
 
 @dataclass(frozen=True)
@@ -329,84 +201,16 @@ def parse_manifest(data: Any, *, where: str) -> Manifest:
             "`fastload cache build --coco ... --images ... --out <this folder>` (no shard can be kept)"
         )
     try:
-        return _parse(_Node(data, ""), version)
-    except _Malformed as exc:
+        return _parse(JsonNode(data, ""), version)
+    except Malformed as exc:
         raise CacheError(f"{where}: malformed manifest ({exc}); rebuild the cache") from None
 
 
-class _Malformed(Exception):
-    """Internal: a manifest key is missing or has the wrong type; the message names the key path."""
-
-
-class _Node:
-    """A JSON object inside the manifest and its key path, with typed reads that name the key on failure."""
-
-    def __init__(self, value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            raise _Malformed(f"{path or 'the manifest'} must be an object, got {_show(value)}")
-        self.value, self.path = value, path
-
-    def _get(self, key: str) -> tuple[Any, str]:
-        path = f"{self.path}.{key}" if self.path else key
-        if key not in self.value:
-            raise _Malformed(f"missing key {path}")
-        return self.value[key], path
-
-    def integer(self, key: str, *, minimum: int = 0, maximum: int | None = None, optional: bool = False) -> Any:
-        value, path = self._get(key)
-        if optional and value is None:
-            return None
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-        if not ok or (maximum is not None and value > maximum):
-            bound = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-            raise _Malformed(f"{path} must be an integer {bound}{' or null' if optional else ''}, got {_show(value)}")
-        return value
-
-    def text(self, key: str, *, optional: bool = False) -> Any:
-        value, path = self._get(key)
-        if not (isinstance(value, str) or (optional and value is None)):
-            raise _Malformed(f"{path} must be a string{' or null' if optional else ''}, got {_show(value)}")
-        return value
-
-    def boolean(self, key: str) -> bool:
-        value, path = self._get(key)
-        if not isinstance(value, bool):
-            raise _Malformed(f"{path} must be true or false, got {_show(value)}")
-        return value
-
-    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
-        value, path = self._get(key)
-        if value not in allowed:
-            raise _Malformed(f"{path} must be one of {list(allowed)}, got {_show(value)}")
-        return value
-
-    def file_name(self, key: str) -> str:
-        name = self.text(key)
-        if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-            raise _Malformed(f"{self.path}.{key} must be a plain file name inside the cache folder, got {name!r}")
-        return name
-
-    def node(self, key: str) -> _Node:
-        value, path = self._get(key)
-        return _Node(value, path)
-
-    def nodes(self, key: str) -> list[_Node]:
-        value, path = self._get(key)
-        if not isinstance(value, list):
-            raise _Malformed(f"{path} must be a list, got {_show(value)}")
-        return [_Node(item, f"{path}[{k}]") for k, item in enumerate(value)]
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _parse(m: _Node, version: int) -> Manifest:
+def _parse(m: JsonNode, version: int) -> Manifest:
     cfg, counts, members = m.node("config"), m.node("counts"), m.node("bytes").node("members")
     label_format = cfg.text("label_format")
     if label_format != LABEL_FORMAT:
-        raise _Malformed(f"config.label_format is {label_format!r}; this fastload reads {LABEL_FORMAT!r}")
+        raise Malformed(f"config.label_format is {label_format!r}; this fastload reads {LABEL_FORMAT!r}")
     categories = tuple(
         CategoryInfo(
             coco_id=c.integer("coco_id", maximum=INT64_MAX), train_id=c.integer("train_id", minimum=1), name=c.text("name"),
@@ -417,10 +221,10 @@ def _parse(m: _Node, version: int) -> Manifest:
     )  # fmt: skip
     train_ids = [c.train_id for c in categories]
     if train_ids != list(range(1, len(categories) + 1)):
-        raise _Malformed(f"categories must hold train ids 1..{len(categories)} in order, got {train_ids[:10]}")
+        raise Malformed(f"categories must hold train ids 1..{len(categories)} in order, got {train_ids[:10]}")
     num_classes = m.integer("num_classes", minimum=1)
     if num_classes != len(categories) + 1:
-        raise _Malformed(f"num_classes is {num_classes}, categories hold {len(categories)} classes + background")
+        raise Malformed(f"num_classes is {num_classes}, categories hold {len(categories)} classes + background")
     return Manifest(
         schema_version=version,
         fastload_version=m.text("fastload_version"),
@@ -467,26 +271,26 @@ def _parse(m: _Node, version: int) -> Manifest:
     )
 
 
-def _pixels(m: _Node, categories: tuple[CategoryInfo, ...]) -> PixelCounts | None:
+def _pixels(m: JsonNode, categories: tuple[CategoryInfo, ...]) -> PixelCounts | None:
     """The optional ``pixels`` entry, checked against the categories' ``pixels``: both there or neither, and
     the classes' pixels, background and ignore add up to the total."""
     have = [c.pixels is not None for c in categories]
     if "pixels" not in m.value:
         if any(have):
-            raise _Malformed("categories hold pixels, but the manifest has no pixels entry")
+            raise Malformed("categories hold pixels, but the manifest has no pixels entry")
         return None
     node = m.node("pixels")
     counts = PixelCounts(total=node.integer("total"), background=node.integer("background"), ignore=node.integer("ignore"))
     if not all(have):
         missing = next(c.train_id for c in categories if c.pixels is None)
-        raise _Malformed(f"pixels is given, but the category of train id {missing} has no pixels")
+        raise Malformed(f"pixels is given, but the category of train id {missing} has no pixels")
     summed = counts.background + counts.ignore + sum(c.pixels for c in categories)
     if summed != counts.total:
-        raise _Malformed(f"pixels.total is {counts.total}, the classes, background and ignore hold {summed}")
+        raise Malformed(f"pixels.total is {counts.total}, the classes, background and ignore hold {summed}")
     return counts
 
 
-def _split(m: _Node) -> SplitInfo | None:
+def _split(m: JsonNode) -> SplitInfo | None:
     """The optional ``split`` entry (caches built with --split; older caches and plain builds have none)."""
     if m.value.get("split") is None:
         return None
@@ -495,18 +299,18 @@ def _split(m: _Node) -> SplitInfo | None:
     pairs = []
     for name, value in fractions.value.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise _Malformed(f"split.fractions.{name} must be a number in (0, 1), got {_show(value)}")
+            raise Malformed(f"split.fractions.{name} must be a number in (0, 1), got {show_value(value)}")
         pairs.append((name, float(value)))
     return SplitInfo(name=split.text("name"), fractions=tuple(pairs), seed=split.integer("seed"))
 
 
-def _normalised(m: _Node, counts: _Node) -> tuple[NormalisedInfo, ...]:
+def _normalised(m: JsonNode, counts: JsonNode) -> tuple[NormalisedInfo, ...]:
     entries = tuple(
         NormalisedInfo(image_id=n.integer("image_id", minimum=INT64_MIN, maximum=INT64_MAX), file_name=n.text("file_name"), what=n.text("what"))
         for n in m.nodes("normalised")
     )
     if counts.integer("normalised") != len(entries):
-        raise _Malformed(f"counts.normalised is {counts.value['normalised']}, normalised lists {len(entries)} samples")
+        raise Malformed(f"counts.normalised is {counts.value['normalised']}, normalised lists {len(entries)} samples")
     return entries
 
 
