@@ -14,11 +14,12 @@ kernels is faster where the batch is:
 - on CUDA, `fastload.targets.render_targets` and `render_weights`, the batched torch twins: a fixed sequence of
   torch ops whatever the batch, no Python loop over samples or instances and, given the largest instance id from
   the samples' metadata, no host synchronisation;
-- on the CPU, `fastload.targets.sample_targets` and `panoptic_weights` per sample (NumPy over runs of pixels: the
-  faster kernel there at the usual output sizes; benchmarks/test_bench_targets.py). The CPU loader's workers call
-  `numpy_targets` themselves, in parallel.
+- on the CPU, `fastload.targets.sample_targets` per sample (NumPy over runs of pixels: the faster kernel there at
+  the usual output sizes; benchmarks/test_bench_targets.py), and the loss weights by `render_weights` for the
+  whole batch (two comparisons: no call per sample). The CPU loader's workers call `numpy_targets` (with
+  `panoptic_weights`) themselves, in parallel.
 
-Both are bit-identical (tests/test_targets.py), so where a batch is finished never changes its values. With
+Both are bit-identical (tests/test_targets.py, tests/test_panoptic_weights.py), so where a batch is finished never changes its values. With
 ``targets: none`` nothing is rendered and the batches hold the image and the masks only.
 """
 
@@ -138,13 +139,22 @@ def render_batch_targets(
                 max_id=max_id,
             )
             return {**out, **render_weights(semantic, instance, stride=targets.stride)}
+        # the loss weights are two comparisons for the whole batch (the twin); the maps, per sample, NumPy's
         layout = target_layout(tuple(instance.shape[1:]), targets, len(instance))
-        out = {key: _empty(shape, torch.float32, instance.device) for key, shape in layout.items()}
-        masks, labels = instance.numpy(), semantic.numpy()
+        maps = ("heatmap", "offset", "semantic_weight")
+        out = {key: _empty(layout[key], torch.float32, instance.device) for key in maps}
+        masks = instance.numpy()
         for k in range(len(instance)):
-            for key, value in numpy_targets(labels[k], masks[k], targets).items():
-                out[key].numpy()[k] = value
-        return out
+            rendered = sample_targets(
+                masks[k],
+                sigma=targets.sigma,
+                stride=targets.stride,
+                small_instance_area=targets.small_instance_area,
+                small_instance_weight=targets.small_instance_weight,
+            )
+            for key, value in zip(maps, rendered, strict=True):
+                out[key].numpy()[k] = value[None] if key == "heatmap" else value
+        return {**out, **render_weights(semantic, instance, stride=targets.stride)}
 
 
 def finish_batch(
