@@ -52,8 +52,11 @@ def cache(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", LOADER_KINDS)
-def test_each_loaders_weights_are_the_definition_of_its_own_masks(kind, cache):
-    loader = make_loader(kind, cache, batch_size=4, size=(32, 48), augment="default")
+@pytest.mark.parametrize("data", ["synthetic", "photos"])
+def test_each_loaders_weights_are_the_definition_of_its_own_masks(kind, data, cache, sample_cache):
+    # synthetic scenes and the real photos, warped by the default augmentation (ignore fill at the borders)
+    path, size = (cache, (32, 48)) if data == "synthetic" else (sample_cache, (96, 128))
+    loader = make_loader(kind, path, batch_size=4, size=size, augment="default")
     seen_ignore = False
     for batch in loader:
         for k in range(len(batch["index"])):
