@@ -343,6 +343,8 @@ class OpencvBackend:
         self._passes.end_all()
         if loader is None:
             return
+        # torch's DataLoader has no public call that stops persistent workers (they end when its iterator is
+        # garbage-collected, whenever that is): its iterator's own _shutdown_workers, what that collection calls
         iterator = getattr(loader, "_iterator", None)  # the persistent workers' iterator, if started
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:

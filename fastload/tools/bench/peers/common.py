@@ -208,6 +208,7 @@ class PeerLoader:
     def close(self) -> None:
         """Stop the worker processes. Idempotent."""
         loader, self._loader = self._loader, None
+        # no public call stops a DataLoader's persistent workers now (see OpencvBackend.close)
         shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
