@@ -12,8 +12,9 @@ Groups:
 * ``targets-python-loop``: a 64x64 mask with 3 instances, the per-pixel Python loops users had before;
 * ``render-48x512x512-20``: a batch of 48 such 512x512 masks, 20 instances each: heatmap, offsets and
   semantic weights by ``render_targets`` on torch CPU (``max_id`` 20: no read back; ``max_id`` None: the ids
-  read back), against ``center_targets`` + ``semantic_weights`` per sample; and on CUDA when there is one
-  (the timed call synchronises). Stride 1 and 4.
+  read back), on torch's default intra-op threads ``[all]`` and on one ``[1]`` (what the loaders use on the
+  CPU), against ``center_targets`` + ``semantic_weights`` per sample; and on CUDA when there is one (the timed
+  call synchronises). Stride 1 and 4.
 * ``render-48x64x64``: the same at the size the loader benchmarks use (``benchmarks/cpu_proxy.py``): 48 masks
   of 64x64 with 2-6 instances, against ``sample_targets`` per sample (what the CPU loader's workers call).
 
@@ -22,6 +23,8 @@ Ops per call and CPU time (process CPU, every thread) of the same workloads: ``b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +163,19 @@ def render_on(device: str, masks: torch.Tensor, stride: int, max_id: int | None)
         torch.cuda.synchronize()
 
 
+@contextmanager
+def intra_op_threads(threads: str) -> Iterator[None]:
+    """torch's intra-op threads: "all" (torch's default) or "1", as the loaders render on the CPU
+    (`fastload.pipeline.batch`)."""
+    before = torch.get_num_threads()
+    if threads != "all":
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.benchmark(group="render-48x512x512-20")
 @pytest.mark.parametrize("stride", [1, 4])
 def test_definition_per_sample_48(benchmark, batch48, stride):
@@ -169,8 +185,10 @@ def test_definition_per_sample_48(benchmark, batch48, stride):
 @pytest.mark.benchmark(group="render-48x512x512-20")
 @pytest.mark.parametrize("stride", [1, 4])
 @pytest.mark.parametrize("max_id", [20, None])
-def test_render_targets_cpu_48(benchmark, batch48, stride, max_id):
-    benchmark(render_on, "cpu", torch.from_numpy(batch48), stride, max_id)
+@pytest.mark.parametrize("threads", ["all", "1"])
+def test_render_targets_cpu_48(benchmark, batch48, stride, max_id, threads):
+    with intra_op_threads(threads):
+        benchmark(render_on, "cpu", torch.from_numpy(batch48), stride, max_id)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -203,8 +221,10 @@ def test_sample_targets_per_sample_64(benchmark, batch64, stride):
 @pytest.mark.benchmark(group="render-48x64x64")
 @pytest.mark.parametrize("stride", [1, 4])
 @pytest.mark.parametrize("max_id", [6, None])
-def test_render_targets_cpu_64(benchmark, batch64, stride, max_id):
-    benchmark(render_on, "cpu", torch.from_numpy(batch64), stride, max_id)
+@pytest.mark.parametrize("threads", ["all", "1"])
+def test_render_targets_cpu_64(benchmark, batch64, stride, max_id, threads):
+    with intra_op_threads(threads):
+        benchmark(render_on, "cpu", torch.from_numpy(batch64), stride, max_id)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -351,6 +351,24 @@ def test_abandoned_passes_leave_nothing_running_after_close(workers):
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
 
+def test_a_killed_feed_worker_is_named_and_the_next_pass_starts_new_ones():
+    import os
+    import signal
+
+    from fastload.pipeline.workers import WorkerDied
+
+    be = backend(prefetch=1, workers=1)
+    it = be.iterate(iter([plan([0, 1, 2])] * 50))
+    next(it)
+    (pid,) = be.worker_pids
+    os.kill(pid, signal.SIGKILL)  # e.g. the out-of-memory killer
+    with pytest.raises(WorkerDied, match=r"fastload-feed-0 \(pid \d+\) was killed by SIGKILL"):
+        for _ in it:
+            pass
+    assert [b["index"].tolist() for b in be.iterate(iter([plan([3])]))] == [[3]]
+    assert be.worker_pids and be.worker_pids != [pid]
+
+
 def test_errors_in_the_plans_surface_in_order():
     def plans():
         yield plan([0])

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 from loader_kit import make_loader, make_synth_cache
 
-from fastload.pipeline.batch import target_layout
-
 pytest.importorskip("nvidia.dali")
 
 PER_SAMPLE = [
@@ -62,16 +60,15 @@ def test_the_training_process_never_reads_checks_or_draws_a_sample(cache_path, m
 
 
 def feed_calls_per_batch(cache_path: Path, batch_size: int) -> float:
-    """Python function calls the feed makes in the training process, per batch (its own modules, DALI's Python
-    side and the worker pool), over one epoch after a warm-up epoch."""
-    watched = ("fastload/pipeline/", "nvidia/dali/", "multiprocessing/")
+    """Python function calls the loader makes in the training process, per batch (its own modules, the targets,
+    DALI's Python side and the worker pool), over one epoch after a warm-up epoch."""
+    watched = ("fastload/pipeline/", "fastload/targets/", "nvidia/dali/", "multiprocessing/")
     count = 0
 
     def profile(frame, event, arg):
         nonlocal count
         if event == "call" and any(part in frame.f_code.co_filename for part in watched):
-            if "render_batch_targets" not in frame.f_code.co_name:  # the CPU's target kernel: see below
-                count += 1
+            count += 1
 
     loader = make_loader("dali", cache_path, batch_size=batch_size, augment="default", shuffle=False)
     list(loader)  # warm-up: workers started, pipeline built, every slot of the pool used once
@@ -84,20 +81,35 @@ def feed_calls_per_batch(cache_path: Path, batch_size: int) -> float:
     return count / batches
 
 
-def test_the_feeds_python_per_batch_does_not_grow_with_the_batch(cache_path, monkeypatch):
-    # on the CPU the targets are rendered per sample by the NumPy definition (the faster kernel there, and not
-    # part of the feed); on CUDA the torch twin renders a whole batch at once. Rendering is stubbed out here so
-    # that only the feed is counted.
-    import torch
-
-    import fastload.pipeline.dali.backend as backend
-
-    def no_targets(semantic, instance, targets, *, max_id):
-        layout = target_layout(tuple(instance.shape[1:]), targets, len(instance))
-        return {key: torch.zeros(shape) for key, shape in layout.items()}
-
-    monkeypatch.setattr(backend, "render_batch_targets", no_targets)
+def test_the_loaders_python_per_batch_does_not_grow_with_the_batch(cache_path):
+    # the feed hands DALI dense columns and the targets are rendered by the batched torch twin: nothing in the
+    # training process is called once per sample
     small, large = feed_calls_per_batch(cache_path, 4), feed_calls_per_batch(cache_path, 32)
     # 28 more samples per batch; one call per sample would add 28. What may differ: each pass's own few calls,
     # spread over 64 batches of 4 but 8 batches of 32
     assert large <= small + 10, (small, large)
+
+
+def test_an_unguarded_script_gets_told_about_the_main_guard(cache_path, tmp_path):
+    # the feed workers start with forkserver and import the script's main module: without the guard it runs again
+    # in each worker, which dies starting. The error says so, and closing the loader over it raises nothing more.
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import fastload
+            loader = fastload.Loader({str(cache_path)!r}, batch_size=8, size=(32, 32), device="cpu", num_threads=1)
+            for batch in loader:
+                pass
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr[done.stderr.rindex("Traceback"):]  # the training process's own error, after the workers'
+    assert "WorkerDied: fastload-feed-0" in last and "exit code 1" in last, last
+    assert 'if __name__ == "__main__":' in last and "forkserver" in last, last
+    assert "BrokenPipeError" not in done.stderr, done.stderr[-3000:]

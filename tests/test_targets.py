@@ -603,3 +603,34 @@ def test_numpy_scalars_are_fine_parameters():
 def test_ids_beyond_int32_are_refused():
     with pytest.raises(ValueError, match="above the int32 range"):
         instance_centres(np.full((2, 2), 2**31, dtype=np.int64))
+
+
+@pytest.mark.parametrize("side", [128, 256])
+def test_the_loaders_cpu_kernel_is_chosen_by_size_and_renders_the_definition(warped_masks, side, monkeypatch):
+    # fastload.pipeline.batch: the twin up to 128x128 (on one intra-op thread: the loader's own threads hold the
+    # cores; torch's setting comes back after), the NumPy definition per sample above
+    import fastload.pipeline.batch as batch_module
+
+    threads_seen = []
+
+    def recording(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return render_targets(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "render_targets", recording)
+    masks = np.ascontiguousarray(warped_masks[:8, :side, :side])
+    instance = torch.from_numpy(masks.astype(np.int32))
+    semantic = torch.where(instance > 0, 1, 0).long()
+    targets = AugmentConfig.default().targets
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = batch_module.render_batch_targets(semantic, instance, targets, max_id=int(instance.max()))
+        assert threads_seen == ([1] if side * side <= batch_module.TWIN_ON_CPU_PIXELS else [])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for n, mask in enumerate(masks):  # either way, the batch is the definition's, sample by sample
+        want = batch_module.numpy_targets(semantic[n].numpy(), mask, targets)
+        for key, value in want.items():
+            np.testing.assert_array_equal(out[key][n].numpy(), value, err_msg=key)

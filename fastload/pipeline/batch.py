@@ -11,21 +11,24 @@ The targets (`TARGET_KEYS`: heatmap, offsets, semantic weights, and Panoptic-Dee
 weights) are rendered here, after augmentation, from each batch's own masks, by whichever of the definition's two
 kernels is faster where the batch is:
 
-- on CUDA, `fastload.targets.render_targets` and `render_weights`, the batched torch twins: a fixed sequence of
-  torch ops whatever the batch, no Python loop over samples or instances and, given the largest instance id from
-  the samples' metadata, no host synchronisation;
-- on the CPU, `fastload.targets.sample_targets` per sample (NumPy over runs of pixels: the faster kernel there at
-  the usual output sizes; benchmarks/test_bench_targets.py), and the loss weights by `render_weights` for the
-  whole batch (two comparisons: no call per sample). The CPU loader's workers call `numpy_targets` (with
-  `panoptic_weights`) themselves, in parallel.
+- on CUDA, and on the CPU for masks of up to `TWIN_ON_CPU_PIXELS` (128x128), `fastload.targets.render_targets`,
+  the batched torch twin: a fixed sequence of torch ops whatever the batch, no Python loop over samples or
+  instances and, given the largest instance id from the samples' metadata, no host synchronisation on CUDA. On
+  the CPU it runs on one intra-op thread (`_one_intra_op_thread`): the loader's own threads hold the cores;
+- on the CPU for larger masks, `fastload.targets.sample_targets` per sample (NumPy over runs of pixels);
+- the loss weights, everywhere, by `render_weights` for the whole batch (two comparisons).
 
-Both are bit-identical (tests/test_targets.py, tests/test_panoptic_weights.py), so where a batch is finished never changes its values. With
-``targets: none`` nothing is rendered and the batches hold the image and the masks only.
+The CPU loader's workers, which hold one sample at a time, call the NumPy definition (`numpy_targets`:
+`sample_targets`, `panoptic_weights`) themselves, in parallel.
+
+Both are bit-identical (tests/test_targets.py, tests/test_panoptic_weights.py), so where a batch is finished
+never changes its values. With ``targets: none`` nothing is rendered and the batches hold the image and the masks only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -34,7 +37,7 @@ from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import map_hw
 from fastload.augment.reference import normalize_constants, normalize_image
 from fastload.pipeline.nvtx import nvtx_range
-from fastload.targets import panoptic_weights, sample_targets
+from fastload.targets import panoptic_weights, render_targets, render_weights, sample_targets
 
 
 def normalize_batch(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -119,27 +122,33 @@ def sample_target_entries(
     }
 
 
+TWIN_ON_CPU_PIXELS = 128 * 128
+"""On the CPU, masks of up to this many pixels render by the batched twin (one intra-op thread), larger ones by the
+NumPy definition per sample. Measured on two cores (48 masks, 2-20 instances, strides 1 and 4;
+benchmarks/test_bench_targets.py): the twin takes 0.4x the per-sample calls' time at 64x64 and 128x128, 0.6-1.3x at
+192x192, 1.5-1.7x at 512x512, where torch's gathers over every pixel cost more than NumPy's row runs."""
+
+
 def render_batch_targets(
     semantic: torch.Tensor, instance: torch.Tensor, targets: TargetsConfig | None, *, max_id: int | None
 ) -> dict[str, torch.Tensor]:
     """The batch's `TARGET_KEYS` (`target_layout`), all float32, on the masks' device (see the module docstring for
     which kernel runs where); {} without targets."""
-    from fastload.targets import render_targets, render_weights
-
     if targets is None:
         return {}
     with nvtx_range("fastload/targets"):
-        if instance.device.type == "cuda":
-            out = render_targets(
-                instance,
-                sigma=targets.sigma,
-                stride=targets.stride,
-                small_instance_area=targets.small_instance_area,
-                small_instance_weight=targets.small_instance_weight,
-                max_id=max_id,
-            )
-            return {**out, **render_weights(semantic, instance, stride=targets.stride)}
-        # the loss weights are two comparisons for the whole batch (the twin); the maps, per sample, NumPy's
+        weights = render_weights(semantic, instance, stride=targets.stride)
+        if instance.device.type == "cuda" or instance.shape[1] * instance.shape[2] <= TWIN_ON_CPU_PIXELS:
+            with _one_intra_op_thread(instance.device):
+                out = render_targets(
+                    instance,
+                    sigma=targets.sigma,
+                    stride=targets.stride,
+                    small_instance_area=targets.small_instance_area,
+                    small_instance_weight=targets.small_instance_weight,
+                    max_id=max_id,
+                )
+            return {**out, **weights}
         layout = target_layout(tuple(instance.shape[1:]), targets, len(instance))
         maps = ("heatmap", "offset", "semantic_weight")
         out = {key: _empty(layout[key], torch.float32, instance.device) for key in maps}
@@ -154,7 +163,27 @@ def render_batch_targets(
             )
             for key, value in zip(maps, rendered, strict=True):
                 out[key].numpy()[k] = value[None] if key == "heatmap" else value
-        return {**out, **render_weights(semantic, instance, stride=targets.stride)}
+        return {**out, **weights}
+
+
+@contextmanager
+def _one_intra_op_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU, torch's intra-op threads limited to one while the block runs, then restored.
+
+    The targets of a batch render while the loader's own threads (DALI's, or the CpuLoader's workers) hold the
+    cores: torch's intra-op threads would then wait for each other at every op of the twin, and spin after it.
+    One thread renders the proxy's batches (benchmarks/cpu_proxy.py) 1.2x faster than two on two busy cores.
+    ``torch.set_num_threads`` is per process: a torch op another thread runs meanwhile gets one thread too.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def finish_batch(

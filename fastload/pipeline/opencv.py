@@ -50,7 +50,7 @@ from fastload.pipeline.nvtx import nvtx_range
 from fastload.pipeline.plan import BatchPlan, Passes, batch_keys
 from fastload.pipeline.prefetch import DEFAULT_IO_THREADS, DEFAULT_MAX_BYTES, Prefetcher, plans_for
 from fastload.pipeline.work_sampler import Work, WorkSampler
-from fastload.pipeline.workers import mp_context
+from fastload.pipeline.workers import MAIN_GUARD_HINT, mp_context
 from fastload.procs import keep_freed_memory
 
 
@@ -189,14 +189,6 @@ def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return template.new(storage).resize_(shape)
 
 
-_GUARD_HINT = (
-    "fastload: CpuLoader workers start with forkserver (a clean process, never a copy of this one), and such a "
-    "worker imports your script's main module first: a script that makes and iterates the loader at its top "
-    "level, without `if __name__ == \"__main__\":`, runs again in every worker, which then dies. Put the "
-    "training code under that guard (Python's rule for spawn and forkserver; forkserver is Python 3.14's default)."
-)
-
-
 def _worker_init(worker_id: int, user_init: Callable[[int], None] | None = None) -> None:
     # one OpenCV thread per worker: the parallelism is the worker processes (torch limits its own threads).
     # The worker is a fresh process (forkserver), so setting it here is safe.
@@ -304,7 +296,7 @@ class OpencvBackend:
                 raw = next(it, None)
             except RuntimeError as exc:
                 if first and "exited unexpectedly" in str(exc):
-                    add_note(exc, _GUARD_HINT)
+                    add_note(exc, MAIN_GUARD_HINT)
                 raise
             except (EOFError, ConnectionError) as exc:
                 # a worker killed while it handed over a batch: torch's own check has not noticed yet, and the

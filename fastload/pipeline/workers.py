@@ -17,7 +17,9 @@ shared-memory slots it writes its batches into:
 - ``cancel()``: the tasks submitted and not taken are dropped (a "cancel" message reaches each worker before the
   tasks it has not started, which it then skips) and drained, so a pass abandoned half-way costs at most the
   batches already being made;
-- an error raised by a task is raised by ``take`` at its ticket, in order; a worker that dies is named;
+- an error raised by a task is raised by ``take`` at its ticket, in order; a worker that dies is named
+  (`WorkerDied`, with what its exit code says, and `MAIN_GUARD_HINT` when it died before its first answer); the
+  pool is then `dead`: ``submit`` and ``take`` raise again, ``cancel`` and ``close`` still clean up;
 - ``close()`` stops the workers (and kills those that do not stop), unmaps the slots; workers also end when
   their parent dies (`fastload.procs.die_with_parent`: the fork server, which ends with the training process) or
 their socket closes.
@@ -34,7 +36,6 @@ import mmap
 import multiprocessing as mp
 import os
 import signal
-import traceback
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,16 +45,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from fastload.errors import FastloadError, add_note
+from fastload.pipeline.worker_loop import serve, unmap
 
 START_METHOD = "forkserver"
 # imported once by the fork server, so that each worker starts without importing torch and NumPy again
 PRELOAD = [
     "fastload.pipeline.forkserver_guard",  # first: the fork server ends with the process that started it
     "fastload.pipeline.workers",
+    "fastload.pipeline.worker_loop",
     "fastload.pipeline.opencv",
     "fastload.pipeline.dali.feed",
 ]
-_ALIGN = 64  # arrays in a slot start on cache-line boundaries
 _POLL_S = 0.1  # how often a waiting take() checks that the worker is still alive
 
 
@@ -80,6 +82,15 @@ class Result:
 
 class WorkerDied(RuntimeError):
     """A worker process ended while the pool needed it."""
+
+
+MAIN_GUARD_HINT = (
+    "fastload: its worker processes (CpuLoader's workers, Loader's feed workers) start with forkserver (a clean "
+    "process, never a copy of this one), and such a worker imports your script's main module first: a script that "
+    "makes and iterates the loader at its top level, without `if __name__ == \"__main__\":`, runs again in every "
+    "worker, which then dies. Put the training code under that guard (Python's rule for spawn and forkserver; "
+    "forkserver is Python 3.14's default)."
+)
 
 
 def mp_context():
@@ -112,6 +123,8 @@ class WorkerPool:
         self._procs: list = []
         self._conns: list = []
         self._maps: list[dict[int, mmap.mmap]] = []
+        self._heard: list[bool] = []  # per worker: has it ever answered (a worker that has not died starting)
+        self._dead: WorkerDied | None = None  # a worker died: the pool cannot serve again
         self._closed = False
         if self.workers:
             self._start()
@@ -123,16 +136,22 @@ class WorkerPool:
         context = mp_context()
         for w in range(self.workers):
             here, there = context.Pipe(duplex=True)
-            proc = context.Process(target=_serve, args=(there, self.job, os.getpid()), name=f"{self.name}-{w}", daemon=True)
+            proc = context.Process(target=serve, args=(there, self.job, os.getpid()), name=f"{self.name}-{w}", daemon=True)
             proc.start()
             there.close()
             self._procs.append(proc)
             self._conns.append(here)
             self._maps.append({})
+            self._heard.append(False)
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
+
+    @property
+    def dead(self) -> bool:
+        """A worker died: every later `submit` / `take` raises; close the pool and start a new one."""
+        return self._dead is not None
 
     @property
     def outstanding(self) -> int:
@@ -167,7 +186,7 @@ class WorkerPool:
             conn.close()
         for maps in self._maps:
             for mapping in maps.values():
-                _unmap(mapping)
+                unmap(mapping)
         self._procs, self._conns, self._maps, self._queued = [], [], [], deque()
         if not self.workers:
             self.job.close()
@@ -183,6 +202,8 @@ class WorkerPool:
         """Queue ``task``; returns its ticket. At most `capacity` tickets may be outstanding."""
         if self._closed:
             raise RuntimeError(f"{self.name}: submit() after close()")
+        if self._dead is not None:
+            raise self._dead
         if self.outstanding >= self.capacity:
             raise RuntimeError(f"{self.name}: {self.outstanding} tickets outstanding, at most {self.capacity}")
         ticket, self._next = self._next, self._next + 1
@@ -190,13 +211,20 @@ class WorkerPool:
             self._queued.append((ticket, task))
             return ticket
         worker, slot = ticket % self.workers, (ticket // self.workers) % self.slots
-        self._conns[worker].send(("task", ticket, slot, task))
+        try:
+            self._conns[worker].send(("task", ticket, slot, task))
+        except OSError:  # the worker's end of the socket is gone: it died
+            self._procs[worker].join(timeout=1)
+            self._dead = self._died(worker, self._procs[worker])
+            raise self._dead from None
         return ticket
 
     def take(self) -> Result:
         """The result of the oldest ticket not yet taken; raises its task's error, or `WorkerDied`."""
         if self._taken >= self._next:
             raise RuntimeError(f"{self.name}: take() without a submitted task")
+        if self._dead is not None:
+            raise self._dead
         ticket, self._taken = self._taken, self._taken + 1
         if not self.workers:
             _, task = self._queued.popleft()
@@ -226,19 +254,24 @@ class WorkerPool:
             self._oldest += 1
 
     def cancel(self) -> None:
-        """Drop every task submitted and not yet taken (workers skip the ones they have not started)."""
+        """Drop every task submitted and not yet taken (workers skip the ones they have not started). Never raises
+        for a dead worker: the pool is then `dead`, and the error was (or will be) raised by `take`."""
         for conn in self._conns:
-            conn.send(("cancel", self._next))
+            try:
+                conn.send(("cancel", self._next))
+            except OSError:  # a dead worker's socket: `take` below names it
+                pass
         self._queued.clear()
-        while self._taken < self._next:
+        while self._taken < self._next and self._dead is None:
             ticket = self._taken
             try:
                 self.take()
             except WorkerDied:
-                raise
+                break
             except BaseException:  # noqa: BLE001 - a cancelled task's error concerns nobody
                 self._taken = ticket + 1
             self.release(ticket)
+        self._taken = self._next
         for ticket in range(self._oldest, self._next):  # taken by the caller and never released
             self.release(ticket)
 
@@ -249,21 +282,42 @@ class WorkerPool:
             if not proc.is_alive():
                 break
         try:
-            return conn.recv()
+            message = conn.recv()
         except (EOFError, OSError, ConnectionError):
             proc.join(timeout=1)
-            raise WorkerDied(
-                f"{self.name}-{worker} (pid {proc.pid}) exited unexpectedly (exit code {proc.exitcode}): a fastload "
-                "worker process died, e.g. killed by the out-of-memory killer; close() the loader and use fewer "
-                "workers or a smaller batch if memory is short"
-            ) from None
+            self._dead = self._died(worker, proc)
+            raise self._dead from None
+        self._heard[worker] = True
+        return message
+
+    def _died(self, worker: int, proc) -> WorkerDied:
+        """The error for a worker that ended: what its exit code says, and what to do."""
+        code = proc.exitcode
+        where = f"{self.name}-{worker} (pid {proc.pid})"
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            error = WorkerDied(
+                f"{where} {how}: a fastload worker process was killed from outside, e.g. by the out-of-memory "
+                "killer (SIGKILL); close() the loader and use fewer workers or a smaller batch if memory is short"
+            )
+        else:
+            error = WorkerDied(
+                f"{where} exited unexpectedly (exit code {code}): a fastload worker process ended with an error of "
+                "its own (its traceback is above, on stderr) or was stopped from outside; close() the loader"
+            )
+        if not self._heard[worker] and code is not None and code > 0:  # died starting: the classic cause
+            add_note(error, MAIN_GUARD_HINT)
+        return error
 
     def _map_slot(self, worker: int, slot: int, size: int) -> None:
         fd = reduction.recv_handle(self._conns[worker])
         try:
             old = self._maps[worker].pop(slot, None)
             if old is not None:
-                _unmap(old)
+                unmap(old)
             self._maps[worker][slot] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
@@ -271,13 +325,6 @@ class WorkerPool:
 
 def _views(mapping: mmap.mmap, layout: list[tuple[str, str, tuple[int, ...], int]]) -> dict[str, np.ndarray]:
     return {name: np.ndarray(shape, np.dtype(dtype), buffer=mapping, offset=offset) for name, dtype, shape, offset in layout}
-
-
-def _unmap(mapping: mmap.mmap) -> None:
-    try:
-        mapping.close()
-    except BufferError:  # a view is still alive somewhere: the mapping goes when the last view does
-        pass
 
 
 def _raised(exc: BaseException | None, text: str) -> BaseException:
@@ -288,94 +335,3 @@ def _raised(exc: BaseException | None, text: str) -> BaseException:
     if not isinstance(exc, FastloadError):
         add_note(exc, text)
     return exc
-
-
-# ----------------------------------------------------------------------------------------- the worker side
-
-
-class _Slots:
-    """A worker's slots: anonymous shared memory it writes batches into and maps in the training process too."""
-
-    def __init__(self, conn, parent: int) -> None:
-        self.conn, self.parent = conn, parent
-        self.maps: dict[int, mmap.mmap] = {}
-
-    def write(self, slot: int, arrays: dict[str, np.ndarray]) -> list[tuple[str, str, tuple[int, ...], int]]:
-        layout, offset = [], 0
-        for name, array in arrays.items():
-            layout.append((name, array.dtype.str, tuple(array.shape), offset))
-            offset += -(-array.nbytes // _ALIGN) * _ALIGN
-        mapping = self.maps.get(slot)
-        if mapping is None or len(mapping) < offset:
-            mapping = self._grow(slot, max(offset + offset // 4, mmap.PAGESIZE))
-        for (_, _, shape, start), array in zip(layout, arrays.values(), strict=True):
-            np.ndarray(shape, array.dtype, buffer=mapping, offset=start)[...] = array
-        return layout
-
-    def _grow(self, slot: int, size: int) -> mmap.mmap:
-        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-        fd = os.memfd_create(f"fastload-slot-{slot}", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size)
-            self.conn.send(("slot", slot, size))
-            reduction.send_handle(self.conn, fd, self.parent)
-        finally:
-            os.close(fd)
-        old = self.maps.pop(slot, None)
-        if old is not None:
-            _unmap(old)
-        self.maps[slot] = mapping
-        return mapping
-
-
-def _serve(conn, job: Job, parent: int) -> None:
-    """A worker's life: open the job, answer tasks in order until told to stop or the parent goes away."""
-    from fastload.procs import die_with_parent
-
-    die_with_parent()  # with the fork server, which ends with the training process (forkserver_guard)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
-    slots = _Slots(conn, parent)
-    pending: deque = deque()
-    cancelled = 0  # tasks with a smaller ticket are skipped
-    job.open()
-    try:
-        while True:
-            if not pending:
-                pending.append(conn.recv())
-            while conn.poll():  # everything sent so far: a cancel overtakes the tasks queued before it
-                pending.append(conn.recv())
-            cancelled = max([cancelled] + [m[1] for m in pending if m[0] == "cancel"])
-            pending = deque(m for m in pending if m[0] != "cancel")
-            if not pending:
-                continue
-            message = pending.popleft()
-            if message[0] == "stop":
-                return
-            _, ticket, slot, task = message
-            if ticket < cancelled:
-                conn.send(("skipped", ticket))
-                continue
-            try:
-                arrays, info = job.run(task, [m[3] for m in pending if m[0] == "task"])
-                layout = slots.write(slot, arrays)
-            except BaseException as exc:  # noqa: BLE001 - handed to the training process, raised at its ticket
-                _send_error(conn, ticket, exc)
-                continue
-            conn.send(("done", ticket, slot, layout, info))
-    except (EOFError, OSError, KeyboardInterrupt):  # the training process went away: nothing to answer
-        return
-    finally:
-        job.close()
-
-
-def _send_error(conn, ticket: int, exc: BaseException) -> None:
-    text = _described(exc)
-    try:  # the message is serialised before anything is written: a failure leaves the socket clean
-        conn.send(("error", ticket, exc, text))
-    except Exception:  # noqa: BLE001 - an exception that cannot travel: its text does
-        conn.send(("error", ticket, None, text))
-
-
-def _described(exc: BaseException) -> str:
-    return f"in a fastload worker process (pid {os.getpid()}):\n" + "".join(traceback.format_exception(exc)).rstrip()

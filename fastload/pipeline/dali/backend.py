@@ -202,6 +202,9 @@ class DaliBackend:
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def _ready_pool(self) -> WorkerPool:
+        if self._pool is not None and self._pool.dead:  # a worker died in an earlier pass: start afresh
+            self._pool.close()
+            self._pool = None
         if self._pool is None:
             job = FeedJob(
                 cache=self.cache,
