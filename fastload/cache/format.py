@@ -232,16 +232,20 @@ def parse_label(data: bytes | memoryview, *, what: str = "label") -> LabelLayout
     table_end = _HEADER.size + 4 * bands
     if len(data) < table_end:
         raise CacheError(f"{what} member is cut short inside its band table")
-    sizes = np.frombuffer(data, dtype="<u4", count=bands, offset=_HEADER.size).astype(np.int64)
+    # plain ints: a member has a few bands, where NumPy's per-call cost would be most of a feed's header check
+    sizes = struct.unpack_from(f"<{bands}I", data, _HEADER.size)
     limit = lz4_bound(rows * width * _DTYPE_CODES[code].itemsize)
-    if int(sizes.min()) < 1 or int(sizes.max()) > limit:
-        k = int(np.flatnonzero((sizes < 1) | (sizes > limit))[0])
-        raise CacheError(f"{what} member: band {k} is {int(sizes[k])} bytes compressed; a band holds 1..{limit}")
-    padded = sizes + (-sizes % 4)
-    offsets = table_end + np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
-    if table_end + int(padded.sum()) != len(data):
-        raise CacheError(f"{what} member holds {len(data)} bytes, its band table says {table_end + int(padded.sum())}")
-    return LabelLayout(_DTYPE_CODES[code], int(height), int(width), int(rows), offsets, sizes)
+    offsets, end = [], table_end
+    for k, size in enumerate(sizes):
+        if not 1 <= size <= limit:
+            raise CacheError(f"{what} member: band {k} is {size} bytes compressed; a band holds 1..{limit}")
+        offsets.append(end)
+        end += size + (-size % 4)
+    if end != len(data):
+        raise CacheError(f"{what} member holds {len(data)} bytes, its band table says {end}")
+    return LabelLayout(
+        _DTYPE_CODES[code], height, width, rows, np.array(offsets, np.int64), np.array(sizes, np.int64)
+    )
 
 
 def decode_label(data: bytes, *, kind: str, padded: bool = False, layout: LabelLayout | None = None) -> np.ndarray:

@@ -257,10 +257,11 @@ class CacheDataset(Sequence):
             )
         view = memoryview(buf)
         parts = []
+        spans, crcs = self._ix.member[i].tolist(), self._ix.crc[i].tolist()  # one conversion for the four members
         for k, kind in enumerate(MEMBER_KINDS):
-            off, size = (int(v) for v in self._ix.member[i, k])
+            off, size = spans[k]
             data = view[off : off + size]
-            if zlib.crc32(data) != int(self._ix.crc[i, k]):
+            if zlib.crc32(data) != crcs[k]:
                 ext = IMAGE_EXTENSIONS[self._ix.image_ext[i]] if kind == "image" else LABEL_EXTENSIONS[kind]
                 raise CacheError(
                     f"{self._where(i)}: member {self.key(i)}.{ext} fails its CRC-32 check (corrupt data); "
