@@ -109,3 +109,14 @@ def _running(procs: list[psutil.Process]) -> list[str]:
         except psutil.NoSuchProcess:
             pass
     return running
+
+
+def run_unguarded_script(folder: Path, loader: str):
+    """Run a script that makes and iterates ``loader`` (an expression) at its top level, with no
+    ``if __name__ == "__main__":`` guard; returns the finished process (stderr as text)."""
+    import subprocess
+    import sys
+
+    script = folder / "unguarded.py"
+    script.write_text(f"import fastload\nloader = {loader}\nfor batch in loader:\n    pass\n")
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)

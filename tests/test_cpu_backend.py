@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from loader_kit import loader_processes
+from loader_kit import loader_processes, run_unguarded_script
 
 from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import draw_params
@@ -343,22 +343,8 @@ def test_compact_batches_finished_in_the_main_process_equal_batches_finished_in_
 
 def test_an_unguarded_script_gets_told_about_the_main_guard(synth_cache, tmp_path):
     # forkserver workers import the script's main module; without the guard it runs again in each worker
-    import subprocess
-    import sys
-    import textwrap
-
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import fastload
-            loader = fastload.CpuLoader({str(synth_cache)!r}, batch_size=2, size=(32, 32), device="cpu", num_threads=1)
-            for batch in loader:
-                pass
-            """
-        )
-    )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    loader = f"fastload.CpuLoader({str(synth_cache)!r}, batch_size=2, size=(32, 32), device='cpu', num_threads=1)"
+    done = run_unguarded_script(tmp_path, loader)
     assert done.returncode != 0
     assert 'if __name__ == "__main__":' in done.stderr and "forkserver" in done.stderr, done.stderr[-3000:]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from loader_kit import make_loader, make_synth_cache
+from loader_kit import make_loader, make_synth_cache, run_unguarded_script
 
 pytest.importorskip("nvidia.dali")
 
@@ -93,21 +93,8 @@ def test_the_loaders_python_per_batch_does_not_grow_with_the_batch(cache_path):
 def test_an_unguarded_script_gets_told_about_the_main_guard(cache_path, tmp_path):
     # the feed workers start with forkserver and import the script's main module: without the guard it runs again
     # in each worker, which dies starting. The error says so, and closing the loader over it raises nothing more.
-    import subprocess
-    import textwrap
-
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import fastload
-            loader = fastload.Loader({str(cache_path)!r}, batch_size=8, size=(32, 32), device="cpu", num_threads=1)
-            for batch in loader:
-                pass
-            """
-        )
-    )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    loader = f"fastload.Loader({str(cache_path)!r}, batch_size=8, size=(32, 32), device='cpu', num_threads=1)"
+    done = run_unguarded_script(tmp_path, loader)
     assert done.returncode != 0
     last = done.stderr[done.stderr.rindex("Traceback"):]  # the training process's own error, after the workers'
     assert "WorkerDied: fastload-feed-0" in last and "exit code 1" in last, last
