@@ -301,6 +301,29 @@ def test_fuzzed_coco_loads_to_valid_masks_or_raises_a_named_error_long(document)
     _run_document_fuzz(document)
 
 
+def test_a_part_whose_repair_divides_by_zero_is_a_named_bad_part():
+    # found by the long fuzz run: vertices like 1e-215 make shapely's make_valid divide by zero (a RuntimeWarning
+    # and a shape nobody can trust); the part is refused with the reason, under both policies
+    degenerate = [5.00483192742027e-215, 1.0855793606256147e-237, -6.506760801911188e-170, 1.024423864015008e-263]
+    document = {
+        "images": [{"id": 1, "file_name": "0.jpg", "height": 1, "width": 1}],
+        "categories": [{"id": 1, "name": "cup"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 0.0, "bbox": [],
+             "segmentation": [degenerate + [0.0, 0.0, 0.0, 1.0, 0.0, -1.0]]}
+        ],
+    }
+    path = _write(document)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning escapes to the user's terminal either
+            with pytest.raises(AnnotationError, match="degenerate coordinates"):
+                load_coco(path, on_error="fail")
+            assert "degenerate coordinates" in load_coco(path, on_error="skip").skips[0].reason
+    finally:
+        path.unlink()
+
+
 # ----------------------------------------------------------------------------------------------- vs pycocotools
 
 

@@ -91,7 +91,8 @@ def judge_part(coords: np.ndarray, height: int, width: int) -> list[np.ndarray]:
     Raises
     ------
     BadPart
-        Fewer than 3 points, a non-finite or absurdly large coordinate, zero area, or wholly outside the image.
+        Fewer than 3 points, a non-finite or absurdly large coordinate, zero area, wholly outside the image, or
+        coordinates so degenerate that shapely's repair fails numerically.
     """
     if coords.shape[0] < 3:
         raise BadPart(f"fewer than 3 points ({coords.shape[0]})")
@@ -99,19 +100,24 @@ def judge_part(coords: np.ndarray, height: int, width: int) -> list[np.ndarray]:
         raise BadPart("non-finite coordinate (NaN or inf)")
     if np.abs(coords).max() > MAX_COORDINATE:
         raise BadPart(f"coordinate out of range (|x| or |y| > {MAX_COORDINATE:g} px)")
-    geom = shapely.Polygon(coords)
-    valid = geom.is_valid
     inside = coords.min() >= 0 and coords[:, 0].max() <= width and coords[:, 1].max() <= height
-    if valid and inside and geom.area > 0:
-        return [coords]  # the common case: kept exactly as drawn
-    if not valid:
-        geom = shapely.make_valid(geom)
-    if geom.area <= 0:
-        raise BadPart("zero area")
-    if not inside:
-        geom = shapely.intersection(geom, shapely.box(0, 0, width, height))
-        if geom.area <= 0:
-            raise BadPart(f"outside the image ({width} x {height})")
+    try:
+        # a floating-point error inside GEOS (vertices like 1e-215 make its repair divide by zero) means the
+        # shape it returns cannot be trusted: a bad part, never a mask
+        with np.errstate(divide="raise", over="raise", invalid="raise"):
+            geom = shapely.Polygon(coords)
+            valid = geom.is_valid
+            if valid and inside and geom.area > 0:
+                return [coords]  # the common case: kept exactly as drawn
+            geom = geom if valid else shapely.make_valid(geom)
+            if geom.area <= 0:
+                raise BadPart("zero area")
+            if not inside:
+                geom = shapely.intersection(geom, shapely.box(0, 0, width, height))
+                if geom.area <= 0:
+                    raise BadPart(f"outside the image ({width} x {height})")
+    except FloatingPointError as exc:
+        raise BadPart(f"degenerate coordinates: shapely's repair failed ({exc})") from None
     if np.abs(coords).max() <= COORDINATE_LIMIT:
         # a self-intersecting or overhanging part that covers some of the image is kept as drawn: pycocotools
         # rasterises it (and clips it to the image) exactly as COCO.annToMask does, which every COCO tool and the

@@ -11,10 +11,11 @@ Pixel convention
 Parts and rings
     A stored part (`fastload.build.geometry.part_rings`) may hold several rings, exterior first, then holes;
     its rings are combined by even-odd (XOR: a hole comes out empty). The parts of an instance are OR-ed
-    (``mask.merge``), as ``annToMask`` does with a multi-polygon segmentation. Where ``load_coco``
-    repaired a self-intersecting part (``shapely.make_valid``) or clipped one to the image, the stored
-    geometry is not the raw annotation, and the mask may differ from ``annToMask`` of the raw annotation
-    at pixels whose centre lies within about 0.2 px of an edge that the repair or the clipping created.
+    (``mask.merge``), as ``annToMask`` does with a multi-polygon segmentation. Parts are stored as drawn
+    (`fastload.build.geometry.judge_part`), so the mask is ``annToMask``'s, self-intersecting and overhanging
+    parts included; only a part reaching beyond ±`COORDINATE_LIMIT` px, which pycocotools cannot draw, is
+    stored repaired (``shapely.make_valid``) and clipped to the image, and its mask may then differ from what
+    ``annToMask`` would draw at pixels whose centre lies within about 0.2 px of an edge the repair created.
 
 Work proportional to the object
     ``frPyObjects`` and ``merge`` cost O(perimeter); the run-length result is then decoded over the
