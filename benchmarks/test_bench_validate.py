@@ -8,26 +8,7 @@ holds it from the mean).
 
 from __future__ import annotations
 
-import pytest
-
-from fastload.build.build import build_cache
-from fastload.build.synth import synth_coco
 from fastload.cache import format as fmt
-from fastload.samples import open_cache
-
-
-@pytest.fixture(scope="module", params=["real-800x600", "synth-512x512"])
-def cache(request, tmp_path_factory, sample_root):
-    root = tmp_path_factory.mktemp(request.param)
-    if request.param.startswith("real"):
-        data = sample_root
-    else:
-        data = root / "data"
-        synth_coco(out=data, n=32, size=(512, 512), instances=(3, 12), seed=0)
-    build_cache(coco=data / "annotations.json", images=data / "images", out=root / "cache", progress=False)
-    ds = open_cache(root / "cache")
-    yield ds
-    ds.close()
 
 
 def _stored(cache) -> list[tuple]:
