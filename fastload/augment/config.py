@@ -132,6 +132,12 @@ class TargetsConfig:
         check_int("targets.small_instance_area", self.small_instance_area, 0, v.MAX_PIXELS)
         check_number("targets.small_instance_weight", self.small_instance_weight, 0.0, v.MAX_SMALL_INSTANCE_WEIGHT)
 
+    @property
+    def kernel_args(self) -> dict[str, float | int]:
+        """The fields as the target kernels' keyword arguments (`fastload.targets.sample_targets`,
+        `render_targets`: the same names)."""
+        return dataclasses.asdict(self)
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -99,13 +99,7 @@ def numpy_targets(semantic: np.ndarray, instance: np.ndarray, targets: TargetsCo
     NumPy definition (`sample_targets`, `panoptic_weights`); {} without targets."""
     if targets is None:
         return {}
-    heatmap, offset, weight = sample_targets(
-        instance,
-        sigma=targets.sigma,
-        stride=targets.stride,
-        small_instance_area=targets.small_instance_area,
-        small_instance_weight=targets.small_instance_weight,
-    )
+    heatmap, offset, weight = sample_targets(instance, **targets.kernel_args)
     return sample_target_entries(heatmap, offset, weight, *panoptic_weights(semantic, instance, stride=targets.stride))
 
 
@@ -140,27 +134,14 @@ def render_batch_targets(
         weights = render_weights(semantic, instance, stride=targets.stride)
         if instance.device.type == "cuda" or instance.shape[1] * instance.shape[2] <= TWIN_ON_CPU_PIXELS:
             with _one_intra_op_thread(instance.device):
-                out = render_targets(
-                    instance,
-                    sigma=targets.sigma,
-                    stride=targets.stride,
-                    small_instance_area=targets.small_instance_area,
-                    small_instance_weight=targets.small_instance_weight,
-                    max_id=max_id,
-                )
+                out = render_targets(instance, max_id=max_id, **targets.kernel_args)
             return {**out, **weights}
         layout = target_layout(tuple(instance.shape[1:]), targets, len(instance))
         maps = ("heatmap", "offset", "semantic_weight")
         out = {key: _empty(layout[key], torch.float32, instance.device) for key in maps}
         masks = instance.numpy()
         for k in range(len(instance)):
-            rendered = sample_targets(
-                masks[k],
-                sigma=targets.sigma,
-                stride=targets.stride,
-                small_instance_area=targets.small_instance_area,
-                small_instance_weight=targets.small_instance_weight,
-            )
+            rendered = sample_targets(masks[k], **targets.kernel_args)
             for key, value in zip(maps, rendered, strict=True):
                 out[key].numpy()[k] = value[None] if key == "heatmap" else value
         return {**out, **weights}

@@ -118,12 +118,7 @@ class KorniaFinish:
         targets, t = {}, self.cfg.targets
         if t is not None:
             targets = render_targets(
-                instance,
-                sigma=t.sigma,
-                stride=t.stride,
-                small_instance_area=t.small_instance_area,
-                small_instance_weight=t.small_instance_weight,
-                max_id=int(raw["max_id"].max()) if raw["max_id"].numel() else 0,
+                instance, max_id=int(raw["max_id"].max()) if raw["max_id"].numel() else 0, **t.kernel_args
             )
             targets.update(render_weights(semantic, instance, stride=t.stride))
         return {
