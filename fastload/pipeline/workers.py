@@ -214,9 +214,7 @@ class WorkerPool:
         try:
             self._conns[worker].send(("task", ticket, slot, task))
         except OSError:  # the worker's end of the socket is gone: it died
-            self._procs[worker].join(timeout=1)
-            self._dead = self._died(worker, self._procs[worker])
-            raise self._dead from None
+            raise self._died(worker) from None
         return ticket
 
     def take(self) -> Result:
@@ -284,14 +282,15 @@ class WorkerPool:
         try:
             message = conn.recv()
         except (EOFError, OSError, ConnectionError):
-            proc.join(timeout=1)
-            self._dead = self._died(worker, proc)
-            raise self._dead from None
+            raise self._died(worker) from None
         self._heard[worker] = True
         return message
 
-    def _died(self, worker: int, proc) -> WorkerDied:
-        """The error for a worker that ended: what its exit code says, and what to do."""
+    def _died(self, worker: int) -> WorkerDied:
+        """The pool is dead: the error for the worker that ended (what its exit code says, and what to do), kept
+        for every later `submit` / `take`."""
+        proc = self._procs[worker]
+        proc.join(timeout=1)
         code = proc.exitcode
         where = f"{self.name}-{worker} (pid {proc.pid})"
         if code is not None and code < 0:
@@ -310,6 +309,7 @@ class WorkerPool:
             )
         if not self._heard[worker] and code is not None and code > 0:  # died starting: the classic cause
             add_note(error, MAIN_GUARD_HINT)
+        self._dead = error
         return error
 
     def _map_slot(self, worker: int, slot: int, size: int) -> None:
