@@ -46,6 +46,8 @@ class CacheIndex:
         n = sum(s.samples for s in shards)
         if n != self.manifest.samples:
             raise CacheError(f"{self.root}/manifest.json: shards hold {n} samples, counts say {self.manifest.samples}; rebuild the cache")
+        # the arrays below are sized by the manifest's counts: bound them by the tars' real bytes first
+        self.tar_paths = [self._check_tar(shard) for shard in shards]  # real paths, inside the cache folder
         kinds = len(MEMBER_KINDS)
         self.shard_of = np.empty(n, np.int32)
         self.span = np.empty((n, 2), np.int64)  # absolute start of the first member's data, span length
@@ -55,7 +57,6 @@ class CacheIndex:
         self.image_id = np.empty(n, np.int64)
         self.position = np.empty(n, np.int64)
         self.image_ext = np.empty(n, np.uint8)
-        self.tar_paths = [self._check_tar(shard) for shard in shards]  # real paths, inside the cache folder
         i = 0
         for s, shard in enumerate(shards):
             for sample in self._read_index(shard):
@@ -72,6 +73,12 @@ class CacheIndex:
             raise CacheError(
                 f"shard {shard.file} has {size} bytes, the manifest says {shard.bytes} (truncated or replaced); "
                 + rebuild_shard(self.root)
+            )
+        least = shard.samples * len(MEMBER_KINDS) * 512  # a member is at least its 512-byte tar header
+        if least > size:
+            raise CacheError(
+                f"{self.root}/manifest.json: shard {shard.file} claims {shard.samples} samples, which take at least "
+                f"{least} bytes; the file has {size}. Rebuild the cache"
             )
         return path
 

@@ -50,11 +50,6 @@ def _brackets(data: bytes) -> bytes:
     return b"".join(marks.split(b'"')[::2])  # no escapes: strings lie between consecutive quotes
 
 
-def json_depth(data: bytes) -> int:
-    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count); no parsing."""
-    return _depth(_brackets(bytes(data)))
-
-
 def _depth(brackets: bytes) -> int:
     codes = np.frombuffer(brackets, np.uint8)
     step = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int64) * 2 - 1

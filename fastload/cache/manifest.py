@@ -15,7 +15,7 @@ from fastload.cache.config import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
 from fastload.cache.format import LABEL_MAGIC, LABEL_VERSION, MEMBER_KINDS, SCHEMA_VERSION
 from fastload.cache.jsonio import JsonNode, Malformed, loads_json, show_value
 from fastload.errors import CacheError
-from fastload.labels import BACKGROUND_NAME
+from fastload.labels import BACKGROUND_NAME, MAX_CLASSES
 
 MANIFEST_NAME = "manifest.json"
 BACKGROUND = BACKGROUND_NAME  # the name of train id 0 in ``classes`` (torchvision's word for it)
@@ -219,6 +219,8 @@ def _parse(m: JsonNode, version: int) -> Manifest:
         )
         for c in m.nodes("categories")
     )  # fmt: skip
+    if len(categories) > MAX_CLASSES:
+        raise Malformed(f"{len(categories)} categories; a cache holds at most {MAX_CLASSES} (train ids 1..{MAX_CLASSES})")
     train_ids = [c.train_id for c in categories]
     if train_ids != list(range(1, len(categories) + 1)):
         raise Malformed(f"categories must hold train ids 1..{len(categories)} in order, got {train_ids[:10]}")

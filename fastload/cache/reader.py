@@ -295,8 +295,9 @@ class CacheDataset(Sequence):
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i``'s masks as stored, without the image or maps: uint8 semantic, uint16 instance (H, W)."""
         i = self._index(i)
+        members = self.read_members(i)  # its errors name the shard and the sample already
         try:
-            return decode_labels(self.read_members(i), self.image_size(i))
+            return decode_labels(members, self.image_size(i))
         except CacheError as exc:
             raise CacheError(f"{self._where(i)}: {exc}; " + rebuild_shard(self._root)) from None
 
@@ -315,8 +316,9 @@ class CacheDataset(Sequence):
 def decode_labels(members: SampleMembers, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The semantic (uint8) and instance (uint16) masks of a sample, (H, W) each, checked against its size ``hw``
     and, the instance ids, against the meta's instance count (`fastload.cache.validate.check_instance_ids`)."""
-    semantic = decode_label(members.semantic, kind="sem")
-    instance = decode_label(members.instance, kind="ins")
+    layouts = members.layouts or (None, None)  # the headers `read_members` parsed and checked, not parsed again
+    semantic = decode_label(members.semantic, kind="sem", layout=layouts[0])
+    instance = decode_label(members.instance, kind="ins", layout=layouts[1])
     for name, array in (("semantic", semantic), ("instance", instance)):
         if array.shape != tuple(hw):
             raise CacheError(f"{name} mask is {array.shape[0]} x {array.shape[1]}, the sample {hw[0]} x {hw[1]}")

@@ -142,6 +142,7 @@ def _check_sample(fh: Any, tar_bytes: int, sample: dict[str, Any], manifest: Man
             semantic=data["sem"],
             instance=data["ins"],
             meta=checked.meta,
+            layouts=(checked.semantic, checked.instance),
         )
         decoded = decode_members(members_obj, (sample["height"], sample["width"]))
         labels = set(np.unique(decoded["semantic"]).tolist()) - {IGNORE}
