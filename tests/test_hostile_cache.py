@@ -378,3 +378,33 @@ def test_verify_and_open_cache_survive_random_edits_of_member_headers(clean, tmp
             assert f"sample {BAD_KEY}" in str(exc)
             outcomes["CacheError"] += 1
     assert outcomes["CacheError"] > 20, outcomes  # most edits of a header are caught
+
+
+# ----------------------------------------------------------------------------------------------- the manifest
+
+
+def test_a_manifest_that_lies_about_its_counts_is_refused_before_anything_is_allocated(clean, tmp_path):
+    from cacheforge import run_bounded
+
+    cache = tmp_path / "cache"
+    shutil.copytree(clean, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["shards"][0]["samples"] = 10**12  # the index arrays would take tens of TiB
+    manifest["counts"]["samples"] = sum(s["samples"] for s in manifest["shards"])
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    setup = f"from fastload.samples import open_cache\nSTEPS = {{'open': lambda: open_cache({str(cache)!r})}}"
+    got = run_bounded(setup, memory_gb=0.5, cpu_s=5.0)["open"]
+    assert got["error"] == "CacheError", got
+    assert re.search(r"shard shard-00000\.tar claims 1000000000000 samples, which take at least \d+ bytes", got["message"])
+
+
+def test_a_manifest_with_more_classes_than_train_ids_hold_is_refused(clean, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(clean, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    first = manifest["categories"][0]
+    manifest["categories"] = [{**first, "train_id": t, "coco_id": t, "name": f"c{t}"} for t in range(1, 301)]
+    manifest["num_classes"] = 301
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match=r"300 categories; a cache holds at most 254"):
+        open_cache(cache)
