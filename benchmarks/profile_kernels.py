@@ -138,6 +138,7 @@ def fastload_stages(s: Sample, cfg, out_hw: tuple[int, int]) -> dict[str, tuple[
     coloured = R.adjust_brightness_contrast(R.adjust_hue_saturation(warped, p.hue, p.saturation), p.brightness, p.contrast)
     band = shadow_band(p, out_hw)
     instance = R.warp_mask(s.instance, m, out_hw, fill=R.INSTANCE_FILL)
+    semantic = R.warp_mask(s.semantic, m, out_hw, fill=R.SEMANTIC_FILL)
 
     def mask_warp(matrix):
         def run():
@@ -167,8 +168,8 @@ def fastload_stages(s: Sample, cfg, out_hw: tuple[int, int]) -> dict[str, tuple[
         "shadow": (shadow_only, "`apply_shadow` + round"),
         "noise": (noise_only, "`add_noise` + round"),
         "targets (heat, offsets, weights)": (
-            lambda: numpy_targets(instance, cfg.targets),
-            "`sample_targets` (the three maps, one pass)",
+            lambda: numpy_targets(semantic, instance, cfg.targets),
+            "`sample_targets` (the three maps, one pass) + `panoptic_weights`",
         ),
         "targets, per-instance loop": (
             lambda: center_targets_per_instance(instance.astype(np.int32)),

@@ -5,8 +5,8 @@ output (`fastload.tools.bench.peers.common.fit_to_output`), and hand over compac
 CUDA). The main process moves them to the loader's device (the GPU on a GPU machine; the CPU in CI), converts
 the image to float32 in [0, 1] and runs one ``kornia.augmentation.AugmentationSequential`` over the batch, image
 linear and masks nearest (one affine for all three), then normalises and renders the Panoptic-DeepLab targets
-from the augmented instance mask with `fastload.targets.render_targets`, the batched torch twin of
-`center_targets`, on the same device.
+from the augmented masks with the loaders' own `fastload.pipeline.batch.render_batch_targets` (the batched torch
+twin of `center_targets` on a GPU), on the same device.
 
 Where the distribution differs from fastload's (``configs/default.yaml``):
 
@@ -40,7 +40,7 @@ import torch
 
 from fastload.augment.config import AugmentConfig
 from fastload.labels import SEMANTIC_FILL
-from fastload.targets import render_targets, render_weights
+from fastload.pipeline.batch import render_batch_targets
 from fastload.tools.bench.peers.common import PeerParts, any_gate, require
 
 
@@ -115,12 +115,8 @@ class KorniaFinish:
         semantic = semantic[:, 0].round_().to(torch.int64).sub_(1)
         semantic[semantic < 0] = SEMANTIC_FILL  # Kornia's zero padding: outside the image
         instance = instance[:, 0].round_().to(torch.int32)
-        targets, t = {}, self.cfg.targets
-        if t is not None:
-            targets = render_targets(
-                instance, max_id=int(raw["max_id"].max()) if raw["max_id"].numel() else 0, **t.kernel_args
-            )
-            targets.update(render_weights(semantic, instance, stride=t.stride))
+        max_id = int(raw["max_id"].max()) if raw["max_id"].numel() else 0
+        targets = render_batch_targets(semantic, instance, self.cfg.targets, max_id=max_id)  # as the loaders do
         return {
             "image": image.sub_(mean).div_(std).contiguous(),
             "semantic": semantic,
