@@ -20,7 +20,7 @@ from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import ParamsBatch, SampleParams, draw_params, identity_params
 from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import SampleMembers, decode_label, encode_label
-from fastload.errors import CacheError
+from fastload.errors import CacheError, ConfigError
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
 from fastload.targets import center_targets, panoptic_weights, semantic_weights
 
@@ -29,7 +29,7 @@ pytest.importorskip("nvidia.dali")
 from fastload.cache.validate import checked_label_layouts  # noqa: E402
 from fastload.pipeline.dali import DaliBackend, GraphSpec, PhotometricOps  # noqa: E402
 from fastload.pipeline.dali.failures import named_failure  # noqa: E402
-from fastload.pipeline.dali.inputs import cpu_label_columns, gpu_label_columns, param_columns  # noqa: E402
+from fastload.pipeline.dali.inputs import cpu_label_columns, gpu_label_columns, padded_bytes, param_columns  # noqa: E402
 
 OUT = (32, 48)
 DEFAULT = AugmentConfig.default()
@@ -251,6 +251,23 @@ def test_cpu_graph_gets_decoded_labels_padded_with_the_warps_fill():
         assert np.array_equal(got["sem"][k, :h, :, 0], cache.arrays(i)["semantic"])
         assert np.array_equal(got["ins"][k, :h, :, 0], cache.arrays(i)["instance"].astype(np.int16))
         assert (got["sem"][k, h:] == 255).all() and (got["ins"][k, h:] == 0).all()  # what a warp reads outside
+
+
+def test_a_batch_padded_past_its_column_bound_is_a_named_error_before_allocating():
+    # the masks of 2 samples of 28 x 40 and 26 x 40 pad to 2 x 28 x 40 = 2240 pixels; the image members to 2 x longest
+    cache = MemCache()
+    members = [cache.read_members(i) for i in (2, 1)]
+    layouts = [checked_label_layouts(m.semantic, m.instance, cache.image_size(i)) for m, i in zip(members, (2, 1), strict=True)]
+    counts = [len(m.meta["instances"]) for m in members]
+    columns = ([m.semantic for m in members], [m.instance for m in members], layouts, counts)
+    assert cpu_label_columns(*columns, limit=2240)["sem"].shape == (2, 28, 40, 1)
+    with pytest.raises(ConfigError, match=r"a batch of 2 samples padded to its largest mask size 28 x 40 \(pixels\) \(1120 each\) takes 2240, above the 2239 .* lower batch_size"):
+        cpu_label_columns(*columns, limit=2239)
+    images = [m.image for m in members]
+    longest = max(len(b) for b in images)
+    assert padded_bytes(images, limit=2 * longest)[0].shape == (2, longest)
+    with pytest.raises(ConfigError, match=rf"padded to its largest member \(bytes\) \({longest} each\) takes {2 * longest}"):
+        padded_bytes(images, limit=2 * longest - 1)
 
 
 def test_gpu_label_columns_inflate_to_the_decoded_labels():

@@ -10,8 +10,9 @@ import numpy as np
 from fastload.augment.params import ParamsBatch, affine_matrices, shadow_bands
 from fastload.cache.format import LABEL_FILL, LabelLayout, decode_label
 from fastload.cache.validate import check_instance_ids
-from fastload.errors import CacheError
+from fastload.errors import CacheError, ConfigError
 from fastload.pipeline.dali.spec import SCALARS, SHADOW_SCALARS, GraphSpec
+from fastload.validation import MAX_BATCH_PIXELS
 
 KINDS = ("sem", "ins")  # the order of a sample's (semantic, instance) layouts
 
@@ -37,10 +38,28 @@ def param_columns(params: ParamsBatch, src_hw: np.ndarray, spec: GraphSpec) -> d
     }
 
 
-def padded_bytes(members: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, longest) with each member zero-padded, and int32 (N, 1) lengths (the graph slices them back)."""
+MAX_PADDED_BYTES = 1 << 32
+"""The most bytes one column of padded members (images, labels) of a batch may take: 4 GiB."""
+
+
+def check_padding(n: int, each: int, *, limit: int, what: str) -> None:
+    """A column of ``n`` samples padded to its largest (``each`` elements) holds at most ``limit`` elements: samples
+    of very different sizes (a portrait beside a landscape, one huge PNG) pad each other up, and the column is
+    allocated whole."""
+    if n * each > limit:
+        raise ConfigError(
+            f"a batch of {n} samples padded to its largest {what} ({each} each) takes {n * each}, above the {limit} "
+            "a batch column may hold; lower batch_size (samples of very different sizes pad each other up)"
+        )
+
+
+def padded_bytes(members: Sequence[bytes], *, limit: int = MAX_PADDED_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, longest) with each member zero-padded, and int32 (N, 1) lengths (the graph slices them back);
+    a ConfigError, before anything is allocated, when that takes more than ``limit`` bytes."""
     lengths = np.array([[len(m)] for m in members], np.int32).reshape(len(members), 1)
-    out = np.zeros((len(members), int(lengths.max(initial=0))), np.uint8)
+    longest = int(lengths.max(initial=0))
+    check_padding(len(members), longest, limit=limit, what="member (bytes)")
+    out = np.zeros((len(members), longest), np.uint8)
     for k, member in enumerate(members):
         out[k, : len(member)] = np.frombuffer(member, np.uint8)
     return out, lengths
@@ -70,18 +89,25 @@ def gpu_label_columns(
 
 
 def cpu_label_columns(
-    semantic: Sequence[bytes], instance: Sequence[bytes], layouts: Sequence[tuple[LabelLayout, LabelLayout]], counts: Sequence[int]
+    semantic: Sequence[bytes],
+    instance: Sequence[bytes],
+    layouts: Sequence[tuple[LabelLayout, LabelLayout]],
+    counts: Sequence[int],
+    *,
+    limit: int = MAX_BATCH_PIXELS,
 ) -> dict[str, np.ndarray]:
     """``sem`` uint8 and ``ins`` int16 (N, H, W, 1): the decoded masks, padded to the batch's largest (H, W) with
     each mask's fill, which a nearest warp reads exactly as it reads outside the image. ``layouts``: each sample's
     checked headers; ``counts``: each sample's instance count (its meta's), which its ids may not exceed.
 
     Raises CacheError for a member that does not decode to its header's size, or holds ids above its count;
-    `SampleError` says which sample of the batch it was.
+    `SampleError` says which sample of the batch it was. ConfigError, before anything is allocated, when the
+    padded masks take more than ``limit`` pixels (`check_padding`).
     """
     hws = np.array([(sem.height, sem.width) for sem, _ in layouts], np.int64).reshape(len(layouts), 2)
     n = len(semantic)
     h, w = (int(v) for v in hws.max(axis=0)) if n else (0, 0)
+    check_padding(n, h * w, limit=limit, what=f"mask size {h} x {w} (pixels)")
     out = {
         "sem": np.full((n, h, w, 1), LABEL_FILL["sem"], np.uint8),
         "ins": np.full((n, h, w, 1), LABEL_FILL["ins"], np.int16),
