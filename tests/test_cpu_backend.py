@@ -15,6 +15,7 @@ from fastload.augment.config import AugmentConfig, TargetsConfig
 from fastload.augment.params import draw_params
 from fastload.augment.reference import augment_sample, normalize_image
 from fastload.cache.format import SampleMembers, encode_label
+from fastload.cache.validate import checked_label_layouts
 from fastload.errors import CacheError
 from fastload.pipeline.opencv import OpencvBackend
 from fastload.pipeline.plan import BATCH_KEYS, BatchPlan
@@ -63,14 +64,16 @@ class TinyCache:
         if i in self.corrupt:
             raise CacheError(f"shard-00000.tar, sample {i:08d}: CRC-32 mismatch in {i:08d}.sem.lz4; rebuild the cache")
         a = self.arrays(i)
+        semantic, instance = encode_label(a["semantic"], kind="sem", level=1), encode_label(a["instance"], kind="ins", level=1)
         return SampleMembers(
             shard="shard-00000.tar",
             key=f"{i:08d}",
             image=cv2.imencode(".png", a["image"][..., ::-1])[1].tobytes(),
             image_ext="png",
-            semantic=encode_label(a["semantic"], kind="sem", level=1),
-            instance=encode_label(a["instance"], kind="ins", level=1),
+            semantic=semantic,
+            instance=instance,
             meta={"image_id": i, "instances": [{}, {}]},
+            layouts=checked_label_layouts(semantic, instance, a["semantic"].shape),  # the members' own headers
         )
 
 

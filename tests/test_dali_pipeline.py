@@ -82,14 +82,16 @@ class MemCache:
         image_png = cv2.imencode(".png", a["image"][..., ::-1])[1].tobytes()
         if i in self.corrupt:
             image_png = image_png[:40]  # a PNG cut short: DALI's decoder fails on it
+        semantic, instance = encode_label(a["semantic"], kind="sem", level=1), encode_label(a["instance"], kind="ins", level=1)
         return SampleMembers(
             shard="shard-00000.tar",
             key=f"{i:08d}",
             image=image_png,
             image_ext="png",
-            semantic=encode_label(a["semantic"], kind="sem", level=1),
-            instance=encode_label(a["instance"], kind="ins", level=1),
+            semantic=semantic,
+            instance=instance,
             meta={"image_id": i, "instances": [{}] * (300 + i)},  # as built: ids <= the instance count
+            layouts=checked_label_layouts(semantic, instance, a["semantic"].shape),  # the members' own headers
         )
 
 

@@ -301,8 +301,14 @@ class SampleMembers:
     semantic: bytes  # LZ4 label member (encode_label / decode_label)
     instance: bytes  # LZ4 label member
     meta: dict[str, Any]
-    # the label members' headers, as the reader's validation parsed and checked them (None: not checked here)
-    layouts: tuple[LabelLayout, LabelLayout] | None = None
+    # the label members' headers (semantic, instance), as the reader's validation parsed and checked them
+    layouts: tuple[LabelLayout, LabelLayout]
+
+    @property
+    def instance_count(self) -> int:
+        """The instances the meta lists (checked by the reader: a list of at most `MAX_INSTANCES`): what the
+        instance ids may reach, and a renderer's ``max_id``."""
+        return len(self.meta["instances"])
 
 
 # ----------------------------------------------------------------------------------------------- tar

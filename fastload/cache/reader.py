@@ -316,13 +316,12 @@ class CacheDataset(Sequence):
 def decode_labels(members: SampleMembers, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The semantic (uint8) and instance (uint16) masks of a sample, (H, W) each, checked against its size ``hw``
     and, the instance ids, against the meta's instance count (`fastload.cache.validate.check_instance_ids`)."""
-    layouts = members.layouts or (None, None)  # the headers `read_members` parsed and checked, not parsed again
-    semantic = decode_label(members.semantic, kind="sem", layout=layouts[0])
-    instance = decode_label(members.instance, kind="ins", layout=layouts[1])
+    semantic = decode_label(members.semantic, kind="sem", layout=members.layouts[0])  # headers checked by the read
+    instance = decode_label(members.instance, kind="ins", layout=members.layouts[1])
     for name, array in (("semantic", semantic), ("instance", instance)):
         if array.shape != tuple(hw):
             raise CacheError(f"{name} mask is {array.shape[0]} x {array.shape[1]}, the sample {hw[0]} x {hw[1]}")
-    check_instance_ids(instance, len(members.meta.get("instances", ())))
+    check_instance_ids(instance, members.instance_count)
     return semantic, instance
 
 

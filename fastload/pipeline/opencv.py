@@ -164,7 +164,7 @@ class AugmentedBatches(Dataset):
             "image": sample["image"],
             "semantic": sample["semantic"],
             "instance": sample["instance"].view(np.int16),
-            "instances": len(members.meta.get("instances", ())),
+            "instances": members.instance_count,
         }
 
     def close(self) -> None:

@@ -25,9 +25,7 @@ import numpy as np
 from fastload.advice import rebuild_shard
 from fastload.augment.config import AugmentConfig
 from fastload.cache.format import SampleMembers
-from fastload.cache.validate import checked_label_layouts
 from fastload.errors import CacheError
-from fastload.labels import MAX_INSTANCES
 from fastload.pipeline.dali.inputs import (
     SampleError,
     cpu_label_columns,
@@ -83,12 +81,13 @@ class FeedJob:
         self._reads.forget_except(set(indices) | set(later))
         self._reads.want(indices, now=True)
         self._reads.want(later, now=False)
-        samples = [self._checked(i) for i in indices]
+        # the cache's read checked every member (fastload.cache.validate; its CacheError names shard and sample)
+        samples = [self._reads.take(i) for i in indices]
         hws = np.array([self.cache.image_size(i) for i in indices], np.int32).reshape(len(indices), 2)
-        image, image_len = padded_bytes([m.image for m, _ in samples])
+        image, image_len = padded_bytes([m.image for m in samples])
         columns = {"image": image, "image_len": image_len}
-        semantic, instance = [m.semantic for m, _ in samples], [m.instance for m, _ in samples]
-        layouts, counts = [lay for _, lay in samples], [_instance_count(m) for m, _ in samples]
+        semantic, instance = [m.semantic for m in samples], [m.instance for m in samples]
+        layouts, counts = [m.layouts for m in samples], [m.instance_count for m in samples]
         if self.spec.device == "gpu":
             columns.update(gpu_label_columns(semantic, instance, layouts))
         else:
@@ -96,34 +95,13 @@ class FeedJob:
                 columns.update(cpu_label_columns(semantic, instance, layouts, counts))
             except SampleError as exc:
                 k = exc.position
-                raise CacheError(f"{_name(samples[k][0], indices[k])}: {exc}; {_FIX}") from None
-        info = {"max_id": max(counts, default=0), "names": [_name(m, i) for (m, _), i in zip(samples, indices, strict=True)]}
+                raise CacheError(f"{_name(samples[k], indices[k])}: {exc}; {_FIX}") from None
+        info = {"max_id": max(counts, default=0), "names": [_name(m, i) for m, i in zip(samples, indices, strict=True)]}
         if self.spec.out_size is None:  # native size: no parameters, the sizes to cut the masks to
             columns["image_hw"] = info["hw"] = hws
         else:
             columns.update(param_columns(plan.sample_params(self.augment), hws, self.spec))
         return {name: columns[name] for name in self.spec.inputs}, info
-
-    def _checked(self, index: int) -> tuple[SampleMembers, tuple]:
-        """Read sample ``index`` (the cache's read checks every member: fastload.cache.validate; its CacheError
-        names shard and sample) and return its members with their label headers (band tables)."""
-        members = self._reads.take(index)
-        if members.layouts is not None:
-            return members, members.layouts
-        try:  # a cache that hands members over unchecked (a test double): the same checks here
-            layouts = checked_label_layouts(members.semantic, members.instance, self.cache.image_size(index))
-            count = _instance_count(members)
-            if count > MAX_INSTANCES:
-                raise CacheError(f"meta lists {count} instances, more than an instance mask holds ({MAX_INSTANCES})")
-        except CacheError as exc:
-            raise CacheError(f"{_name(members, index)}: {exc}; {_FIX}") from None
-        return members, layouts
-
-
-def _instance_count(members: SampleMembers) -> int:
-    instances = members.meta.get("instances", ())
-    return len(instances) if isinstance(instances, list) else 0
-
 
 def _name(members: SampleMembers, index: int) -> str:
     where = f" (cache index {index})" if index >= 0 else ""

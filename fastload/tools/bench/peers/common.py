@@ -107,7 +107,7 @@ class CacheSamples(Dataset):
         image = decode_image(members.image)
         image, semantic, instance = fit_to_output(image, semantic, instance, self.out_hw, self.fit)
         sample = {"image": image, "semantic": semantic, "instance": instance, "index": int(index)}
-        sample["max_id"] = len(members.meta.get("instances", ()))
+        sample["max_id"] = members.instance_count
         return self.transform(sample)
 
 
