@@ -140,6 +140,22 @@ def test_resume_rebuilds_only_damaged_shards(synth_root, synth_cache, tmp_path, 
     assert (out / "manifest.json").read_bytes() == (synth_cache / "manifest.json").read_bytes()
 
 
+def test_resume_rebuilds_a_shard_whose_record_was_edited_into_another_shape(synth_root, synth_cache, tmp_path, monkeypatch):
+    out = tmp_path / "cache"
+    shutil.copytree(synth_cache, out)
+    record = json.loads((out / "shard-00001.done.json").read_text())
+    record["member_bytes"] = None  # fingerprint and files intact: only the content lies
+    (out / "shard-00001.done.json").write_text(json.dumps(record))
+    (out / "manifest.json").unlink()
+
+    built = []
+    real = writer.build_shard
+    monkeypatch.setattr(pool, "build_shard", lambda task, progress: built.append(task.shard) or real(task, progress))
+    _build_synth(synth_root, out, resume=True)
+    assert built == [1]
+    assert (out / "manifest.json").read_bytes() == (synth_cache / "manifest.json").read_bytes()
+
+
 def test_killed_build_leaves_no_complete_looking_shard_and_resumes(synth_root, synth_cache, tmp_path, monkeypatch):
     out = tmp_path / "cache"
     real = writer.encode_sample
@@ -238,6 +254,26 @@ def test_merge_names_the_missing_node(synth_root, tmp_path):
         merge_cache(out)
     with pytest.raises(CacheError, match="cache merge"):
         open_cache(out)
+
+
+def test_merge_names_a_malformed_part_and_a_rank_that_does_not_exist(synth_root, tmp_path):
+    out = tmp_path / "cache"
+    for rank in (0, 1):
+        _build_synth(synth_root, out, node_rank=rank, num_nodes=2)
+    paths = [out / f"manifest.part-0000{rank}-of-00002.json" for rank in (0, 1)]
+    for num_shards, message in (
+        (10**15, r"node 0's partial manifest lists shards \[0, 2\], expected \[0, 2, 4, 6, 8, 10, 12, 14\]"),  # no huge list
+        ("3", r"a partial manifest or completion record is malformed \(TypeError"),
+    ):
+        for path in paths:  # both nodes agree on the false count
+            part = json.loads(path.read_text())
+            part["header"]["num_shards"] = num_shards
+            path.write_text(json.dumps(part))
+        with pytest.raises(CacheError, match=message):
+            merge_cache(out)
+    (out / "manifest.part-00002-of-00002.json").write_text("{}")
+    with pytest.raises(CacheError, match=r"node rank 2 of a 2-node build does not exist"):
+        merge_cache(out)
 
 
 def test_merge_refuses_parts_built_with_different_configs(synth_root, tmp_path):

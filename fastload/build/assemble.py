@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,11 @@ def assemble_manifest(header: Mapping[str, Any], records: Iterable[Mapping[str, 
     """
     records = sorted(records, key=lambda r: r["shard"])
     found = [r["shard"] for r in records]
-    if found != list(range(header["num_shards"])):
-        missing = sorted(set(range(header["num_shards"])) - set(found))
-        raise CacheError(f"cannot write the manifest: shard(s) {missing[:10]} have no completion record")
+    num_shards = header["num_shards"]
+    if len(found) != len(range(num_shards)) or found != list(range(num_shards)):  # lengths first: no huge list
+        have = set(found)
+        missing = list(islice((k for k in range(num_shards) if k not in have), 10))
+        raise CacheError(f"cannot write the manifest: shard(s) {missing} have no completion record")
     per_class: dict[str, int] = {}
     pixels: dict[str, int] | None = {} if all("pixels_per_class" in r for r in records) else None
     member_bytes = dict.fromkeys(BYTE_KINDS, 0)

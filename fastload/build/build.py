@@ -145,8 +145,7 @@ def build_cache(
     )  # fmt: skip
     out = Path(out)
     with build_lock(out, what="cache build", node=nodes if nodes[1] > 1 else None):  # refuses a second build at once
-        source.check_paths()
-        dataset = source.load(on_error=on_error, things=cfg.things)
+        dataset = source.load(on_error=on_error, things=cfg.things)  # checks the input paths first
         if not dataset.images:
             raise CacheError(f"{source.annotations} has no (valid) images; nothing to cache")
         build = _Build(out, source.image_root, cfg, workers, on_error, resume, nodes, progress)

@@ -25,6 +25,8 @@ def _read_parts(root: Path) -> dict[int, dict[str, Any]]:
     num_nodes = totals.pop()
     parts = {}
     for m, path in found:
+        if int(m.group(1)) >= num_nodes:
+            raise CacheError(f"{path.name}: node rank {int(m.group(1))} of a {num_nodes}-node build does not exist; remove the file")
         part = read_json(path, what="partial manifest")
         if not isinstance(part, dict) or part.get("schema_version") != SCHEMA_VERSION:
             raise CacheError(f"{path.name}: unknown schema (written by another fastload version?); rebuild that node")
@@ -57,6 +59,16 @@ def merge_cache(path: str | Path) -> Path:
 
 
 def _merge(root: Path) -> Path:
+    try:
+        return _merge_parts(root)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # valid JSON of another shape: edited, damaged
+        raise CacheError(
+            f"{root}: a partial manifest or completion record is malformed ({type(exc).__name__}: {exc}); rerun the "
+            "nodes with --resume, then merge again"
+        ) from None
+
+
+def _merge_parts(root: Path) -> Path:
     parts = _read_parts(root)
     num_nodes = len(parts)
     header = parts[0]["header"]
@@ -68,10 +80,12 @@ def _merge(root: Path) -> Path:
                 f"node {rank}'s partial manifest disagrees with node 0's on {diff}: the nodes built from different "
                 "inputs or configs; rebuild them with the same arguments"
             )
-        expected = list(range(rank, header["num_shards"], num_nodes))
         got = [r["shard"] for r in part["records"]]
-        if got != expected:
-            raise CacheError(f"node {rank}'s partial manifest lists shards {got[:8]}, expected {expected[:8]}; rebuild that node")
+        expected = range(rank, header["num_shards"], num_nodes)  # lazy: a false count allocates nothing
+        if len(got) != len(expected) or got != list(expected):
+            raise CacheError(
+                f"node {rank}'s partial manifest lists shards {got[:8]}, expected {list(expected[:8])}; rebuild that node"
+            )
         for record in part["records"]:
             on_disk = _done_record(root, record["shard"])
             if on_disk != record:

@@ -40,9 +40,10 @@ from fastload.cache.format import (
     shard_stem,
 )
 from fastload.cache.jsonio import dumps_canonical
-from fastload.cache.manifest import MemberBytes, NormalisedInfo, SkipInfo, read_json, sha256_file
+from fastload.cache.manifest import BYTE_KINDS, MemberBytes, NormalisedInfo, SkipInfo, read_json, sha256_file
 from fastload.errors import AnnotationError, CacheError, ImageError
 from fastload.labels import MAX_INSTANCES
+from fastload.validation import is_int
 
 FIX_IMAGE = "fix or replace the file (or its entry in the annotations), or pass --on-error skip"
 
@@ -311,6 +312,20 @@ def build_shard(task: ShardTask, progress: Callable[[int], None] = lambda n: Non
         return writer.close()
 
 
+def _summable(record: dict[str, Any]) -> bool:
+    """The fields `fastload.build.assemble.assemble_manifest` sums have their shapes: counts, per-class and
+    per-member tables of integers, lists of skips and normalisations."""
+    tables = (record.get("instances_per_class"), record.get("pixels_per_class"))
+    member_bytes = record.get("member_bytes")
+    return (
+        all(is_int(record.get(k)) and record[k] >= 0 for k in ("samples", "instances"))
+        and all(isinstance(t, dict) and all(is_int(v) for v in t.values()) for t in tables)
+        and isinstance(member_bytes, dict)
+        and all(is_int(member_bytes.get(kind)) for kind in BYTE_KINDS)
+        and all(isinstance(record.get(k), list) and all(isinstance(e, dict) for e in record[k]) for k in ("skips", "normalised"))
+    )
+
+
 def check_done_record(out: Path, shard: int, fingerprint: str, on_error: OnError) -> dict[str, Any] | None:
     """The shard's completion record if the shard can be kept as is (resume), else ``None``.
 
@@ -328,9 +343,7 @@ def check_done_record(out: Path, shard: int, fingerprint: str, on_error: OnError
         return None
     if record.get("skips") and on_error == "fail":
         return None
-    if not isinstance(record.get("normalised"), list):  # a record from before normalisations were recorded
-        return None
-    if not isinstance(record.get("pixels_per_class"), dict):  # a record from before pixel counts were recorded
+    if not _summable(record):  # from before normalisations and pixel counts were recorded, or edited: rebuild
         return None
     files = record.get("files")
     if files is None:
