@@ -148,7 +148,14 @@ def prefetch(loader: str, prefetch: Any, prefetch_factor: Any, *, worker_process
             f"{loader}: pass prefetch={prefetch!r} (batches ahead in all) or prefetch_factor={prefetch_factor!r} "
             "(DataLoader's: batches ahead per worker), not both"
         )
-    return int(prefetch_factor) * (1 if worker_processes is None else max(1, worker_processes))
+    producers = 1 if worker_processes is None else max(1, worker_processes)
+    total = int(prefetch_factor) * producers
+    if total > validation.MAX_PREFETCH:  # named by what the caller passed, not by the prefetch it became
+        raise ValueError(
+            f"{loader}: prefetch_factor={prefetch_factor} x {producers} producer(s) = {total} batches ahead, above "
+            f"the {validation.MAX_PREFETCH} fastload allows ({_UPPER['prefetch'][1]}); lower prefetch_factor"
+        )
+    return total
 
 
 def seed(loader: str, seed: Any, generator: Any) -> Any:

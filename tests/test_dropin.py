@@ -52,6 +52,7 @@ def cache(tmp_path_factory):
         ({"persistent_workers": False, "num_threads": 1}, ValueError, r"persistent_workers=False cannot be honoured: .* loader\.close\(\)"),
         ({"num_workers": 2, "num_threads": 3}, ValueError, "num_workers=2 and num_threads=3 disagree"),
         ({"prefetch_factor": 0}, ValueError, "prefetch_factor must be a positive integer"),
+        ({"prefetch_factor": 10**9}, ValueError, r"prefetch_factor=1000000000 x \d+ producer\(s\) = \d+ batches ahead, above the 64"),
         ({"prefetch_factor": 2, "prefetch": 3}, ValueError, "not both"),
         ({"generator": torch.Generator(), "seed": 4}, ValueError, "seed=4 or a generator"),
         ({"generator": 7}, TypeError, "generator must be a torch.Generator"),

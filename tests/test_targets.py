@@ -218,6 +218,8 @@ def test_semantic_weights_defaults_are_panoptic_deeplabs():
         ({"small_instance_area": True}, "small_instance_area must be an integer >= 0"),
         ({"small_instance_weight": float("inf")}, "small_instance_weight must be a finite number >= 0"),
         ({"small_instance_weight": -2.0}, "small_instance_weight must be a finite number >= 0"),
+        ({"small_instance_weight": 1e30}, r"small_instance_weight must be a finite number >= 0 \(at most 1000"),  # the config's bound
+        ({"small_instance_area": 2**40}, r"small_instance_area must be an integer >= 0 \(pixels, at most 67108864\)"),
     ],
 )
 def test_bad_semantic_weight_parameters_are_named(kwargs, message):

@@ -16,7 +16,7 @@ import numpy as np
 
 from fastload.errors import ConfigError
 from fastload.labels import IGNORE
-from fastload.validation import MAX_SIGMA, MAX_STRIDE, short_repr
+from fastload.validation import MAX_PIXELS, MAX_SIGMA, MAX_SMALL_INSTANCE_WEIGHT, MAX_STRIDE, short_repr
 
 if TYPE_CHECKING:
     import torch
@@ -223,10 +223,17 @@ def check_target_params(sigma: float, stride: int) -> tuple[float, int]:
 
 
 def check_weight_params(area: int, weight: float) -> tuple[int, float]:
-    if isinstance(area, bool) or not isinstance(area, (int, np.integer)) or area < 0:
-        raise ConfigError(f"small_instance_area must be an integer >= 0 (pixels), got {area!r}")
-    if isinstance(weight, bool) or not (isinstance(weight, numbers.Real) and math.isfinite(weight) and weight >= 0):
-        raise ConfigError(f"small_instance_weight must be a finite number >= 0, got {weight!r}")
+    """``small_instance_area`` and ``small_instance_weight`` checked within the config's bounds
+    (fastload.validation): a ConfigError naming the bad one and its range."""
+    if isinstance(area, bool) or not isinstance(area, (int, np.integer)) or not 0 <= area <= MAX_PIXELS:
+        raise ConfigError(f"small_instance_area must be an integer >= 0 (pixels, at most {MAX_PIXELS}), got {short_repr(area)}")
+    if isinstance(weight, bool) or not (
+        isinstance(weight, numbers.Real) and math.isfinite(weight) and 0 <= weight <= MAX_SMALL_INSTANCE_WEIGHT
+    ):
+        raise ConfigError(
+            f"small_instance_weight must be a finite number >= 0 (at most {MAX_SMALL_INSTANCE_WEIGHT:g}: a loss "
+            f"weight), got {short_repr(weight)}"
+        )
     return int(area), float(weight)
 
 
