@@ -371,3 +371,8 @@ def test_gpu_memory_is_counted_device_wide_beyond_torchs_allocator():
     assert m["gpu_mem_device_mb"] >= 500
     assert m["gpu_mem_device_peak_mb"] >= m["gpu_mem_device_mb"]
     assert m["gpu_mem_peak_mb"] < 100
+
+
+def test_bench_bounds_the_steps_it_makes_timing_events_for():
+    with pytest.raises(ValueError, match=r"bench: steps must be a positive integer \(1, 2, ... up to 100000\), got 100000000"):
+        BenchConfig(cache="c", steps=10**8)

@@ -73,6 +73,16 @@ def test_show_refuses_an_unknown_loader(synth_cache, tmp_path):
         show(synth_cache, tmp_path / "g.png", loader="gpu")
 
 
+def test_show_refuses_a_picture_too_large_before_loading_anything(synth_cache, tmp_path, monkeypatch):
+    import fastload.tools.show as show_module
+
+    monkeypatch.setattr(show_module, "grid_rows", lambda *a, **k: pytest.fail("loaded samples for a refused picture"))
+    with pytest.raises(ValueError, match=r"show: 100000 samples in tiles 256 wide make a \d+ x \d+ picture, above the 67108864"):
+        show(synth_cache, tmp_path / "g.png", n=100_000)
+    with pytest.raises(ValueError, match=r"show: tile must be an integer in \[16, 16384\], got 100000"):
+        show(synth_cache, tmp_path / "g.png", tile=100_000)
+
+
 def test_offset_wheel_codes_direction_as_hue_and_length_as_brightness():
     off = np.zeros((2, 1, 4), np.float32)
     off[:, 0, 0] = (0.0, 4.0)  # pointing right (+x)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastload.tools.picture import denormalize, render_grid
-from fastload.validation import check_int
+from fastload.tools.picture import denormalize, grid_size, render_grid
+from fastload.validation import MAX_PIXELS, MAX_SIDE, check_int, check_size
 
 if TYPE_CHECKING:
     from fastload.augment.config import AugmentConfig
@@ -132,7 +132,13 @@ def show(
     if loader not in LOADER_CHOICES:
         raise ValueError(f"show: loader must be one of {', '.join(LOADER_CHOICES)}; got {loader!r}")
     check_int("show: n", n, 1, error=ValueError)
-    check_int("show: tile", tile, 16, error=ValueError)
+    check_int("show: tile", tile, 16, MAX_SIDE, error=ValueError)
+    grid_h, grid_w = grid_size(2 * n if loader == "both" else n, check_size("show: size", size), tile)
+    if grid_h * grid_w > MAX_PIXELS:  # the picture is allocated whole: say so before loading anything
+        raise ValueError(
+            f"show: {n} samples in tiles {tile} wide make a {grid_h} x {grid_w} picture, above the {MAX_PIXELS} pixels "
+            "fastload allows; lower n or tile"
+        )
     cfg = load_augment(augment)
     # open a cache given by path once, for both loaders and the class names
     opened = isinstance(cache, (str, Path))

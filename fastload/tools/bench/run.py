@@ -29,6 +29,8 @@ from fastload.tools.bench.peers import PEERS
 from fastload.tools.bench.sysinfo import machine_info, now_iso
 from fastload.validation import check_int
 
+MAX_STEPS = 100_000  # steps (or warm-up steps) of one measurement
+
 LOADERS = ("cpu", "dali", *PEERS)
 DEFAULT_LOADERS = ("cpu", "dali")
 DEFAULT_BASELINE = "albumentations"
@@ -92,8 +94,9 @@ class BenchConfig:
             raise ValueError("bench: no batch size given")
         for batch_size in self.batch_sizes:
             check_int("bench: batch size", batch_size, 1, error=ValueError)
-        check_int("bench: steps", self.steps, 1, error=ValueError)
-        check_int("bench: warmup", self.warmup, 0, error=ValueError)
+        # a step's CUDA timing events are made before the run: bounded, as a benchmark's length needs no more
+        check_int("bench: steps", self.steps, 1, MAX_STEPS, error=ValueError)
+        check_int("bench: warmup", self.warmup, 0, MAX_STEPS, error=ValueError)
         if self.workers is not None:
             check_int("bench: workers", self.workers, 1, error=ValueError)
         check_int("bench: rounds", self.rounds, 1, error=ValueError)
