@@ -129,6 +129,23 @@ def test_a_bad_file_is_named_or_skipped(tmp_path, text, message):
     assert [s.image_id for s in dataset.skips] == [stable_image_id(FRAME)]
 
 
+def test_the_source_sha256_comes_from_the_bytes_read_and_names_an_unreadable_file(tmp_path):
+    import hashlib
+
+    paths = [write_frame(tmp_path, [], frame=f"aachen_00000{k}_000019") for k in range(2)]
+    want = hashlib.sha256()
+    for path in paths:  # each file by its path under the root and its sha256, in file order
+        want.update(f"{path.relative_to(tmp_path).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    assert load_cityscapes(tmp_path, labels=TABLE).source_sha256 == want.hexdigest()
+    paths[0].unlink()
+    paths[0].mkdir()  # a polygon file that cannot be read: under "skip" a skip, not an error at the manifest
+    with pytest.raises(AnnotationError, match=rf"image {stable_image_id('aachen_000000_000019')} .*cannot be read as JSON"):
+        load_cityscapes(tmp_path, labels=TABLE)
+    dataset = load_cityscapes(tmp_path, labels=TABLE, on_error="skip")
+    assert [s.image_id for s in dataset.skips] == [stable_image_id("aachen_000000_000019")]
+    assert dataset.source_sha256 != want.hexdigest()
+
+
 def test_folder_split_and_duplicate_frames(tmp_path):
     with pytest.raises(AnnotationError, match=r"no train polygon files .*pass the Cityscapes root"):
         load_cityscapes(tmp_path, labels=TABLE)

@@ -174,7 +174,7 @@ def _build_caches(build: _Build, dataset: LabelDataset, source: BuildInput, out:
         "fastload_version": __version__,
         "config": build.cfg.to_dict(),
         "categories": [asdict(c) for c in dataset.categories],  # coco_id, name, train_id, isthing
-        "source": source.manifest_source(),  # format, coco_sha256 (the annotations'), the Cityscapes split
+        "source": source.manifest_source(dataset),  # format, coco_sha256 (the annotations'), the Cityscapes split
     }
     skips = [asdict(s) for s in dataset.skips]
     if fractions is None:

@@ -223,8 +223,15 @@ def load_cityscapes(
             "Cityscapes root, the folder that holds gtFine/ and leftImg8bit/"
         )
     parsed: list[LabelImage] = []
+    digest = hashlib.sha256()  # the source's sha256: each file's path and sha256, from the bytes parsed here
     for path in files:
-        record = _read_frame(path, root, split, table, crowd, policy)
+        try:
+            raw: bytes | OSError = path.read_bytes()
+        except OSError as exc:  # rejected by _read_frame (under "skip": recorded, and so is this in the digest)
+            raw = exc
+        file_sha = hashlib.sha256(raw).hexdigest() if isinstance(raw, bytes) else f"unreadable ({raw.strerror})"
+        digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha}\n".encode())
+        record = _read_frame(path, raw, root, split, table, crowd, policy)
         if record is not None:
             parsed.append(record)
     counts = Counter(r.image_id for r in parsed)
@@ -235,11 +242,14 @@ def load_cityscapes(
                           image_id=record.image_id, file_name=record.file_name)  # fmt: skip
         else:
             records.append(record)
-    return LabelDataset(tuple(records), table.categories, tuple(policy.skips))
+    return LabelDataset(tuple(records), table.categories, tuple(policy.skips), digest.hexdigest())
 
 
-def _read_frame(path: Path, root: Path, split: str, table: _Table, crowd: Crowd, policy: OnErrorPolicy) -> LabelImage | None:
-    """One polygon file as a LabelImage, or None when it is rejected (under "skip")."""
+def _read_frame(
+    path: Path, raw: bytes | OSError, root: Path, split: str, table: _Table, crowd: Crowd, policy: OnErrorPolicy
+) -> LabelImage | None:
+    """One polygon file (its bytes ``raw``, or the error reading them) as a LabelImage, or None when it is rejected
+    (under "skip")."""
     frame = path.name[: -len(POLYGONS_SUFFIX)]
     rel = path.relative_to(root).as_posix()
     image_id = stable_image_id(frame)
@@ -251,7 +261,9 @@ def _read_frame(path: Path, root: Path, split: str, table: _Table, crowd: Crowd,
         if problem:
             raise RecordProblem(f"image file name {file_name!r}: {problem}")
         try:
-            data = json.loads(path.read_bytes())
+            if isinstance(raw, OSError):
+                raise raw
+            data = json.loads(raw)
         except (OSError, ValueError) as exc:
             raise RecordProblem(f"cannot be read as JSON ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("objects"), list):

@@ -101,7 +101,7 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
         Unreadable JSON, missing top-level lists, bad categories, or (under ``"fail"``) any bad record.
     """
     policy = OnErrorPolicy(on_error)
-    data = read_coco_json(Path(path), kind="instances")
+    data, source_sha256 = read_coco_json(Path(path), kind="instances")
     categories, background = _parse_categories(data["categories"])
     images = _parse_images(data["images"], policy)
     by_image = _parse_annotations(data["annotations"], _Known(images, categories, background), policy)
@@ -109,7 +109,7 @@ def load_coco(path: str | Path, *, on_error: OnError = "fail") -> CocoDataset:
         ImageRecord(image_id, name, height, width, tuple(by_image.get(image_id, ())))
         for image_id, (name, height, width) in images.items()
     )
-    return CocoDataset(records, tuple(categories.values()), tuple(policy.skips))
+    return CocoDataset(records, tuple(categories.values()), tuple(policy.skips), source_sha256)
 
 
 def _parse_categories(raw: list) -> tuple[dict[int, Category], set[int]]:

@@ -90,4 +90,4 @@ def from_coco(dataset: CocoDataset, *, things: Sequence[int | str] | None = None
     images = tuple(
         LabelImage(r.image_id, r.file_name, r.height, r.width, CocoInstances(r.instances, stuff)) for r in dataset.images
     )
-    return LabelDataset(images, categories, dataset.skips)
+    return LabelDataset(images, categories, dataset.skips, dataset.source_sha256)

@@ -179,7 +179,7 @@ def load_coco_panoptic(
     """
     policy = OnErrorPolicy(on_error)
     crowd = check_crowd(crowd)
-    data = read_coco_json(Path(json_path), kind="panoptic")
+    data, source_sha256 = read_coco_json(Path(json_path), kind="panoptic")
     categories, background = _parse_categories(data["categories"])
     images = _parse_images(data["images"], policy)
     segments = _parse_annotations(data["annotations"], images, categories, background, policy)
@@ -190,7 +190,7 @@ def load_coco_panoptic(
             continue
         png_name, segs = segments[image_id]
         records.append(LabelImage(image_id, name, height, width, PanopticPng(Path(png_dir), png_name, segs, crowd)))
-    return LabelDataset(tuple(records), tuple(categories.values()), tuple(policy.skips))
+    return LabelDataset(tuple(records), tuple(categories.values()), tuple(policy.skips), source_sha256)
 
 
 def _image_key(value: Any, what: str) -> int:

@@ -21,7 +21,6 @@ sha256 of the annotations (`BuildInput.manifest_source`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Any
 
 from fastload.build.rules import OnError
 from fastload.build.sources import LabelDataset
-from fastload.cache.manifest import SOURCE_FORMATS, sha256_file
+from fastload.cache.manifest import SOURCE_FORMATS
 from fastload.errors import AnnotationError, ConfigError, ImageError
 
-__all__ = ["SOURCE_FORMATS", "BuildInput", "cityscapes_sha256", "select_input"]
+__all__ = ["SOURCE_FORMATS", "BuildInput", "select_input"]
 ONE_SOURCE = (
     "pass one data set: coco= (--coco) with images=, panoptic= and panoptic_masks= (--panoptic, --panoptic-masks) "
     "with images=, or cityscapes= (--cityscapes ROOT)"
@@ -112,22 +111,13 @@ class BuildInput:
                 f"{self.annotations} are relative to"
             )
 
-    def manifest_source(self) -> dict[str, Any]:
-        """The manifest's ``source``: the format, and ``coco_sha256``, the sha256 of the annotations (the JSON
-        file; for Cityscapes, of the split's polygon files: `cityscapes_sha256`), and the Cityscapes split."""
+    def manifest_source(self, dataset: LabelDataset) -> dict[str, Any]:
+        """The manifest's ``source``: the format, ``coco_sha256`` (the sha256 of the annotations as ``dataset``'s
+        reader read them: the JSON file; for Cityscapes, the split's polygon files, each by its path and sha256),
+        and the Cityscapes split."""
         if self.format == "cityscapes":
-            return {"format": self.format, "split": self.split, "coco_sha256": cityscapes_sha256(self.annotations, self.split)}
-        return {"format": self.format, "coco_sha256": sha256_file(self.annotations)}
-
-
-def cityscapes_sha256(root: Path, split: str) -> str:
-    """sha256 of one split's polygon files: their paths under ``root`` and the sha256 of each, in sorted order."""
-    from fastload.build.cityscapes import POLYGONS_SUFFIX
-
-    digest = hashlib.sha256()
-    for path in sorted((root / "gtFine" / split).glob(f"*/*{POLYGONS_SUFFIX}"), key=lambda p: (p.parent.name, p.name)):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
+            return {"format": self.format, "split": self.split, "coco_sha256": dataset.source_sha256}
+        return {"format": self.format, "coco_sha256": dataset.source_sha256}
 
 
 def select_input(

@@ -62,3 +62,4 @@ class CocoDataset:
     images: tuple[ImageRecord, ...]
     categories: tuple[Category, ...]
     skips: tuple[SkipInfo, ...]  # the manifest's own skip records: they go into it as they are
+    source_sha256: str  # sha256 of the JSON file, as read (the manifest's source)

@@ -7,6 +7,7 @@ COCO instances (`fastload.build.coco`), COCO panoptic (`fastload.build.coco_pano
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -140,12 +141,13 @@ def parse_image(img: Any) -> tuple[int, str, int, int]:
     return image_id, name, height, width
 
 
-def read_coco_json(path: Path, *, kind: str) -> dict:
+def read_coco_json(path: Path, *, kind: str) -> tuple[dict, str]:
     """A COCO JSON file (``kind``: "instances" or "panoptic", for the message) with its three top-level lists
-    checked: ``images``, ``categories``, ``annotations``. AnnotationError naming the file otherwise."""
+    checked: ``images``, ``categories``, ``annotations``; and the sha256 of its bytes (the manifest's source),
+    from the one read. AnnotationError naming the file otherwise."""
+    raw = path.read_bytes()
     try:
-        with path.open("rb") as f:
-            data = json.load(f)
+        data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise AnnotationError(f"{path}: not valid JSON ({exc}); fix the file") from exc
     if not isinstance(data, dict):
@@ -155,4 +157,4 @@ def read_coco_json(path: Path, *, kind: str) -> dict:
             raise AnnotationError(
                 f"{path}: {key!r} must be a list, got {type(data.get(key)).__name__}; is this a COCO {kind} file?"
             )
-    return data
+    return data, hashlib.sha256(raw).hexdigest()

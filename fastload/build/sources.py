@@ -204,6 +204,9 @@ class LabelDataset:
     images: tuple[LabelImage, ...]
     categories: tuple[LabelCategory, ...]
     skips: tuple[SkipInfo, ...]
+    # sha256 of the annotations as the reader read them (the JSON file; Cityscapes: its polygon files, each by
+    # its path and sha256 in file order): the manifest's source, from the same bytes as the records
+    source_sha256: str
 
     @property
     def thing_train_ids(self) -> tuple[int, ...]:
