@@ -3,7 +3,8 @@
 DALI's own ``fn.readers.webdataset`` (C++ reads of the shards' ``.idx``), the image decoder (nvJPEG with
 ``--device gpu``), one warp to the output size, hsv, normalise — no labels, no targets, no Python per sample.
 fastload's GPU path is reported as a share of it, measured on the same machine, the same cache, in the same run
-(``benchmarks/run_gpu.sh``); ``benchmarks/cpu_proxy.py`` is the same comparison on a CPU.
+(``benchmarks/run_gpu.sh``), where the loaders run the default config (hsv included). ``benchmarks/cpu_proxy.py``
+is the CPU's counterpart with its own, smaller pipeline (no hsv: the loader there runs ``augment="none"``).
 
     python benchmarks/ceiling.py CACHE [--threads 16 2] [--device gpu|cpu] [--batch 48] [--size 512 512]
 

@@ -4,7 +4,8 @@ pipeline, same cache, same threads, rounds alternating.
 The ceiling is what DALI does with no Python per sample: ``fn.readers.webdataset`` → CPU image decode →
 ``warp_affine`` → ``crop_mirror_normalize`` (the image only, no labels, no targets). fastload's loader does more
 per sample (two label warps, the targets), so the share measures how much of the machine the loader's design
-leaves on the table; on a GPU machine the same comparison is `ceiling.py` against ``fastload bench``. The rates
+leaves on the table; on a GPU machine the counterpart is `ceiling.py` (with hsv, as the default config the loaders
+run there) against ``fastload bench``. The rates
 move with the machine's load; the share is the figure.
 
     python benchmarks/cpu_proxy.py [--rounds 3] [--threads 2] [--out results.json]
