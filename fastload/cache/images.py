@@ -114,19 +114,21 @@ _WEBP_IMAGE = (b"VP8 ", b"VP8L", b"ALPH")  # the chunks that hold pixels (ALPH: 
 _VP8X_ALPHA = 0x10
 
 
-def webp_chunks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int, str | None]:
-    """The RIFF chunks of a WebP file: ``([(fourcc, payload), ...], bytes after the container, problem)``."""
+def webp_chunks(data: bytes) -> tuple[list[tuple[bytes, memoryview]], int, str | None]:
+    """The RIFF chunks of a WebP file: ``([(fourcc, payload), ...], bytes after the container, problem)``; each
+    payload a view into ``data`` (the image chunk is most of the file: every read checks its header, copying
+    nothing)."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         return [], 0, "not a WebP file (no RIFF/WEBP header)"
     end = 8 + int.from_bytes(data[4:8], "little")
     if end > len(data):
         return [], 0, f"WebP is truncated (its RIFF header says {end} bytes, the file has {len(data)})"
-    chunks, pos = [], 12
+    chunks, pos, view = [], 12, memoryview(data)
     while pos + 8 <= end:
         fourcc, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
         if pos + 8 + size > end:
             return [], 0, f"WebP is truncated (chunk {fourcc.decode('latin-1')!r} runs past the end)"
-        chunks.append((fourcc, data[pos + 8 : pos + 8 + size]))
+        chunks.append((fourcc, view[pos + 8 : pos + 8 + size]))
         pos += 8 + size + (size & 1)
     return chunks, len(data) - end, None
 
@@ -171,7 +173,8 @@ def webp_animated(data: bytes) -> bool:
 
 def webp_exif(data: bytes) -> bytes | None:
     chunks, _, _ = webp_chunks(data)
-    payload = next((p for f, p in chunks if f == b"EXIF"), None)
+    view = next((p for f, p in chunks if f == b"EXIF"), None)
+    payload = None if view is None else bytes(view)
     if payload is not None and payload.startswith(b"Exif\0\0"):  # some writers keep the JPEG prefix
         payload = payload[6:]
     return payload
