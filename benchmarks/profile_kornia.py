@@ -1,9 +1,10 @@
 """Where the Kornia peer's time goes: each op of its ``AugmentationSequential`` timed alone, on the device.
 
 The ``kornia`` peer (`fastload.tools.bench.peers.kornia_peer`) made 58 samples/s on an H200 (batch 48, 512x512), 97 %
-of its loop waiting for data. This times each Kornia op of the peer's sequence, and the target renderer, on a
-batch of that shape, synchronising the device around each (CUDA events on a GPU), so the op that costs it is
-named before anything is changed.
+of its loop waiting for data. This times the peer's sequence as it runs (its own probabilities, image and both
+masks), then each of its Kornia ops alone on the image with p = 1 (so that a rare op's cost shows), and the
+targets as the peer renders them, on a batch of that shape, synchronising the device around each (CUDA events
+on a GPU), so the op that costs it is named before anything is changed.
 
     python benchmarks/profile_kornia.py [--device cuda] [--batch 48] [--size 512 512] [--repeat 5] [--out FILE]
 """
@@ -44,12 +45,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from fastload.augment.config import load_augment
-    from fastload.targets import render_targets
+    from fastload.pipeline.batch import render_batch_targets
     from fastload.tools.bench.peers.kornia_peer import build_sequential
 
     device = torch.device(args.device)
     cfg = load_augment("default")
-    sequential = build_sequential(cfg).to(device)
     torch.manual_seed(0)
     b, (h, w) = args.batch, args.size
     image = torch.rand(b, 3, h, w, device=device)
@@ -57,17 +57,21 @@ def main() -> None:
     instance = torch.randint(0, 21, (b, 1, h, w), device=device).float()
     rows = []
     with torch.no_grad():
-        for k, op in enumerate(sequential.children()):
+        as_configured = build_sequential(cfg).to(device)  # the peer's own probabilities
+        rows.append({"op": "the peer's sequence (image + 2 masks)", "ms": timed(lambda: as_configured(image, semantic, instance), device, args.repeat)})
+        for k, op in enumerate(build_sequential(cfg).to(device).children()):
             # each op applied to every sample (p = 1), so that its cost is not hidden by its probability
             op.p, op.p_batch = 1.0, 1.0
-            rows.append({"op": f"{k}: {type(op).__name__}", "ms": timed(lambda op=op: op(image), device, args.repeat)})
-        rows.append({"op": "the whole sequence (image + 2 masks)", "ms": timed(lambda: sequential(image, semantic, instance), device, args.repeat)})
-        ids = instance[:, 0].to(torch.int32)
-        rows.append({"op": "render_targets (max_id 20)", "ms": timed(lambda: render_targets(ids, max_id=20), device, args.repeat)})
+            rows.append({"op": f"{k}: {type(op).__name__} (p = 1, image)", "ms": timed(lambda op=op: op(image), device, args.repeat)})
+        ids, labels = instance[:, 0].to(torch.int32), semantic[:, 0].to(torch.int64)
+        rows.append({
+            "op": "targets and weights (render_batch_targets, max_id 20)",
+            "ms": timed(lambda: render_batch_targets(labels, ids, cfg.targets, max_id=20), device, args.repeat),
+        })  # fmt: skip
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"Kornia peer ops, batch {b}, {h}x{w}, {name}, median of {args.repeat}:")
     for row in rows:
-        print(f"  {row['op']:44s} {row['ms']:9.2f} ms")
+        print(f"  {row['op']:56s} {row['ms']:9.2f} ms")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"command": "python benchmarks/profile_kornia.py " + " ".join(sys.argv[1:]), "device": name, "rows": rows}, fh, indent=2)

@@ -7,7 +7,7 @@
 #   bash benchmarks/run_gpu.sh [OUTDIR]                     (default OUTDIR: benchmarks/results)
 #
 # Runs from a checkout with only PYTHONPATH set (fastload need not be pip-installed): every command is
-# `python -m fastload`. A failing CUDA test does not stop the run: the benchmark still runs, and the script
+# `python -m fastload`. A failing CUDA test (or targets benchmark, or Kornia profile) does not stop the run: the rest still runs, and the script
 # exits nonzero at the end. Sized by environment variables, so a short GPU lease can use it:
 #   FASTLOAD_GPU_N       synthetic images in the cache      (default 2000)
 #   FASTLOAD_GPU_STEPS   measured steps per loader          (default 100)
@@ -65,11 +65,16 @@ if [ "${FASTLOAD_GPU_SEGNET:-1}" != 0 ]; then
         --workers "$cores" --device cuda --model segnet --precision bf16 \
         --out "$out/segnet-$tag.json" --plot "$out/segnet-$tag.png"
 fi
+set +e  # the last two measurements run whatever the other's outcome; their failures are reported below
 "$py" -m pytest benchmarks/test_bench_targets.py --benchmark-only -k cuda -q -p no:cacheprovider \
-    --benchmark-json "$out/targets-$tag.json" > "$out/targets-$tag.txt" 2>&1 || true
-"$py" benchmarks/profile_kornia.py --device cuda --out "$out/kornia-ops-$tag.json" > "$out/kornia-ops-$tag.txt" 2>&1 || true
-set +e
+    --benchmark-json "$out/targets-$tag.json" > "$out/targets-$tag.txt" 2>&1
+targets_rc=$?
+"$py" benchmarks/profile_kornia.py --device cuda --out "$out/kornia-ops-$tag.json" > "$out/kornia-ops-$tag.txt" 2>&1
+kornia_rc=$?
+[ "$targets_rc" -eq 0 ] || echo "run_gpu.sh: the targets benchmark failed (exit $targets_rc): see $out/targets-$tag.txt" >&2
+[ "$kornia_rc" -eq 0 ] || echo "run_gpu.sh: the Kornia profile failed (exit $kornia_rc): see $out/kornia-ops-$tag.txt" >&2
 if [ "$tests_rc" -ne 0 ]; then
     echo "run_gpu.sh: benchmark written, but the CUDA tests failed (exit $tests_rc): see $out/gpu-tests-$tag.txt" >&2
     exit "$tests_rc"
 fi
+[ "$targets_rc" -eq 0 ] && [ "$kornia_rc" -eq 0 ] || exit 1
