@@ -108,16 +108,9 @@ class AugmentedBatches(Dataset):
 
     def __getitems__(self, work: Work) -> dict[str, torch.Tensor]:
         if self._reads is None:
-            self._reads = Prefetcher(
-                self.cache.read_members,
-                sample_bytes=self.cache.span_bytes,
-                io_threads=self.io_threads,
-                max_bytes=self.max_read_bytes,
-            )
-        indices, ahead = work.plan.indices.tolist(), work.ahead.tolist()
-        self._reads.forget_except(set(indices) | set(ahead))
-        self._reads.want(indices, now=True)
-        self._reads.want(ahead, now=False)
+            self._reads = Prefetcher.of_cache(self.cache, io_threads=self.io_threads, max_bytes=self.max_read_bytes)
+        indices = work.plan.indices.tolist()
+        self._reads.focus(indices, work.ahead.tolist())
         cfg, max_id, native = self.augment, 0, self.out_hw is None
         hws = np.array([self.cache.image_size(i) for i in indices], np.int64).reshape(len(indices), 2) if native else None
         out_hw = padded_hw(hws, cfg.map_stride) if native else self.out_hw

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -95,7 +95,18 @@ class Prefetcher(Generic[T]):
         self._takes: deque[float] = deque(maxlen=_RATE_WINDOW)
         self._closed = False
 
+    @classmethod
+    def of_cache(cls, cache: Any, *, io_threads: int, max_bytes: int) -> Prefetcher:
+        """A prefetcher of an opened cache's samples (``read_members``, sized by ``span_bytes``)."""
+        return cls(cache.read_members, sample_bytes=cache.span_bytes, io_threads=io_threads, max_bytes=max_bytes)
+
     # --- what the process wants ------------------------------------------------------------------------------
+    def focus(self, now: Sequence[int], ahead: Sequence[int]) -> None:
+        """A batch's turn: its samples ``now``, the next ones ``ahead``; every other read or wish is dropped."""
+        self.forget_except(set(now) | set(ahead))
+        self.want(now, now=True)
+        self.want(ahead, now=False)
+
     def want(self, indices: Sequence[int], *, now: bool) -> None:
         """Samples to read: needed ``now`` (read at once, bytes in flight permitting), or ahead (as depth allows).
 

@@ -58,12 +58,7 @@ class FeedJob:
     _reads: Prefetcher | None = field(default=None, init=False, repr=False)
 
     def open(self) -> None:
-        self._reads = Prefetcher(
-            self.cache.read_members,
-            sample_bytes=self.cache.span_bytes,
-            io_threads=self.io_threads,
-            max_bytes=self.max_read_bytes,
-        )
+        self._reads = Prefetcher.of_cache(self.cache, io_threads=self.io_threads, max_bytes=self.max_read_bytes)
 
     def close(self) -> None:
         if self._reads is not None:
@@ -77,10 +72,7 @@ class FeedJob:
 
     def run(self, plan: BatchPlan, ahead: Sequence[BatchPlan]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         indices = [int(i) for i in plan.indices]
-        later = [int(i) for p in ahead for i in p.indices]
-        self._reads.forget_except(set(indices) | set(later))
-        self._reads.want(indices, now=True)
-        self._reads.want(later, now=False)
+        self._reads.focus(indices, [int(i) for p in ahead for i in p.indices])
         # the cache's read checked every member (fastload.cache.validate; its CacheError names shard and sample)
         samples = [self._reads.take(i) for i in indices]
         hws = np.array([self.cache.image_size(i) for i in indices], np.int32).reshape(len(indices), 2)
