@@ -8,7 +8,10 @@ leaves on the table; on a GPU machine the counterpart is `ceiling.py` (with hsv,
 run there) against ``fastload bench``. The rates
 move with the machine's load; the share is the figure.
 
-    python benchmarks/cpu_proxy.py [--rounds 3] [--threads 2] [--out results.json]
+    python benchmarks/cpu_proxy.py [--rounds 3] [--threads 2] [--out results.json] [--breakdown]
+
+``--breakdown`` adds, per round, the loader asked for no target key and the loader's DALI graph alone, fed its
+input columns from memory: where the loader's share goes.
 
 Data: ``fastload synth --n 480 --size 96 96 --instances 2 6 --seed 0``, built into a temporary cache (or
 ``--cache DIR``); 64x64 output, batch 48, ``augment="none"``.
@@ -83,6 +86,59 @@ def loader_rate(cache: Path, threads: int, epochs: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
+def loader_without_targets_rate(cache: Path, threads: int, epochs: int) -> float:
+    """Samples/s of the same loader asked for no target key (``keys=``: nothing is rendered)."""
+    import fastload
+
+    keys = ("image", "semantic", "instance", "index")
+    with fastload.Loader(cache, batch_size=BATCH, size=SIZE, augment="none", device="cpu", num_threads=threads, keys=keys) as loader:
+        for _ in loader:
+            pass
+        n, t0 = 0, time.perf_counter()
+        for _ in range(epochs):
+            for *_, index in loader:
+                n += len(index)
+        return n / (time.perf_counter() - t0)
+
+
+def graph_rate(cache: Path, threads: int, epochs: int) -> float:
+    """Samples/s of the loader's DALI graph alone: its input columns made once by the feed and handed to it again
+    from memory (no reads, no feed worker, no targets, no torch tensors)."""
+    import numpy as np
+
+    import fastload
+    from fastload.augment.config import AugmentConfig
+    from fastload.pipeline.dali.feed import FeedJob
+    from fastload.pipeline.dali.graph import build_pipeline, shutdown_pipeline
+    from fastload.pipeline.dali.spec import GraphSpec
+    from fastload.pipeline.plan import BatchPlan
+
+    cfg = AugmentConfig.none()
+    spec = GraphSpec.create(out_size=SIZE, augment=cfg, device="cpu")
+    opened = fastload.open_cache(cache)
+    job = FeedJob(cache=opened, spec=spec, augment=cfg, io_threads=8, max_read_bytes=64 << 20)
+    job.open()
+    per_epoch = len(opened) // BATCH
+    order = np.arange(per_epoch * BATCH, dtype=np.int64)
+    columns = [job.run(BatchPlan(order[k * BATCH : (k + 1) * BATCH], seed=0, epoch=0), [])[0] for k in range(per_epoch)]
+    job.close()
+    served = iter(range(1 << 62))
+
+    def source():
+        batch = columns[next(served) % len(columns)]
+        return tuple(batch[name] for name in spec.inputs)
+
+    pipe = build_pipeline(spec, source, device_id=None, batch_size=BATCH, num_threads=threads, prefetch=2)
+    for _ in range(per_epoch):  # warm-up epoch
+        pipe.run()
+    t0 = time.perf_counter()
+    for _ in range(per_epoch * epochs):
+        pipe.run()
+    rate = per_epoch * epochs * BATCH / (time.perf_counter() - t0)
+    shutdown_pipeline(pipe)
+    return rate
+
+
 def one(kind: str, cache: Path, threads: int, epochs: int) -> float:
     """One measurement in a fresh interpreter, so that neither run inherits the other's threads or memory."""
     here = str(Path(__file__).parent)
@@ -101,26 +157,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=4, help="measured epochs per run (10 batches each)")
     parser.add_argument("--out", type=Path, help="write the runs and the share as JSON")
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="also measure, in each round, the loader without targets (keys=) and its DALI graph alone, fed from memory",
+    )  # fmt: skip
     args = parser.parse_args()
+    kinds = ("ceiling", "loader", *(("loader_without_targets", "graph") if args.breakdown else ()))
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or make_cache(Path(tmp))
         runs = []
         for r in range(args.rounds):
-            for kind in ("ceiling", "loader"):
+            for kind in kinds:
                 rate = one(kind, cache, args.threads, args.epochs)
                 runs.append({"round": r, "kind": kind, "samples_per_s": rate})
-                print(f"round {r}: {kind:8s} {rate:8.0f} samples/s", flush=True)
-    ceiling = statistics.median(x["samples_per_s"] for x in runs if x["kind"] == "ceiling")
-    loader = statistics.median(x["samples_per_s"] for x in runs if x["kind"] == "loader")
-    shares = [lo["samples_per_s"] / ce["samples_per_s"] for lo, ce in zip(runs[1::2], runs[0::2], strict=True)]
+                print(f"round {r}: {kind:22s} {rate:8.0f} samples/s", flush=True)
+    rate = {kind: statistics.median(x["samples_per_s"] for x in runs if x["kind"] == kind) for kind in kinds}
+    ceiling, loader = rate["ceiling"], rate["loader"]
+    by_round = {(x["round"], x["kind"]): x["samples_per_s"] for x in runs}
+    shares = [by_round[r, "loader"] / by_round[r, "ceiling"] for r in range(args.rounds)]
     print(f"median: ceiling {ceiling:.0f}, Loader(device='cpu') {loader:.0f} samples/s; share {loader / ceiling:.2f} "
           f"(per round {', '.join(f'{s:.2f}' for s in shares)})")
+    for kind in kinds[2:]:
+        print(f"median: {kind} {rate[kind]:.0f} samples/s; share {rate[kind] / ceiling:.2f}")
     if args.out:
         args.out.write_text(json.dumps({
             "command": "python benchmarks/cpu_proxy.py " + " ".join(sys.argv[1:]),
             "threads": args.threads, "batch_size": BATCH, "size": SIZE, "runs": runs,
             "ceiling_samples_per_s": ceiling, "loader_samples_per_s": loader, "share": loader / ceiling,
             "share_per_round": shares,
+            **{f"{kind}_samples_per_s": rate[kind] for kind in kinds[2:]},
         }, indent=2) + "\n")
 
 

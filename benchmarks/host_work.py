@@ -11,7 +11,11 @@ nvCOMP) without a GPU, in thread CPU time:
   (C++, ``feed_input``) is not included;
 - ``feed worker``: `FeedJob.run` on a batch (what one worker spends per sample, reads included).
 
-    python benchmarks/host_work.py [--batch 48] [--size 512 512] [--n 240] [--cache DIR]
+    python benchmarks/host_work.py [--batch 48] [--size 512 512] [--n 240] [--cache DIR] [--graph gpu|cpu]
+        [--out-size 512 512] [--augment default]
+
+``--graph cpu`` measures the feed of ``Loader(device="cpu")`` instead (the feed decodes the labels), e.g. on the
+CPU proxy's cache: ``--cache CACHE --graph cpu --out-size 64 64 --augment none``.
 
 Data: ``fastload synth --n N --size H W --instances 5 20 --seed 0`` built into a temporary cache (or ``--cache``).
 """
@@ -101,19 +105,32 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--graph", choices=("gpu", "cpu"), default="gpu",
+        help="the configuration fed: 'gpu' (labels stay LZ4 for nvCOMP) or 'cpu' (the feed decodes them)",
+    )  # fmt: skip
+    parser.add_argument("--out-size", type=int, nargs=2, default=(512, 512))
+    parser.add_argument("--augment", default="default", help="a shipped config's name or a YAML path")
     args = parser.parse_args()
 
     import fastload
-    from fastload.augment.config import AugmentConfig
+    from fastload.augment.config import load_augment
     from fastload.pipeline.dali.spec import GraphSpec
 
-    cfg = AugmentConfig.default()
-    spec = GraphSpec.create(out_size=(512, 512), augment=cfg, device="gpu")
+    cfg = load_augment(args.augment)
+    spec = GraphSpec.create(out_size=tuple(args.out_size), augment=cfg, device=args.graph)
     with tempfile.TemporaryDirectory() as tmp:
         cache = fastload.open_cache(args.cache or make_cache(Path(tmp), args.n, tuple(args.size)))
+        if args.epochs * (len(cache) // args.batch) <= 4:  # 4 batches warm up each measurement
+            parser.error(f"{len(cache)} samples make {len(cache) // args.batch} batches of {args.batch} per epoch: too few "
+                         "to measure after 4 warm-up batches; raise --epochs or --n, or lower --batch")
         main_ms = [training_process_ms(cache, spec, cfg, args.batch, args.epochs) for _ in range(args.rounds)]
         feed_ms = [worker_ms(cache, spec, cfg, args.batch, args.epochs) for _ in range(args.rounds)]
-    print(f"GPU configuration, batch {args.batch}, {args.size[0]}x{args.size[1]} sources, median of {args.rounds}:")
+    print(
+        f"{args.graph.upper()} configuration, batch {args.batch}, "
+        f"{args.cache or f'{args.size[0]}x{args.size[1]} synthetic sources'}, "
+        f"{args.out_size[0]}x{args.out_size[1]} output, augment {args.augment}, median of {args.rounds}:"
+    )
     print(f"  training process: {statistics.median(main_ms):.4f} ms of CPU per sample ({', '.join(f'{v:.4f}' for v in main_ms)})")
     print(f"  feed worker:      {statistics.median(feed_ms):.4f} ms of CPU per sample ({', '.join(f'{v:.4f}' for v in feed_ms)})")
 
