@@ -17,6 +17,8 @@ Groups:
   call synchronises). Stride 1 and 4.
 * ``render-48x64x64``: the same at the size the loader benchmarks use (``benchmarks/cpu_proxy.py``): 48 masks
   of 64x64 with 2-6 instances, against ``sample_targets`` per sample (what the CPU loader's workers call).
+* ``cpu-kernel-choice``: the loaders' ``render_batch_targets`` made to take each of its CPU branches (the twin on
+  one intra-op thread, NumPy per sample), 48 masks from 64x64 to 256x256: where ``TWIN_ON_CPU_PIXELS`` comes from.
 
 Ops per call and CPU time (process CPU, every thread) of the same workloads: ``benchmarks/render_targets_ops.py``.
 """
@@ -269,3 +271,27 @@ def test_render_workload_agrees(batch48):
         np.testing.assert_array_equal(out["heatmap"][n, 0].numpy(), heat)
         np.testing.assert_array_equal(out["offset"][n].numpy(), offset)
         np.testing.assert_array_equal(out["semantic_weight"][n].numpy(), semantic_weights(mask))
+
+
+# --------------------------------------------------------------------- the loaders' choice of CPU kernel by size
+# fastload.pipeline.batch.TWIN_ON_CPU_PIXELS: which kernel renders a batch on the CPU. The loaders' own
+# render_batch_targets, made to take each branch: 48 masks of each side, 2 + side/16 instances each, stride 1.
+CHOICE_SIDES = [64, 96, 128, 192, 256]
+
+
+@pytest.fixture(scope="module", params=CHOICE_SIDES, ids=lambda side: f"{side}x{side}")
+def choice_batch(request) -> tuple[torch.Tensor, torch.Tensor]:
+    side = request.param
+    instance = torch.from_numpy(np.stack([ellipses(side, side, 2 + side // 16, seed=300 + n) for n in range(48)]))
+    return torch.where(instance > 0, 1, 0), instance
+
+
+@pytest.mark.benchmark(group="cpu-kernel-choice")
+@pytest.mark.parametrize("kernel", ["twin", "numpy"])
+def test_loader_cpu_kernel(benchmark, choice_batch, kernel, monkeypatch):
+    import fastload.pipeline.batch as batch_module
+    from fastload.augment.config import TargetsConfig
+
+    monkeypatch.setattr(batch_module, "TWIN_ON_CPU_PIXELS", 1 << 40 if kernel == "twin" else 0)
+    semantic, instance = choice_batch
+    benchmark(batch_module.render_batch_targets, semantic, instance, TargetsConfig(), max_id=int(instance.max()))

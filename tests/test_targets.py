@@ -607,9 +607,9 @@ def test_ids_beyond_int32_are_refused():
         instance_centres(np.full((2, 2), 2**31, dtype=np.int64))
 
 
-@pytest.mark.parametrize("side", [128, 256])
+@pytest.mark.parametrize("side", [64, 256])
 def test_the_loaders_cpu_kernel_is_chosen_by_size_and_renders_the_definition(warped_masks, side, monkeypatch):
-    # fastload.pipeline.batch: the twin up to 128x128 (on one intra-op thread: the loader's own threads hold the
+    # fastload.pipeline.batch: the twin up to 64x64 (on one intra-op thread: the loader's own threads hold the
     # cores; torch's setting comes back after), the NumPy definition per sample above
     import fastload.pipeline.batch as batch_module
 

@@ -11,7 +11,7 @@ The targets (`TARGET_KEYS`: heatmap, offsets, semantic weights, and Panoptic-Dee
 weights) are rendered here, after augmentation, from each batch's own masks, by whichever of the definition's two
 kernels is faster where the batch is:
 
-- on CUDA, and on the CPU for masks of up to `TWIN_ON_CPU_PIXELS` (128x128), `fastload.targets.render_targets`,
+- on CUDA, and on the CPU for masks of up to `TWIN_ON_CPU_PIXELS` (64x64), `fastload.targets.render_targets`,
   the batched torch twin: a fixed sequence of torch ops whatever the batch, no Python loop over samples or
   instances and, given the largest instance id from the samples' metadata, no host synchronisation on CUDA. On
   the CPU it runs on one intra-op thread (`_one_intra_op_thread`): the loader's own threads hold the cores;
@@ -116,11 +116,11 @@ def sample_target_entries(
     }
 
 
-TWIN_ON_CPU_PIXELS = 128 * 128
+TWIN_ON_CPU_PIXELS = 64 * 64
 """On the CPU, masks of up to this many pixels render by the batched twin (one intra-op thread), larger ones by the
-NumPy definition per sample. Measured on two cores (48 masks, 2-20 instances, strides 1 and 4;
-benchmarks/test_bench_targets.py): the twin takes 0.4x the per-sample calls' time at 64x64 and 128x128, 0.6-1.3x at
-192x192, 1.5-1.7x at 512x512, where torch's gathers over every pixel cost more than NumPy's row runs."""
+NumPy definition per sample: where each was the faster in every run of benchmarks/test_bench_targets.py's
+``cpu-kernel-choice`` group (this function made to take either branch, 48 masks of 64x64 to 256x256; results in
+benchmarks/results/). From 96x96 on the twin's times spread over a factor 2 from run to run and NumPy's do not."""
 
 
 def render_batch_targets(
@@ -153,7 +153,6 @@ def _one_intra_op_thread(device: torch.device) -> Iterator[None]:
 
     The targets of a batch render while the loader's own threads (DALI's, or the CpuLoader's workers) hold the
     cores: torch's intra-op threads would then wait for each other at every op of the twin, and spin after it.
-    One thread renders the proxy's batches (benchmarks/cpu_proxy.py) 1.2x faster than two on two busy cores.
     ``torch.set_num_threads`` is per process: a torch op another thread runs meanwhile gets one thread too.
     """
     threads = torch.get_num_threads()

@@ -125,7 +125,7 @@ def render_weights(semantic: torch.Tensor, instance: torch.Tensor, *, stride: in
             "offset_weight": (instance > 0).to(torch.float32).unsqueeze(1),
         }
     # on the CPU NumPy writes the comparisons straight into huge-page float32 maps: no bool temporary and no
-    # fresh small pages (4x faster than the two lines above for 48 masks of 512x512)
+    # fresh small pages
     center = _empty((len(semantic), 1, *semantic.shape[1:]), torch.float32, semantic.device)
     offset = _empty(tuple(center.shape), torch.float32, semantic.device)
     np.not_equal(semantic.numpy(), IGNORE, out=center.numpy()[:, 0], casting="unsafe")
