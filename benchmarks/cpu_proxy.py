@@ -43,6 +43,16 @@ def make_cache(root: Path) -> Path:
     return root / "cache"
 
 
+def pipeline_rate(pipe, per_epoch: int, epochs: int) -> float:
+    """Samples/s of a built DALI pipeline over ``epochs`` epochs of ``per_epoch`` batches, after a warm-up epoch."""
+    for _ in range(per_epoch):
+        pipe.run()
+    t0 = time.perf_counter()
+    for _ in range(per_epoch * epochs):
+        pipe.run()
+    return per_epoch * epochs * BATCH / (time.perf_counter() - t0)
+
+
 def ceiling_rate(cache: Path, threads: int, epochs: int) -> float:
     """Samples/s of DALI's webdataset reader → decode → warp → normalise on the CPU (no Python per sample)."""
     from nvidia.dali import fn, pipeline_def, types
@@ -62,12 +72,7 @@ def ceiling_rate(cache: Path, threads: int, epochs: int) -> float:
     pipe = images_only()
     pipe.build()
     per_epoch = -(-pipe.epoch_size("r") // BATCH)
-    for _ in range(per_epoch):  # warm-up epoch
-        pipe.run()
-    t0 = time.perf_counter()
-    for _ in range(per_epoch * epochs):
-        pipe.run()
-    rate = per_epoch * epochs * BATCH / (time.perf_counter() - t0)
+    rate = pipeline_rate(pipe, per_epoch, epochs)
     del pipe
     return rate
 
@@ -129,12 +134,7 @@ def graph_rate(cache: Path, threads: int, epochs: int) -> float:
         return tuple(batch[name] for name in spec.inputs)
 
     pipe = build_pipeline(spec, source, device_id=None, batch_size=BATCH, num_threads=threads, prefetch=2)
-    for _ in range(per_epoch):  # warm-up epoch
-        pipe.run()
-    t0 = time.perf_counter()
-    for _ in range(per_epoch * epochs):
-        pipe.run()
-    rate = per_epoch * epochs * BATCH / (time.perf_counter() - t0)
+    rate = pipeline_rate(pipe, per_epoch, epochs)
     shutdown_pipeline(pipe)
     return rate
 
